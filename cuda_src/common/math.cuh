@@ -1,0 +1,154 @@
+// Scalar maths for the per-row stage of the kernels: clamping constants, safe
+// special functions, and forward-mode dual numbers.
+//
+// Every per-row formula (the `coeffs` function of an op) is written once as a
+// template over its scalar type R. Evaluated with R = S it gives the forward
+// values; evaluated with R = xs_dual<S, N> it gives, in the same pass, the
+// derivatives of those values with respect to N seeded inputs (the row's dot
+// products, c and t). The backward kernels use these derivatives; there is no
+// second, hand-differentiated copy of any formula that could drift from it.
+#pragma once
+
+// Clamping constants (documented in xpu_stone/constants.py, which mirrors them).
+template <class S>
+struct xs_limits;
+template <>
+struct xs_limits<float> {
+  static constexpr float min_sqnorm = 1e-30f;  // squared norms below this count as this
+  static constexpr float min_denom = 1e-15f;   // positive denominators are at least this
+  static constexpr float tanh_max = 15.0f;     // tanh's input is clamped to [-15, 15]
+  static constexpr float artanh_max = 1.0f - 1e-7f;  // artanh's input <= 1 - 1e-7
+};
+template <>
+struct xs_limits<double> {
+  static constexpr double min_sqnorm = 1e-30;
+  static constexpr double min_denom = 1e-15;
+  static constexpr double tanh_max = 15.0;
+  static constexpr double artanh_max = 1.0 - 1e-15;
+};
+
+// ---------------------------------------------------------------- plain scalars
+__device__ __forceinline__ float xs_val(float x) { return x; }
+__device__ __forceinline__ double xs_val(double x) { return x; }
+__device__ __forceinline__ float xs_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double xs_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float xs_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double xs_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float xs_artanh(float x) { return atanhf(x); }
+__device__ __forceinline__ double xs_artanh(double x) { return atanh(x); }
+
+// ---------------------------------------------------------------- dual numbers
+template <class S, int N>
+struct xs_dual {
+  S v;
+  S d[N];
+
+  __device__ __forceinline__ xs_dual() {}
+  // A constant: all derivatives zero. Implicit, so that `1 + x` reads as maths.
+  __device__ __forceinline__ xs_dual(S value) : v(value) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) d[i] = S(0);
+  }
+  // The i-th seeded input.
+  __device__ __forceinline__ static xs_dual seed(S value, int i) {
+    xs_dual r(value);
+    r.d[i] = S(1);
+    return r;
+  }
+
+  __device__ __forceinline__ friend xs_dual operator+(const xs_dual& a, const xs_dual& b) {
+    xs_dual r;
+    r.v = a.v + b.v;
+#pragma unroll
+    for (int i = 0; i < N; ++i) r.d[i] = a.d[i] + b.d[i];
+    return r;
+  }
+  __device__ __forceinline__ friend xs_dual operator-(const xs_dual& a, const xs_dual& b) {
+    xs_dual r;
+    r.v = a.v - b.v;
+#pragma unroll
+    for (int i = 0; i < N; ++i) r.d[i] = a.d[i] - b.d[i];
+    return r;
+  }
+  __device__ __forceinline__ friend xs_dual operator-(const xs_dual& a) {
+    xs_dual r;
+    r.v = -a.v;
+#pragma unroll
+    for (int i = 0; i < N; ++i) r.d[i] = -a.d[i];
+    return r;
+  }
+  __device__ __forceinline__ friend xs_dual operator*(const xs_dual& a, const xs_dual& b) {
+    xs_dual r;
+    r.v = a.v * b.v;
+#pragma unroll
+    for (int i = 0; i < N; ++i) r.d[i] = a.d[i] * b.v + a.v * b.d[i];
+    return r;
+  }
+  __device__ __forceinline__ friend xs_dual operator/(const xs_dual& a, const xs_dual& b) {
+    xs_dual r;
+    const S inv = S(1) / b.v;
+    r.v = a.v * inv;
+#pragma unroll
+    for (int i = 0; i < N; ++i) r.d[i] = (a.d[i] - r.v * b.d[i]) * inv;
+    return r;
+  }
+};
+
+// f(x) with f(x.v) = fv and f'(x.v) = dv.
+template <class S, int N>
+__device__ __forceinline__ xs_dual<S, N> xs_chain(const xs_dual<S, N>& x, S fv, S dv) {
+  xs_dual<S, N> r;
+  r.v = fv;
+#pragma unroll
+  for (int i = 0; i < N; ++i) r.d[i] = dv * x.d[i];
+  return r;
+}
+template <class S, int N>
+__device__ __forceinline__ S xs_val(const xs_dual<S, N>& x) {
+  return x.v;
+}
+template <class S, int N>
+__device__ __forceinline__ xs_dual<S, N> xs_sqrt(const xs_dual<S, N>& x) {
+  const S s = xs_sqrt(x.v);
+  return xs_chain(x, s, S(0.5) / s);
+}
+template <class S, int N>
+__device__ __forceinline__ xs_dual<S, N> xs_tanh(const xs_dual<S, N>& x) {
+  const S t = xs_tanh(x.v);
+  return xs_chain(x, t, S(1) - t * t);
+}
+template <class S, int N>
+__device__ __forceinline__ xs_dual<S, N> xs_artanh(const xs_dual<S, N>& x) {
+  return xs_chain(x, xs_artanh(x.v), S(1) / ((S(1) - x.v) * (S(1) + x.v)));
+}
+
+// ------------------------------------------------------------ clamps (any R)
+// A clamped value is a constant: its derivative is zero where the clamp acts.
+template <class R, class S>
+__device__ __forceinline__ R xs_max(const R& x, S lo) {
+  return xs_val(x) < lo ? R(lo) : x;
+}
+template <class R, class S>
+__device__ __forceinline__ R xs_min(const R& x, S hi) {
+  return xs_val(x) > hi ? R(hi) : x;
+}
+template <class R, class S>
+__device__ __forceinline__ R xs_clamp(const R& x, S lo, S hi) {
+  return xs_min(xs_max(x, lo), hi);
+}
+
+// sqrt of a squared norm, with zero norms counted as sqrt(min_sqnorm).
+template <class R, class S>
+__device__ __forceinline__ R xs_norm_from_sq(const R& sq) {
+  return xs_sqrt(xs_max(sq, xs_limits<S>::min_sqnorm));
+}
+// tanh with its input clamped to [-tanh_max, tanh_max].
+template <class R, class S>
+__device__ __forceinline__ R xs_tanh_c(const R& x) {
+  return xs_tanh(xs_clamp(x, -xs_limits<S>::tanh_max, xs_limits<S>::tanh_max));
+}
+// artanh with its input clamped to [-artanh_max, artanh_max].
+template <class R, class S>
+__device__ __forceinline__ R xs_artanh_c(const R& x) {
+  return xs_artanh(xs_clamp(x, -xs_limits<S>::artanh_max, xs_limits<S>::artanh_max));
+}

@@ -1,0 +1,334 @@
+// The row-wise engine shared by every op whose output row depends only on the
+// matching rows of its inputs (all Poincare-ball ops, and their relatives in
+// the other models).
+//
+// An op is a struct that describes its row in three parts:
+//   * terms: up to NTERM vectors built from the NVEC input rows, each either an
+//     input v_a or a difference v_a - v_b (differences are formed elementwise
+//     so that nearby points do not lose their digits to cancellation);
+//   * dots:  NDOT inner products <term_p, term_q>, reduced over the row in the
+//     accumulation type S;
+//   * coeffs(dots, c, t, eps) -> coef[NOUT]: the per-row formula. A vector op
+//     writes out = sum_k coef[k] * term_{out(k)}; a scalar op (SCALAR_OUT)
+//     writes coef[0].
+//
+// Backward, with g the output gradient and s the dots: the per-row adjoints
+// sbar_j = sum_k <g, term_out(k)> d coef_k / d s_j (or g * d coef_0 / d s_j)
+// come from evaluating coeffs on dual numbers; then
+//   dL/d term_k = [k is out(m)] coef_m g + sum_q W_kq term_q,
+//   W_pq = sbar_d for each dot d = <term_p, term_q> (2 sbar_d when p == q),
+// and dL/dv_j = sum_k (d term_k / d v_j) dL/d term_k with d term/d v = +1 or -1.
+// xpu_stone/rowwise.py transcribes exactly this for the CPU.
+//
+// Thread layout: G threads per row (G <= 32: several rows per warp; G > 32: one
+// row per block of G threads). Each thread moves VEC consecutive elements per
+// access (VEC * sizeof(T) == 16 for the vector variants, 1 for the strided
+// generic one). NITER > 0 keeps the row in registers (D <= NITER * G * VEC);
+// NITER == 0 loops over the row and reads it again for the output pass.
+#pragma once
+#include "dtype.cuh"
+#include "math.cuh"
+#include "reduce.cuh"
+
+struct xs_ij {
+  int a, b;
+};
+
+// Value of term k at position i of a loaded chunk.
+template <class Op, class R, class V, int VEC>
+__device__ __forceinline__ R xs_term(const V (&v)[Op::NVEC][VEC], int k, int i) {
+  const xs_ij t = Op::term(k);
+  const R a = R(v[t.a][i]);
+  return t.b < 0 ? a : a - R(v[t.b][i]);
+}
+
+// Loads elements [e, e + VEC) of the NV rows (zeros when !ok).
+template <class T, int NV, int VEC>
+__device__ __forceinline__ void xs_load_rows(const T* const (&base)[3], const long long (&es)[3],
+                                             long long e, bool ok,
+                                             typename xs_traits<T>::E (&v)[NV][VEC]) {
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    if (ok) {
+      if constexpr (VEC == 1) {
+        v[j][0] = xs_to_e(base[j][e * es[j]]);
+      } else {
+        xs_load<T, VEC>(base[j] + e, 1, v[j]);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) v[j][i] = 0;
+    }
+  }
+}
+
+template <class Op, class S, class E, int VEC>
+__device__ __forceinline__ void xs_accumulate_dots(const E (&v)[Op::NVEC][VEC], S* acc) {
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) {
+    S t[Op::NTERM];
+#pragma unroll
+    for (int k = 0; k < Op::NTERM; ++k) t[k] = xs_term<Op, S>(v, k, i);
+#pragma unroll
+    for (int d = 0; d < Op::NDOT; ++d) acc[d] += t[Op::dot(d).a] * t[Op::dot(d).b];
+  }
+}
+
+template <int G, class S, int N>
+__device__ __forceinline__ void xs_row_sum(S (&acc)[N]) {
+  if constexpr (G <= 32) {
+    xs_group_sum<G>(acc);
+  } else {
+    __shared__ S smem[32 * N];
+    xs_block_sum<G>(acc, smem);
+  }
+}
+
+template <class T, int VEC>
+__device__ __forceinline__ void xs_store_chunk(T* __restrict__ p, long long e,
+                                               const typename xs_traits<T>::E (&o)[VEC]) {
+  if constexpr (VEC == 1) {
+    p[e] = xs_from_e<T>(o[0]);
+  } else {
+    xs_store<T, VEC>(p + e, o);
+  }
+}
+
+// Where thread `lane` of a row starts, and how far apart its accesses are.
+#define XS_ROW_SETUP                                                                 \
+  using E = typename xs_traits<T>::E;                                                \
+  using P = typename xs_traits<T>::P;                                                \
+  constexpr int RPB = G > 32 ? 1 : BLOCK / G;                                        \
+  const int lane = threadIdx.x % G;                                                  \
+  const long long row = (long long)blockIdx.x * RPB + threadIdx.x / G;               \
+  const bool valid = row < rows;                                                     \
+  const long long r = valid ? row : 0;                                               \
+  const T* const base[3] = {v0 + r * v0_rs, Op::NVEC > 1 ? v1 + r * v1_rs : v0,      \
+                            Op::NVEC > 2 ? v2 + r * v2_rs : v0};                     \
+  const long long es[3] = {v0_es, v1_es, v2_es};                                     \
+  const S c = c_ptr ? S(c_ptr[r * c_rs]) : S(c_val);                                 \
+  const S t = t_ptr ? S(t_ptr[r * t_rs]) : S(t_val);                                 \
+  constexpr long long STEP = (long long)G * VEC;
+
+#define XS_ROW_INPUT_PARAMS                                                          \
+  const long long rows, const long long D, const T *__restrict__ v0,                 \
+      const long long v0_rs, const long long v0_es, const T *__restrict__ v1,        \
+      const long long v1_rs, const long long v1_es, const T *__restrict__ v2,        \
+      const long long v2_rs, const long long v2_es,                                  \
+      const typename xs_traits<T>::P *__restrict__ c_ptr, const long long c_rs,      \
+      const typename xs_traits<T>::P c_val,                                          \
+      const typename xs_traits<T>::P *__restrict__ t_ptr, const long long t_rs,      \
+      const typename xs_traits<T>::P t_val, const typename xs_traits<T>::P eps
+
+template <class Op, class T, class S, int G, int NITER, int VEC, int BLOCK>
+__global__ void __launch_bounds__(BLOCK) xs_rowwise_fwd(XS_ROW_INPUT_PARAMS, T* __restrict__ out) {
+  XS_ROW_SETUP
+  constexpr int NV = Op::NVEC;
+  E cache[NITER > 0 ? NITER : 1][NV][VEC];
+  S acc[Op::NDOT];
+#pragma unroll
+  for (int d = 0; d < Op::NDOT; ++d) acc[d] = 0;
+
+  if constexpr (NITER > 0) {
+#pragma unroll
+    for (int it = 0; it < NITER; ++it) {
+      const long long e = it * STEP + (long long)lane * VEC;
+      xs_load_rows<T, NV, VEC>(base, es, e, valid && e < D, cache[it]);
+      xs_accumulate_dots<Op, S, E, VEC>(cache[it], acc);
+    }
+  } else {
+    for (long long e = (long long)lane * VEC; e < D; e += STEP) {
+      xs_load_rows<T, NV, VEC>(base, es, e, valid, cache[0]);
+      xs_accumulate_dots<Op, S, E, VEC>(cache[0], acc);
+    }
+  }
+  xs_row_sum<G>(acc);
+
+  S coef[Op::NOUT];
+  Op::template coeffs<S, S>(acc, c, t, S(eps), coef);
+
+  if constexpr (Op::SCALAR_OUT) {
+    if (valid && lane == 0) out[row] = xs_from_e<T>(E(coef[0]));
+  } else {
+    if (!valid) return;
+    E ce[Op::NOUT];
+#pragma unroll
+    for (int k = 0; k < Op::NOUT; ++k) ce[k] = E(coef[k]);
+    T* const orow = out + row * D;
+    auto emit = [&](const E(&v)[NV][VEC], long long e) {
+      E o[VEC];
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        E s = 0;
+#pragma unroll
+        for (int k = 0; k < Op::NOUT; ++k) s += ce[k] * xs_term<Op, E>(v, Op::out(k), i);
+        o[i] = s;
+      }
+      xs_store_chunk<T, VEC>(orow, e, o);
+    };
+    if constexpr (NITER > 0) {
+#pragma unroll
+      for (int it = 0; it < NITER; ++it) {
+        const long long e = it * STEP + (long long)lane * VEC;
+        if (e < D) emit(cache[it], e);
+      }
+    } else {
+      for (long long e = (long long)lane * VEC; e < D; e += STEP) {
+        xs_load_rows<T, NV, VEC>(base, es, e, true, cache[0]);
+        emit(cache[0], e);
+      }
+    }
+  }
+}
+
+// Backward. g is the output gradient: rows x D (strides g_rs, g_es) for vector
+// ops, one value per row (stride g_rs) for scalar ops. Gradients of the input
+// rows go to gv0..gv2 (contiguous rows x D), of c and t to gc, gt (one value per
+// row); a null pointer skips that gradient.
+template <class Op, class T, class S, int G, int NITER, int VEC, int BLOCK>
+__global__ void __launch_bounds__(BLOCK)
+    xs_rowwise_bwd(XS_ROW_INPUT_PARAMS, const T* __restrict__ g, const long long g_rs,
+                   const long long g_es, T* __restrict__ gv0, T* __restrict__ gv1,
+                   T* __restrict__ gv2, typename xs_traits<T>::P* __restrict__ gc,
+                   typename xs_traits<T>::P* __restrict__ gt) {
+  XS_ROW_SETUP
+  // Vector ops load g as one more row (index NVEC) next to the inputs.
+  constexpr bool VG = !Op::SCALAR_OUT;
+  constexpr int NV = Op::NVEC;
+  constexpr int NL = NV + (VG ? 1 : 0);
+  constexpr int NRED = Op::NDOT + (VG ? Op::NOUT : 0);
+  const T* const gbase = g + r * g_rs;
+  E cache[NITER > 0 ? NITER : 1][NL][VEC];
+  S acc[NRED];
+#pragma unroll
+  for (int d = 0; d < NRED; ++d) acc[d] = 0;
+
+  auto load = [&](long long e, bool ok, E(&v)[NL][VEC]) {
+    xs_load_rows<T, NV, VEC>(base, es, e, ok, reinterpret_cast<E(&)[NV][VEC]>(v));
+    if constexpr (VG) {
+      if (!ok) {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) v[NV][i] = 0;
+      } else if constexpr (VEC == 1) {
+        v[NV][0] = xs_to_e(gbase[e * g_es]);
+      } else {
+        xs_load<T, VEC>(gbase + e, 1, v[NV]);
+      }
+    }
+  };
+  auto accumulate = [&](const E(&v)[NL][VEC]) {
+    xs_accumulate_dots<Op, S, E, VEC>(reinterpret_cast<const E(&)[NV][VEC]>(v), acc);
+    if constexpr (VG) {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i)
+#pragma unroll
+        for (int k = 0; k < Op::NOUT; ++k)
+          acc[Op::NDOT + k] +=
+              S(v[NV][i]) * xs_term<Op, S>(reinterpret_cast<const E(&)[NV][VEC]>(v), Op::out(k), i);
+    }
+  };
+
+  if constexpr (NITER > 0) {
+#pragma unroll
+    for (int it = 0; it < NITER; ++it) {
+      const long long e = it * STEP + (long long)lane * VEC;
+      load(e, valid && e < D, cache[it]);
+      accumulate(cache[it]);
+    }
+  } else {
+    for (long long e = (long long)lane * VEC; e < D; e += STEP) {
+      load(e, valid, cache[0]);
+      accumulate(cache[0]);
+    }
+  }
+  xs_row_sum<G>(acc);
+
+  // Per-row adjoints of the dots, c and t, through dual numbers.
+  constexpr int NS = Op::NDOT + 2;
+  using R = xs_dual<S, NS>;
+  R dots[Op::NDOT];
+#pragma unroll
+  for (int d = 0; d < Op::NDOT; ++d) dots[d] = R::seed(acc[d], d);
+  R coef[Op::NOUT];
+  Op::template coeffs<R, S>(dots, R::seed(c, Op::NDOT), R::seed(t, Op::NDOT + 1), S(eps), coef);
+  const S gs = (!VG && valid) ? S(xs_to_e(g[r * g_rs])) : S(0);
+  S sbar[NS];
+#pragma unroll
+  for (int j = 0; j < NS; ++j) {
+    S s = 0;
+    if constexpr (VG) {
+#pragma unroll
+      for (int k = 0; k < Op::NOUT; ++k) s += acc[Op::NDOT + k] * coef[k].d[j];
+    } else {
+      s = gs * coef[0].d[j];
+    }
+    sbar[j] = s;
+  }
+  if (valid && lane == 0) {
+    if (gc) gc[row] = P(sbar[Op::NDOT]);
+    if (gt) gt[row] = P(sbar[Op::NDOT + 1]);
+  }
+  if (!valid) return;
+
+  E W[Op::NTERM][Op::NTERM];
+  E direct[Op::NTERM];
+#pragma unroll
+  for (int p = 0; p < Op::NTERM; ++p) {
+    direct[p] = 0;
+#pragma unroll
+    for (int q = 0; q < Op::NTERM; ++q) W[p][q] = 0;
+  }
+#pragma unroll
+  for (int d = 0; d < Op::NDOT; ++d) {
+    const xs_ij pq = Op::dot(d);
+    if (pq.a == pq.b) {
+      W[pq.a][pq.a] += E(2 * sbar[d]);
+    } else {
+      W[pq.a][pq.b] += E(sbar[d]);
+      W[pq.b][pq.a] += E(sbar[d]);
+    }
+  }
+  if constexpr (VG) {
+#pragma unroll
+    for (int k = 0; k < Op::NOUT; ++k) direct[Op::out(k)] += E(coef[k].v);
+  }
+
+  T* const grow[3] = {gv0 ? gv0 + row * D : nullptr, gv1 ? gv1 + row * D : nullptr,
+                      gv2 ? gv2 + row * D : nullptr};
+  auto emit = [&](const E(&v)[NL][VEC], long long e) {
+    E grad[NV][VEC];
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      E tv[Op::NTERM];
+#pragma unroll
+      for (int k = 0; k < Op::NTERM; ++k)
+        tv[k] = xs_term<Op, E>(reinterpret_cast<const E(&)[NV][VEC]>(v), k, i);
+#pragma unroll
+      for (int j = 0; j < NV; ++j) grad[j][i] = 0;
+#pragma unroll
+      for (int k = 0; k < Op::NTERM; ++k) {
+        E gk = VG ? direct[k] * v[NL - 1][i] : E(0);
+#pragma unroll
+        for (int q = 0; q < Op::NTERM; ++q) gk += W[k][q] * tv[q];
+        const xs_ij tk = Op::term(k);
+        grad[tk.a][i] += gk;
+        if (tk.b >= 0) grad[tk.b][i] -= gk;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < NV; ++j)
+      if (grow[j]) xs_store_chunk<T, VEC>(grow[j], e, grad[j]);
+  };
+  if constexpr (NITER > 0) {
+#pragma unroll
+    for (int it = 0; it < NITER; ++it) {
+      const long long e = it * STEP + (long long)lane * VEC;
+      if (e < D) emit(cache[it], e);
+    }
+  } else {
+    for (long long e = (long long)lane * VEC; e < D; e += STEP) {
+      load(e, true, cache[0]);
+      emit(cache[0], e);
+    }
+  }
+}

@@ -1,0 +1,252 @@
+// Poincare ball of curvature -c (c > 0, radius 1/sqrt(c)): every op as a
+// row-wise description for the engine in common/rowwise.cuh.
+//
+// Formulas follow Ganea, Becigneul & Hofmann, "Hyperbolic Neural Networks"
+// (NeurIPS 2018) and Ungar's gyrovector algebra. Two rewrites keep nearby
+// points accurate: with d = y - x and D2 = |d|^2 (reduced from the difference),
+//   (-x) (+) y   = ((1 - c|x|^2 + c D2) d - c D2 y) / den,
+//   |(-x) (+) y|^2 = D2 / den,   den = (1 - c|x|^2)(1 - c|y|^2) + c D2,
+// which follow from expanding the Mobius sum; den has no cancellation.
+#include "common/rowwise.cuh"
+
+#define XS_TABLE(name, type, ...)                    \
+  __device__ static constexpr type name(int i) {     \
+    constexpr type table[] = {__VA_ARGS__};          \
+    return table[i];                                 \
+  }
+#define XS_COEFFS                                                                \
+  template <class R, class S>                                                    \
+  __device__ __forceinline__ static void coeffs(const R(&dot)[NDOT], const R& c, \
+                                                const R& t, S eps, R(&coef)[NOUT])
+#define XS_LIM(name) xs_limits<S>::name
+
+// x (+) y = ((1 + 2c<x,y> + c|y|^2) x + (1 - c|x|^2) y) / (1 + 2c<x,y> + c^2|x|^2|y|^2)
+struct PoincareMobiusAdd {
+  static constexpr int NVEC = 2, NTERM = 2, NDOT = 3, NOUT = 2;
+  static constexpr bool SCALAR_OUT = false;
+  XS_TABLE(term, xs_ij, {0, -1}, {1, -1})     // x, y
+  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {0, 1})  // |x|^2, |y|^2, <x,y>
+  XS_TABLE(out, int, 0, 1)
+  XS_COEFFS {
+    const R xx = dot[0], yy = dot[1], xy = dot[2];
+    const R den = xs_max(1 + 2 * c * xy + c * c * xx * yy, XS_LIM(min_denom));
+    coef[0] = (1 + 2 * c * xy + c * yy) / den;
+    coef[1] = (1 - c * xx) / den;
+  }
+};
+
+// x (-) y = x (+) (-y)
+struct PoincareMobiusSub {
+  static constexpr int NVEC = 2, NTERM = 2, NDOT = 3, NOUT = 2;
+  static constexpr bool SCALAR_OUT = false;
+  XS_TABLE(term, xs_ij, {0, -1}, {1, -1})
+  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {0, 1})
+  XS_TABLE(out, int, 0, 1)
+  XS_COEFFS {
+    const R xx = dot[0], yy = dot[1], xy = dot[2];
+    const R den = xs_max(1 - 2 * c * xy + c * c * xx * yy, XS_LIM(min_denom));
+    coef[0] = (1 - 2 * c * xy + c * yy) / den;
+    coef[1] = -(1 - c * xx) / den;
+  }
+};
+
+// r (x) x = tanh(r artanh(sqrt(c)|x|)) x / (sqrt(c)|x|); r is passed as t.
+struct PoincareMobiusScalarMul {
+  static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
+  static constexpr bool SCALAR_OUT = false;
+  XS_TABLE(term, xs_ij, {0, -1})
+  XS_TABLE(dot, xs_ij, {0, 0})
+  XS_TABLE(out, int, 0)
+  XS_COEFFS {
+    const R sn = xs_sqrt(c) * xs_norm_from_sq<R, S>(dot[0]);
+    coef[0] = xs_tanh_c<R, S>(t * xs_artanh_c<R, S>(sn)) / sn;
+  }
+};
+
+// exp_0(u) = tanh(sqrt(c)|u|) u / (sqrt(c)|u|)
+struct PoincareExpmap0 {
+  static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
+  static constexpr bool SCALAR_OUT = false;
+  XS_TABLE(term, xs_ij, {0, -1})
+  XS_TABLE(dot, xs_ij, {0, 0})
+  XS_TABLE(out, int, 0)
+  XS_COEFFS {
+    const R sn = xs_sqrt(c) * xs_norm_from_sq<R, S>(dot[0]);
+    coef[0] = xs_tanh_c<R, S>(sn) / sn;
+  }
+};
+
+// log_0(y) = artanh(sqrt(c)|y|) y / (sqrt(c)|y|)
+struct PoincareLogmap0 {
+  static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
+  static constexpr bool SCALAR_OUT = false;
+  XS_TABLE(term, xs_ij, {0, -1})
+  XS_TABLE(dot, xs_ij, {0, 0})
+  XS_TABLE(out, int, 0)
+  XS_COEFFS {
+    const R sn = xs_sqrt(c) * xs_norm_from_sq<R, S>(dot[0]);
+    coef[0] = xs_artanh_c<R, S>(sn) / sn;
+  }
+};
+
+// exp_x(u) = x (+) tanh(sqrt(c) lambda_x |u| / 2) u / (sqrt(c)|u|)
+struct PoincareExpmap {
+  static constexpr int NVEC = 2, NTERM = 2, NDOT = 3, NOUT = 2;
+  static constexpr bool SCALAR_OUT = false;
+  XS_TABLE(term, xs_ij, {0, -1}, {1, -1})     // x, u
+  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {0, 1})  // |x|^2, |u|^2, <x,u>
+  XS_TABLE(out, int, 0, 1)
+  XS_COEFFS {
+    const R xx = dot[0], uu = dot[1], xu = dot[2];
+    const R sc = xs_sqrt(c);
+    const R nu = xs_norm_from_sq<R, S>(uu);
+    const R bx = xs_max(1 - c * xx, XS_LIM(min_denom));  // 2 / lambda_x
+    const R s = xs_tanh_c<R, S>(sc * nu / bx) / (sc * nu);  // z = s u
+    const R xz = s * xu, zz = s * s * uu;
+    const R den = xs_max(1 + 2 * c * xz + c * c * xx * zz, XS_LIM(min_denom));
+    coef[0] = (1 + 2 * c * xz + c * zz) / den;
+    coef[1] = (1 - c * xx) * s / den;
+  }
+};
+
+// log_x(y) = (2 / (sqrt(c) lambda_x)) artanh(sqrt(c)|w|) w / |w|,  w = (-x) (+) y
+struct PoincareLogmap {
+  static constexpr int NVEC = 2, NTERM = 3, NDOT = 3, NOUT = 2;
+  static constexpr bool SCALAR_OUT = false;
+  XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {1, 0})  // x, y, d = y - x
+  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {2, 2})     // |x|^2, |y|^2, D2
+  XS_TABLE(out, int, 2, 1)                         // d, y
+  XS_COEFFS {
+    const R xx = dot[0], yy = dot[1], dd = dot[2];
+    const R sc = xs_sqrt(c);
+    const R bx = 1 - c * xx;
+    const R den = xs_max(bx * (1 - c * yy) + c * dd, XS_LIM(min_denom));
+    const R sn = sc * xs_norm_from_sq<R, S>(dd / den);  // sqrt(c)|w|
+    const R f = xs_max(bx, XS_LIM(min_denom)) * xs_artanh_c<R, S>(sn) / sn;
+    coef[0] = f * (bx + c * dd) / den;
+    coef[1] = -f * c * dd / den;
+  }
+};
+
+// d(x, y) = (2 / sqrt(c)) artanh(sqrt(c) |(-x) (+) y|)
+struct PoincareDist {
+  static constexpr int NVEC = 2, NTERM = 3, NDOT = 3, NOUT = 1;
+  static constexpr bool SCALAR_OUT = true;
+  XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {1, 0})
+  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {2, 2})
+  XS_TABLE(out, int, 0)
+  XS_COEFFS {
+    const R xx = dot[0], yy = dot[1], dd = dot[2];
+    const R sc = xs_sqrt(c);
+    const R den = xs_max((1 - c * xx) * (1 - c * yy) + c * dd, XS_LIM(min_denom));
+    coef[0] = 2 * xs_artanh_c<R, S>(sc * xs_norm_from_sq<R, S>(dd / den)) / sc;
+  }
+};
+
+// d(0, x) = (2 / sqrt(c)) artanh(sqrt(c)|x|)
+struct PoincareDist0 {
+  static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
+  static constexpr bool SCALAR_OUT = true;
+  XS_TABLE(term, xs_ij, {0, -1})
+  XS_TABLE(dot, xs_ij, {0, 0})
+  XS_TABLE(out, int, 0)
+  XS_COEFFS {
+    const R sc = xs_sqrt(c);
+    coef[0] = 2 * xs_artanh_c<R, S>(sc * xs_norm_from_sq<R, S>(dot[0])) / sc;
+  }
+};
+
+// proj(x) = x min(1, (1 - eps) / (sqrt(c)|x|))
+struct PoincareProject {
+  static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
+  static constexpr bool SCALAR_OUT = false;
+  XS_TABLE(term, xs_ij, {0, -1})
+  XS_TABLE(dot, xs_ij, {0, 0})
+  XS_TABLE(out, int, 0)
+  XS_COEFFS {
+    const R n = xs_norm_from_sq<R, S>(dot[0]);
+    const R maxnorm = (1 - eps) / xs_sqrt(c);
+    coef[0] = xs_val(n) > xs_val(maxnorm) ? maxnorm / n : R(1);
+  }
+};
+
+// lambda_x = 2 / (1 - c|x|^2)
+struct PoincareLambdaX {
+  static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
+  static constexpr bool SCALAR_OUT = true;
+  XS_TABLE(term, xs_ij, {0, -1})
+  XS_TABLE(dot, xs_ij, {0, 0})
+  XS_TABLE(out, int, 0)
+  XS_COEFFS { coef[0] = 2 / xs_max(1 - c * dot[0], XS_LIM(min_denom)); }
+};
+
+// gyr[u, v] w = w + alpha u + beta v, from |u|^2, |v|^2, <u,v>, <u,w>, <v,w>:
+//   alpha = 2 (-c^2 <u,w>|v|^2 + c<v,w> + 2c^2 <u,v><v,w>) / dn
+//   beta  = 2 (-c^2 <v,w>|u|^2 - c<u,w>) / dn,  dn = 1 + 2c<u,v> + c^2|u|^2|v|^2
+template <class R, class S>
+__device__ __forceinline__ void xs_gyration_coeffs(const R& uu, const R& vv, const R& uv,
+                                                   const R& uw, const R& vw, const R& c,
+                                                   R& alpha, R& beta) {
+  const R c2 = c * c;
+  const R dn = xs_max(1 + 2 * c * uv + c2 * uu * vv, xs_limits<S>::min_denom);
+  alpha = 2 * (-c2 * uw * vv + c * vw + 2 * c2 * uv * vw) / dn;
+  beta = 2 * (-c2 * vw * uu - c * uw) / dn;
+}
+
+// gyr[a, b] u = (-(a (+) b)) (+) (a (+) (b (+) u))
+struct PoincareGyration {
+  static constexpr int NVEC = 3, NTERM = 3, NDOT = 5, NOUT = 3;
+  static constexpr bool SCALAR_OUT = false;
+  XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {2, -1})                  // a, b, u
+  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {0, 1}, {0, 2}, {1, 2})  // aa bb ab au bu
+  XS_TABLE(out, int, 0, 1, 2)
+  XS_COEFFS {
+    R alpha, beta;
+    xs_gyration_coeffs<R, S>(dot[0], dot[1], dot[2], dot[3], dot[4], c, alpha, beta);
+    coef[0] = alpha;
+    coef[1] = beta;
+    coef[2] = R(1);
+  }
+};
+
+// P_{x->y}(v) = gyr[y, -x] v * lambda_x / lambda_y
+struct PoincareTransp {
+  static constexpr int NVEC = 3, NTERM = 3, NDOT = 5, NOUT = 3;
+  static constexpr bool SCALAR_OUT = false;
+  XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {2, -1})                  // x, y, v
+  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {0, 1}, {0, 2}, {1, 2})  // xx yy xy xv yv
+  XS_TABLE(out, int, 0, 1, 2)
+  XS_COEFFS {
+    const R xx = dot[0], yy = dot[1], xy = dot[2], xv = dot[3], yv = dot[4];
+    R alpha, beta;  // gyr[y, -x] v = v + alpha y + beta (-x)
+    xs_gyration_coeffs<R, S>(yy, xx, -xy, yv, -xv, c, alpha, beta);
+    const R scale = xs_max(1 - c * yy, XS_LIM(min_denom)) / xs_max(1 - c * xx, XS_LIM(min_denom));
+    coef[0] = -scale * beta;
+    coef[1] = scale * alpha;
+    coef[2] = scale;
+  }
+};
+
+// geodesic(u, v, t) = u (+) (t (x) ((-u) (+) v))
+struct PoincareGeodesic {
+  static constexpr int NVEC = 2, NTERM = 3, NDOT = 4, NOUT = 3;
+  static constexpr bool SCALAR_OUT = false;
+  XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {1, 0})      // u, v, d = v - u
+  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {2, 2}, {0, 2})  // |u|^2, |v|^2, D2, <u,d>
+  XS_TABLE(out, int, 0, 2, 1)                          // u, d, v
+  XS_COEFFS {
+    const R uu = dot[0], vv = dot[1], dd = dot[2], ud = dot[3];
+    const R sc = xs_sqrt(c);
+    const R bu = 1 - c * uu;
+    const R den = xs_max(bu * (1 - c * vv) + c * dd, XS_LIM(min_denom));
+    const R sn = sc * xs_norm_from_sq<R, S>(dd / den);  // sqrt(c)|w|, w = (-u) (+) v
+    const R th = xs_tanh_c<R, S>(t * xs_artanh_c<R, S>(sn));
+    const R s = th / sn;                    // z = t (x) w = s w = p d + q v
+    const R p = s * (bu + c * dd) / den, q = -s * c * dd / den;
+    const R uz = p * ud + q * (ud + uu), zz = th * th / c;
+    const R den2 = xs_max(1 + 2 * c * uz + c * c * uu * zz, XS_LIM(min_denom));
+    coef[0] = (1 + 2 * c * uz + c * zz) / den2;
+    coef[1] = bu * p / den2;
+    coef[2] = bu * q / den2;
+  }
+};

@@ -1,0 +1,10 @@
+"""Process-wide switches.
+
+``check_tensor_values``: when True (the default), a tensor curvature or
+interpolation weight is checked to be finite (and positive, for ``c``) before
+each launch. On CUDA that check synchronises the stream; set it to False in
+training loops with a learnable curvature once the model is known to be sound.
+It is skipped inside ``torch.compile`` tracing and CUDA-graph capture.
+"""
+
+check_tensor_values = True

@@ -1,0 +1,160 @@
+"""Poincare-ball ops as row descriptions: a line-for-line mirror of the structs
+in ``cuda_src/poincare.cu`` (terms, dots, output terms, per-row formula).
+
+Each ``*_coeffs`` function takes the row's dots, ``c``, ``t`` and ``eps`` as
+tensors of shape ``(..., 1)`` and returns the output coefficients; see
+:mod:`xpu_stone.rowwise` for how they are used forward and backward.
+"""
+
+from __future__ import annotations
+
+from .._deps import torch
+
+from ..constants import MIN_DENOM
+from ..rowwise import RowOp, artanh_c, clamp_min, norm_from_sq, tanh_c
+
+X, Y, Z = 0, 1, 2  # input vector slots
+ALONE = -1
+
+
+def _mobius_add(dot, c, t, eps):
+    xx, yy, xy = dot
+    den = clamp_min(1 + 2 * c * xy + c * c * xx * yy, MIN_DENOM)
+    return [(1 + 2 * c * xy + c * yy) / den, (1 - c * xx) / den]
+
+
+def _mobius_sub(dot, c, t, eps):
+    xx, yy, xy = dot
+    den = clamp_min(1 - 2 * c * xy + c * c * xx * yy, MIN_DENOM)
+    return [(1 - 2 * c * xy + c * yy) / den, -(1 - c * xx) / den]
+
+
+def _scalar_mul(dot, c, t, eps):
+    sn = torch.sqrt(c) * norm_from_sq(dot[0])
+    return [tanh_c(t * artanh_c(sn)) / sn]
+
+
+def _expmap0(dot, c, t, eps):
+    sn = torch.sqrt(c) * norm_from_sq(dot[0])
+    return [tanh_c(sn) / sn]
+
+
+def _logmap0(dot, c, t, eps):
+    sn = torch.sqrt(c) * norm_from_sq(dot[0])
+    return [artanh_c(sn) / sn]
+
+
+def _expmap(dot, c, t, eps):
+    xx, uu, xu = dot
+    sc = torch.sqrt(c)
+    nu = norm_from_sq(uu)
+    bx = clamp_min(1 - c * xx, MIN_DENOM)
+    s = tanh_c(sc * nu / bx) / (sc * nu)
+    xz, zz = s * xu, s * s * uu
+    den = clamp_min(1 + 2 * c * xz + c * c * xx * zz, MIN_DENOM)
+    return [(1 + 2 * c * xz + c * zz) / den, (1 - c * xx) * s / den]
+
+
+def _logmap(dot, c, t, eps):
+    xx, yy, dd = dot
+    sc = torch.sqrt(c)
+    bx = 1 - c * xx
+    den = clamp_min(bx * (1 - c * yy) + c * dd, MIN_DENOM)
+    sn = sc * norm_from_sq(dd / den)
+    f = clamp_min(bx, MIN_DENOM) * artanh_c(sn) / sn
+    return [f * (bx + c * dd) / den, -f * c * dd / den]
+
+
+def _dist(dot, c, t, eps):
+    xx, yy, dd = dot
+    sc = torch.sqrt(c)
+    den = clamp_min((1 - c * xx) * (1 - c * yy) + c * dd, MIN_DENOM)
+    return [2 * artanh_c(sc * norm_from_sq(dd / den)) / sc]
+
+
+def _dist0(dot, c, t, eps):
+    sc = torch.sqrt(c)
+    return [2 * artanh_c(sc * norm_from_sq(dot[0])) / sc]
+
+
+def _project(dot, c, t, eps):
+    n = norm_from_sq(dot[0])
+    maxnorm = (1 - eps) / torch.sqrt(c)
+    return [torch.where(n > maxnorm, maxnorm / n, torch.ones_like(n))]
+
+
+def _lambda_x(dot, c, t, eps):
+    return [2 / clamp_min(1 - c * dot[0], MIN_DENOM)]
+
+
+def gyration_coeffs(uu, vv, uv, uw, vw, c):
+    """gyr[u, v] w = w + alpha u + beta v (see xs_gyration_coeffs in poincare.cu)."""
+    c2 = c * c
+    dn = clamp_min(1 + 2 * c * uv + c2 * uu * vv, MIN_DENOM)
+    alpha = 2 * (-c2 * uw * vv + c * vw + 2 * c2 * uv * vw) / dn
+    beta = 2 * (-c2 * vw * uu - c * uw) / dn
+    return alpha, beta
+
+
+def _gyration(dot, c, t, eps):
+    alpha, beta = gyration_coeffs(*dot, c)
+    return [alpha, beta, torch.ones_like(alpha)]
+
+
+def _transp(dot, c, t, eps):
+    xx, yy, xy, xv, yv = dot
+    alpha, beta = gyration_coeffs(yy, xx, -xy, yv, -xv, c)
+    scale = clamp_min(1 - c * yy, MIN_DENOM) / clamp_min(1 - c * xx, MIN_DENOM)
+    return [-scale * beta, scale * alpha, scale]
+
+
+def _geodesic(dot, c, t, eps):
+    uu, vv, dd, ud = dot
+    sc = torch.sqrt(c)
+    bu = 1 - c * uu
+    den = clamp_min(bu * (1 - c * vv) + c * dd, MIN_DENOM)
+    sn = sc * norm_from_sq(dd / den)
+    th = tanh_c(t * artanh_c(sn))
+    s = th / sn
+    p, q = s * (bu + c * dd) / den, -s * c * dd / den
+    uz, zz = p * ud + q * (ud + uu), th * th / c
+    den2 = clamp_min(1 + 2 * c * uz + c * c * uu * zz, MIN_DENOM)
+    return [(1 + 2 * c * uz + c * zz) / den2, bu * p / den2, bu * q / den2]
+
+
+def _op(name, struct, vectors, terms, dots, out, coeffs, **kw) -> RowOp:
+    return RowOp("poincare", name, struct, vectors, terms, dots, out, coeffs, **kw).register()
+
+
+_XY = ((X, ALONE), (Y, ALONE))
+_XYD = ((X, ALONE), (Y, ALONE), (Y, X))  # x, y, d = y - x
+_ONE = ((X, ALONE),)
+_SQ = ((0, 0),)
+
+MOBIUS_ADD = _op("mobius_add", "PoincareMobiusAdd", ("x", "y"), _XY, ((0, 0), (1, 1), (0, 1)), (0, 1), _mobius_add)
+MOBIUS_SUB = _op("mobius_sub", "PoincareMobiusSub", ("x", "y"), _XY, ((0, 0), (1, 1), (0, 1)), (0, 1), _mobius_sub)
+MOBIUS_SCALAR_MUL = _op(
+    "mobius_scalar_mul", "PoincareMobiusScalarMul", ("x",), _ONE, _SQ, (0,), _scalar_mul, param="r"
+)
+EXPMAP0 = _op("expmap0", "PoincareExpmap0", ("u",), _ONE, _SQ, (0,), _expmap0)
+LOGMAP0 = _op("logmap0", "PoincareLogmap0", ("y",), _ONE, _SQ, (0,), _logmap0)
+EXPMAP = _op("expmap", "PoincareExpmap", ("x", "u"), _XY, ((0, 0), (1, 1), (0, 1)), (0, 1), _expmap)
+LOGMAP = _op("logmap", "PoincareLogmap", ("x", "y"), _XYD, ((0, 0), (1, 1), (2, 2)), (2, 1), _logmap)
+DIST = _op("dist", "PoincareDist", ("x", "y"), _XYD, ((0, 0), (1, 1), (2, 2)), (0,), _dist, scalar_out=True)
+DIST0 = _op("dist0", "PoincareDist0", ("x",), _ONE, _SQ, (0,), _dist0, scalar_out=True)
+PROJECT = _op("project", "PoincareProject", ("x",), _ONE, _SQ, (0,), _project, uses_eps=True)
+LAMBDA_X = _op("lambda_x", "PoincareLambdaX", ("x",), _ONE, _SQ, (0,), _lambda_x, scalar_out=True)
+_THREE = ((X, ALONE), (Y, ALONE), (Z, ALONE))
+_FIVE = ((0, 0), (1, 1), (0, 1), (0, 2), (1, 2))
+GYRATION = _op("gyration", "PoincareGyration", ("a", "b", "u"), _THREE, _FIVE, (0, 1, 2), _gyration)
+TRANSP = _op("transp", "PoincareTransp", ("x", "y", "v"), _THREE, _FIVE, (0, 1, 2), _transp)
+GEODESIC = _op(
+    "geodesic",
+    "PoincareGeodesic",
+    ("u", "v"),
+    _XYD,
+    ((0, 0), (1, 1), (2, 2), (0, 2)),
+    (0, 2, 1),
+    _geodesic,
+    param="t",
+)

@@ -1,0 +1,1 @@
+"""Independent torch references: the test oracles (evaluate them in float64)."""

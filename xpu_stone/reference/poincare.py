@@ -1,0 +1,110 @@
+"""Poincare-ball maths written plainly in torch, after Ganea et al. (2018) and
+geoopt's stereographic module, independent of the kernels' rewritten forms.
+The oracle of the tests; ``c`` is a float or a tensor broadcasting against
+``x[..., :1]``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-15
+
+
+def _c(c, like):
+    return torch.as_tensor(c, dtype=like.dtype, device=like.device)
+
+
+def _sq(x):
+    return (x * x).sum(-1, keepdim=True)
+
+
+def _norm(x):
+    return _sq(x).clamp_min(EPS * EPS).sqrt()
+
+
+def _artanh(z):
+    return torch.atanh(z.clamp(-1 + EPS, 1 - EPS))
+
+
+def _tanh(z):
+    return torch.tanh(z.clamp(-15, 15))
+
+
+def mobius_add(x, y, c=1.0):
+    c = _c(c, x)
+    xy = (x * y).sum(-1, keepdim=True)
+    num = (1 + 2 * c * xy + c * _sq(y)) * x + (1 - c * _sq(x)) * y
+    return num / (1 + 2 * c * xy + c * c * _sq(x) * _sq(y)).clamp_min(EPS)
+
+
+def mobius_sub(x, y, c=1.0):
+    return mobius_add(x, -y, c)
+
+
+def mobius_scalar_mul(r, x, c=1.0):
+    sc = _c(c, x).sqrt()
+    n = _norm(x)
+    return _tanh(_c(r, x) * _artanh(sc * n)) * x / (sc * n)
+
+
+def expmap0(u, c=1.0):
+    sc = _c(c, u).sqrt()
+    n = _norm(u)
+    return _tanh(sc * n) * u / (sc * n)
+
+
+def logmap0(y, c=1.0):
+    sc = _c(c, y).sqrt()
+    n = _norm(y)
+    return _artanh(sc * n) * y / (sc * n)
+
+
+def lambda_x(x, c=1.0, keepdim=False):
+    lam = 2 / (1 - _c(c, x) * _sq(x)).clamp_min(EPS)
+    return lam if keepdim else lam.squeeze(-1)
+
+
+def expmap(x, u, c=1.0):
+    sc = _c(c, x).sqrt()
+    n = _norm(u)
+    second = _tanh(sc * lambda_x(x, c, keepdim=True) * n / 2) * u / (sc * n)
+    return mobius_add(x, second, c)
+
+
+def logmap(x, y, c=1.0):
+    sc = _c(c, x).sqrt()
+    sub = mobius_add(-x, y, c)
+    n = _norm(sub)
+    return 2 / (sc * lambda_x(x, c, keepdim=True)) * _artanh(sc * n) * sub / n
+
+
+def dist(x, y, c=1.0, keepdim=False):
+    sc = _c(c, x).sqrt()
+    d = 2 / sc * _artanh(sc * mobius_add(-x, y, c).norm(dim=-1, keepdim=True))
+    return d if keepdim else d.squeeze(-1)
+
+
+def dist0(x, c=1.0, keepdim=False):
+    sc = _c(c, x).sqrt()
+    d = 2 / sc * _artanh(sc * x.norm(dim=-1, keepdim=True))
+    return d if keepdim else d.squeeze(-1)
+
+
+def project(x, c=1.0, eps=1e-5):
+    maxnorm = (1 - eps) / _c(c, x).sqrt()
+    n = _norm(x)
+    return torch.where(n > maxnorm, x / n * maxnorm, x)
+
+
+def gyration(a, b, u, c=1.0):
+    """gyr[a, b] u = (-(a + b)) + (a + (b + u)), from its definition."""
+    return mobius_add(-mobius_add(a, b, c), mobius_add(a, mobius_add(b, u, c), c), c)
+
+
+def transp(x, y, v, c=1.0):
+    return gyration(y, -x, v, c) * lambda_x(x, c, keepdim=True) / lambda_x(y, c, keepdim=True)
+
+
+def geodesic(u, v, t, c=1.0):
+    return mobius_add(u, mobius_scalar_mul(t, mobius_add(-u, v, c), c), c)

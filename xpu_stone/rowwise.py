@@ -1,0 +1,517 @@
+"""Row-wise ops: description, validation, launch, and the CPU transcription.
+
+A :class:`RowOp` mirrors one op struct of ``cuda_src/*.cu`` (see the header of
+``cuda_src/common/rowwise.cuh`` for the model): which vector inputs it takes,
+the terms and dots of its row, and ``coeffs``, the per-row formula written in
+torch exactly as the C++ one is. From these this module gives
+
+* ``launch_forward`` / ``launch_backward``: operands flattened to rows (batch
+  broadcasting by zero strides, no copies unless a broadcast pattern cannot be
+  expressed by one row stride), a dispatcher choice, and one kernel launch on
+  the caller's current stream; for torch tensors and for CuPy arrays;
+* ``cpu_forward`` / ``cpu_backward``: the same maths in torch, used on CPU
+  tensors, and checked by CPU CI (``gradcheck`` of the backward assembly against
+  the forward, and the forward against the independent reference).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from . import config
+from ._deps import cupy, is_cupy_array, torch
+from .constants import ACCUM_DTYPE, ARTANH_MAX, MIN_DENOM, MIN_SQNORM, TANH_MAX
+from .errors import InvalidArgumentError, InvalidCurvatureError, ShapeMismatchError
+from .kernels import dispatcher
+from .kernels.launch import get_function, launch
+from .kernels.registry import REGISTRY, VEC_WIDTH, OpKernels
+
+if torch is not None:
+    TORCH_DTYPES = {
+        torch.float32: "float32",
+        torch.float64: "float64",
+        torch.float16: "float16",
+        torch.bfloat16: "bfloat16",
+    }
+    TORCH_OF = {v: k for k, v in TORCH_DTYPES.items()}
+CUPY_DTYPES = {"float32": "float32", "float64": "float64", "float16": "float16"}
+
+
+@dataclass(frozen=True, eq=False)
+class RowOp:
+    """One row-wise op. ``terms``: (a, b) for v_a - v_b, b = -1 for v_a alone;
+    ``dots``: pairs of term indices; ``out``: the terms of a vector output."""
+
+    family: str
+    name: str
+    struct: str
+    vectors: tuple[str, ...]
+    terms: tuple[tuple[int, int], ...]
+    dots: tuple[tuple[int, int], ...]
+    out: tuple[int, ...]
+    coeffs: Callable
+    scalar_out: bool = False
+    param: str | None = None  # name of the per-row scalar passed as t ("t", "r")
+    uses_eps: bool = False
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.family}_{self.name}"
+
+    @property
+    def kernels(self) -> OpKernels:
+        return REGISTRY.get(self.qualname)
+
+    def register(self) -> RowOp:
+        REGISTRY.register(OpKernels(self.qualname, f"{self.family}.cu", self.struct))
+        return self
+
+
+# ----------------------------------------------------------------- validation
+def _check_scalar(value, name: str, what: str, positive: bool):
+    err = InvalidCurvatureError if positive else InvalidArgumentError
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise err(f"{name} must be a {what}, a 0-d tensor or a tensor, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v) or (positive and v <= 0):
+        raise err(f"{name} must be a finite{' positive' if positive else ''} number, got {value!r}")
+    return v
+
+
+def _check_scalar_tensor(s, name: str, like, positive: bool):
+    err = InvalidCurvatureError if positive else InvalidArgumentError
+    if not s.dtype.is_floating_point:
+        raise err(f"{name} must have a floating dtype, got {s.dtype}")
+    if s.dim() > 0 and s.shape[-1] != 1:
+        raise ShapeMismatchError(
+            f"{name} must hold one value per row: size 1 in the last dim (e.g. shape (N, 1) for "
+            f"inputs of shape (N, D)), got shape {tuple(s.shape)}"
+        )
+    if s.device != like.device:
+        if s.dim() == 0 and s.device.type == "cpu":
+            s = s.to(like.device)
+        else:
+            raise InvalidArgumentError(f"{name} is on {s.device} but the inputs are on {like.device}")
+    if config.check_tensor_values and not _in_trace(s):
+        bad = ~torch.isfinite(s) if not positive else ~(torch.isfinite(s) & (s > 0))
+        if bool(bad.any()):
+            raise err(f"{name} must be finite{' and positive' if positive else ''} everywhere")
+    return s
+
+
+def _in_trace(s) -> bool:
+    if torch.compiler.is_compiling():
+        return True
+    return s.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def validate_torch(op: RowOp, vecs: tuple, c, t):
+    """Checks a call on torch tensors; returns (vecs, c, c_val, t, t_val, dtype name, batch)."""
+    x = vecs[0]
+    dtype = None
+    for name, v in zip(op.vectors, vecs):
+        if not isinstance(v, torch.Tensor):
+            raise InvalidArgumentError(
+                f"{name} must be a torch.Tensor or a cupy.ndarray, got {type(v).__name__}"
+            )
+        if dtype is None:
+            dtype = TORCH_DTYPES.get(v.dtype)
+            if dtype is None:
+                raise InvalidArgumentError(
+                    f"{name} must be float16, bfloat16, float32 or float64, got {v.dtype}"
+                )
+        elif v.dtype != x.dtype:
+            raise InvalidArgumentError(
+                f"{name} has dtype {v.dtype} but {op.vectors[0]} has {x.dtype}; cast one of them"
+            )
+        if v.device != x.device:
+            raise InvalidArgumentError(f"{name} is on {v.device} but {op.vectors[0]} is on {x.device}")
+        if v.dim() == 0:
+            raise ShapeMismatchError(f"{name} must have at least one dim (features last), got a 0-d tensor")
+        if v.shape[-1] != x.shape[-1]:
+            raise ShapeMismatchError(
+                f"{name} has {v.shape[-1]} features but {op.vectors[0]} has {x.shape[-1]} "
+                f"(shapes {tuple(v.shape)} and {tuple(x.shape)})"
+            )
+    if x.shape[-1] == 0:
+        raise ShapeMismatchError(f"{op.vectors[0]} has an empty feature dim (shape {tuple(x.shape)})")
+    c_val = 1.0
+    if isinstance(c, torch.Tensor):
+        c = _check_scalar_tensor(c, "c", x, positive=True)
+    else:
+        c_val, c = _check_scalar(c, "c", "positive number", positive=True), None
+    t_val = 0.0
+    if op.param is not None:
+        if isinstance(t, torch.Tensor):
+            t = _check_scalar_tensor(t, op.param, x, positive=False)
+        else:
+            t_val, t = _check_scalar(t, op.param, "number", positive=False), None
+    return vecs, c, c_val, t, t_val, dtype, batch_shape(vecs, c, t)
+
+
+def batch_shape(vecs, c=None, t=None) -> tuple:
+    shapes = [v.shape[:-1] for v in vecs]
+    for s in (c, t):
+        if s is not None and s.dim() > 0:
+            shapes.append(s.shape[:-1])
+    try:
+        return tuple(torch.broadcast_shapes(*shapes))
+    except RuntimeError:
+        raise ShapeMismatchError(
+            "batch dims do not broadcast: " + ", ".join(str(tuple(s)) for s in shapes)
+        ) from None
+
+
+# ------------------------------------------------------------ flattening rows
+def _collapse(sizes, strides):
+    """One stride that walks all batch dims in order, or None if there is none."""
+    row_stride = expected = None
+    for size, stride in zip(reversed(sizes), reversed(strides)):
+        if size == 1:
+            continue
+        if row_stride is None:
+            row_stride = stride
+        elif stride != expected:
+            return None
+        expected = stride * size
+    return 0 if row_stride is None else row_stride
+
+
+def _torch_rows(v, batch, d):
+    """(tensor kept alive, row stride, element stride) of v as rows x d."""
+    if tuple(v.shape[:-1]) == batch and v.is_contiguous():
+        return v, d, 1
+    ve = v.expand(*batch, v.shape[-1])
+    rs = _collapse(ve.shape[:-1], ve.stride()[:-1])
+    if rs is None:
+        ve = ve.contiguous()
+        rs = d
+    return ve, rs, (ve.stride(-1) if d > 1 else 1)
+
+
+def _cupy_rows(v, batch, d):
+    if v.shape[:-1] == batch and v.flags.c_contiguous:
+        return v, d, 1
+    ve = cupy.broadcast_to(v, (*batch, v.shape[-1]))
+    item = ve.itemsize
+    rs = _collapse(ve.shape[:-1], [s // item for s in ve.strides[:-1]])
+    if rs is None:
+        ve = cupy.ascontiguousarray(ve)
+        rs = d
+    return ve, rs, (ve.strides[-1] // item if d > 1 else 1)
+
+
+def _aligned(ptrs_strides, d: int, dtype: str) -> bool:
+    vec = VEC_WIDTH[dtype]
+    if d % vec:
+        return False
+    for ptr, rs, es in ptrs_strides:
+        if ptr % 16 or rs % vec or (es != 1 and d > 1):
+            return False
+    return True
+
+
+def _np_scalar(dtype: str):
+    import numpy
+
+    return numpy.float64 if dtype == "float64" else numpy.float32
+
+
+def _grid(choice, rows: int) -> int:
+    rpb = choice.config.rows_per_block()
+    return -(-rows // rpb)
+
+
+def _prepare(op: RowOp, vecs, c, c_val, t, t_val, dtype: str, batch, rows_of, ptr_of, scalar_rows):
+    d = vecs[0].shape[-1]
+    rows = math.prod(batch)
+    keep, slots = [], []
+    for v in vecs:
+        ve, rs, es = rows_of(v, batch, d)
+        keep.append(ve)
+        slots.append((ptr_of(ve), rs, es))
+    aligned = _aligned(slots, d, dtype)
+    while len(slots) < 3:
+        slots.append((0, 0, 0))
+    scalars = []
+    for s, val in ((c, c_val), (t, t_val)):
+        if s is None:
+            scalars.append((0, 0, val))
+        else:
+            se, rs = scalar_rows(s, batch)
+            keep.append(se)
+            scalars.append((ptr_of(se), rs, 0.0))
+    return d, rows, keep, slots, scalars, aligned
+
+
+def _args(slots, scalars, eps, p):
+    args = []
+    for ptr, rs, es in slots:
+        args += (ptr, rs, es)
+    for ptr, rs, val in scalars:
+        args += (ptr, rs, p(val))
+    args.append(p(eps))
+    return args
+
+
+# ------------------------------------------------------------------ torch GPU
+def _param_dtype(dtype: str):
+    return torch.float64 if dtype == "float64" else torch.float32
+
+
+def _torch_scalar_rows_for(dtype):
+    pd = _param_dtype(dtype)
+
+    def rows(s, batch):
+        s = s.to(pd)
+        if s.dim() == 0:
+            return s, 0
+        se = s.expand(*batch, 1)
+        rs = _collapse(se.shape[:-1], se.stride()[:-1])
+        if rs is None:
+            se, rs = se.contiguous(), 1
+        return se, rs
+
+    return rows
+
+
+def launch_forward(op: RowOp, vecs, c, c_val, t, t_val, eps, dtype, batch):
+    """Runs the forward kernel on torch CUDA tensors; returns a new tensor."""
+    x = vecs[0]
+    d, rows, keep, slots, scalars, aligned = _prepare(
+        op, vecs, c, c_val, t, t_val, dtype, batch, _torch_rows, _ptr, _torch_scalar_rows_for(dtype)
+    )
+    out = torch.empty(batch if op.scalar_out else (*batch, d), dtype=x.dtype, device=x.device)
+    if rows == 0:
+        return out
+    dev = x.device.index
+    fn, choice = _kernel(op, "fwd", dtype, d, aligned, dev)
+    args = _args(slots, scalars, eps, _np_scalar(dtype))
+    args.append(out.data_ptr())
+    launch(fn, _grid(choice, rows), choice.config.block, (rows, d, *args), _torch_stream(dev), dev)
+    return out
+
+
+def launch_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, dtype, batch, needs):
+    """Runs the backward kernel; returns per-row gradients (None where not needed):
+    one rows-shaped tensor per vector, then c and t as (*batch, 1) tensors."""
+    x = vecs[0]
+    d, rows, keep, slots, scalars, aligned = _prepare(
+        op, vecs, c, c_val, t, t_val, dtype, batch, _torch_rows, _ptr, _torch_scalar_rows_for(dtype)
+    )
+    if op.scalar_out:
+        ge = grad.expand(*batch)
+        g_rs = _collapse(ge.shape, ge.stride())
+        if g_rs is None:
+            ge, g_rs = ge.contiguous(), 1
+        g_slot = (ge.data_ptr(), g_rs, 0)
+    else:
+        ge, g_rs, g_es = _torch_rows(grad, batch, d)
+        g_slot = (ge.data_ptr(), g_rs, g_es)
+        aligned = aligned and _aligned([g_slot], d, dtype)
+    nv = len(vecs)
+    outs = [
+        torch.empty((*batch, d), dtype=x.dtype, device=x.device) if needs[j] else None for j in range(nv)
+    ]
+    pd = _param_dtype(dtype)
+    for s, need in ((c, needs[nv]), (t, needs[nv + 1])):
+        outs.append(torch.empty((*batch, 1), dtype=pd, device=x.device) if (need and s is not None) else None)
+    if rows == 0:
+        return outs
+    dev = x.device.index
+    fn, choice = _kernel(op, "bwd", dtype, d, aligned, dev)
+    args = _args(slots, scalars, eps, _np_scalar(dtype))
+    args += g_slot
+    gv = [o.data_ptr() if o is not None else 0 for o in outs[:nv]] + [0] * (3 - nv)
+    args += gv + [o.data_ptr() if o is not None else 0 for o in outs[nv:]]
+    launch(fn, _grid(choice, rows), choice.config.block, (rows, d, *args), _torch_stream(dev), dev)
+    return outs
+
+
+def _ptr(v) -> int:
+    return v.data_ptr() if torch is not None and isinstance(v, torch.Tensor) else v.data.ptr
+
+
+def _torch_stream(dev: int) -> int:
+    return torch._C._cuda_getCurrentRawStream(dev)
+
+
+def _kernel(op: RowOp, direction: str, dtype: str, d: int, aligned: bool, dev: int):
+    choice = dispatcher.select(op.qualname, dtype, d, aligned, f"cuda:{dev}")
+    k = op.kernels
+    name = k.kernel_name(direction, dtype, ACCUM_DTYPE[dtype], choice.config)
+    return get_function(k.source, name, dev), choice
+
+
+# ---------------------------------------------------------------------- CuPy
+def call_cupy(op: RowOp, vecs, c, t, eps):
+    """Forward on CuPy arrays (no torch needed); launches on CuPy's current stream."""
+    x = vecs[0]
+    for name, v in zip(op.vectors, vecs):
+        if not is_cupy_array(v):
+            raise InvalidArgumentError(f"{name} must be a cupy.ndarray like {op.vectors[0]}, got {type(v).__name__}")
+        if v.dtype != x.dtype:
+            raise InvalidArgumentError(f"{name} has dtype {v.dtype} but {op.vectors[0]} has {x.dtype}")
+        if v.device.id != x.device.id:
+            raise InvalidArgumentError(f"{name} is on GPU {v.device.id} but {op.vectors[0]} is on GPU {x.device.id}")
+        if v.ndim == 0 or v.shape[-1] != x.shape[-1]:
+            raise ShapeMismatchError(f"{name} has shape {v.shape}, {op.vectors[0]} has shape {x.shape}")
+    dtype = CUPY_DTYPES.get(str(x.dtype))
+    if dtype is None:
+        raise InvalidArgumentError(f"{op.vectors[0]} must be float16, float32 or float64, got {x.dtype}")
+    if x.shape[-1] == 0:
+        raise ShapeMismatchError(f"{op.vectors[0]} has an empty feature dim (shape {x.shape})")
+    pd = "float64" if dtype == "float64" else "float32"
+    scal = []
+    for s, name, positive in ((c, "c", True), (t, op.param, False)):
+        if name is None:
+            scal.append((None, 0.0))
+        elif is_cupy_array(s):
+            if s.ndim > 0 and s.shape[-1] != 1:
+                raise ShapeMismatchError(f"{name} must have size 1 in the last dim, got shape {s.shape}")
+            if s.device.id != x.device.id:
+                raise InvalidArgumentError(f"{name} is on GPU {s.device.id} but the inputs are on GPU {x.device.id}")
+            if config.check_tensor_values:
+                ok = cupy.isfinite(s) & (s > 0) if positive else cupy.isfinite(s)
+                if not bool(ok.all()):
+                    err = InvalidCurvatureError if positive else InvalidArgumentError
+                    raise err(f"{name} must be finite{' and positive' if positive else ''} everywhere")
+            scal.append((s.astype(pd, copy=False), 0.0))
+        else:
+            scal.append((None, _check_scalar(s, name, "positive number" if positive else "number", positive)))
+    (cs, c_val), (ts, t_val) = scal
+    shapes = [v.shape[:-1] for v in vecs] + [s.shape[:-1] for s in (cs, ts) if s is not None and s.ndim > 0]
+    try:
+        import numpy
+
+        batch = tuple(numpy.broadcast_shapes(*shapes))
+    except ValueError:
+        raise ShapeMismatchError("batch dims do not broadcast: " + ", ".join(map(str, shapes))) from None
+
+    def scalar_rows(s, b):
+        if s.ndim == 0:
+            return s, 0
+        se = cupy.broadcast_to(s, (*b, 1))
+        rs = _collapse(se.shape[:-1], [st // se.itemsize for st in se.strides[:-1]])
+        if rs is None:
+            se, rs = cupy.ascontiguousarray(se), 1
+        return se, rs
+
+    d, rows, keep, slots, scalars, aligned = _prepare(
+        op, vecs, cs, c_val, ts, t_val, dtype, batch, _cupy_rows, _ptr, scalar_rows
+    )
+    with x.device:
+        out = cupy.empty(batch if op.scalar_out else (*batch, d), dtype=x.dtype)
+        if rows:
+            dev = x.device.id
+            fn, choice = _kernel(op, "fwd", dtype, d, aligned, dev)
+            args = _args(slots, scalars, eps, _np_scalar(dtype))
+            args.append(out.data.ptr)
+            launch(fn, _grid(choice, rows), choice.config.block, (rows, d, *args),
+                   cupy.cuda.get_current_stream().ptr, dev)
+    return out
+
+
+# ----------------------------------------------------- CPU transcription (torch)
+def clamp_min(x, lo):
+    return torch.clamp_min(x, lo)
+
+
+def norm_from_sq(sq):
+    """sqrt of a squared norm, zero norms counted as sqrt(MIN_SQNORM)."""
+    return torch.sqrt(torch.clamp_min(sq, MIN_SQNORM))
+
+
+def tanh_c(x):
+    return torch.tanh(torch.clamp(x, -TANH_MAX, TANH_MAX))
+
+
+def artanh_c(x):
+    hi = ARTANH_MAX["float64" if x.dtype == torch.float64 else "float32"]
+    return torch.atanh(torch.clamp(x, -hi, hi))
+
+
+def _compute_dtypes(dtype: torch.dtype):
+    elem = torch.float64 if dtype == torch.float64 else torch.float32
+    accum = torch.float64 if dtype in (torch.float64, torch.float32) else torch.float32
+    return elem, accum
+
+
+def _as_rows_scalar(s, val, like, dt):
+    return torch.full((), val, dtype=dt, device=like.device) if s is None else s.to(dt)
+
+
+def _terms(op: RowOp, vecs, dt):
+    return [vecs[a].to(dt) - (vecs[b].to(dt) if b >= 0 else 0) for a, b in op.terms]
+
+
+def cpu_forward(op: RowOp, vecs, c, c_val, t, t_val, eps):
+    """The kernel's maths in torch (any device): terms, dots, coeffs, output."""
+    elem, accum = _compute_dtypes(vecs[0].dtype)
+    ts = _terms(op, vecs, accum)
+    dots = [(ts[p] * ts[q]).sum(-1, keepdim=True) for p, q in op.dots]
+    cs, tt = _as_rows_scalar(c, c_val, vecs[0], accum), _as_rows_scalar(t, t_val, vecs[0], accum)
+    coef = op.coeffs(dots, cs, tt, eps)
+    if op.scalar_out:
+        return coef[0].squeeze(-1).to(vecs[0].dtype)
+    te = _terms(op, vecs, elem)
+    out = sum(coef[k].to(elem) * te[op.out[k]] for k in range(len(op.out)))
+    return out.to(vecs[0].dtype)
+
+
+def cpu_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, needs):
+    """The backward kernel's assembly in torch; same outputs as launch_backward."""
+    elem, accum = _compute_dtypes(vecs[0].dtype)
+    batch = batch_shape(vecs, c, t)
+    d = vecs[0].shape[-1]
+    ts = _terms(op, vecs, accum)
+
+    def leaf(v):  # one independent value per row, so adjoints stay per row
+        return v.expand(*batch, 1).detach().contiguous().requires_grad_()
+
+    with torch.enable_grad():
+        dots = [leaf((ts[p] * ts[q]).sum(-1, keepdim=True)) for p, q in op.dots]
+        cs = leaf(_as_rows_scalar(c, c_val, vecs[0], accum))
+        tt = leaf(_as_rows_scalar(t, t_val, vecs[0], accum))
+        coef = op.coeffs(dots, cs, tt, eps)
+        if op.scalar_out:
+            weights = [grad.to(accum).unsqueeze(-1)]
+        else:
+            weights = [(grad.to(accum) * ts[k]).sum(-1, keepdim=True) for k in op.out]
+        pairs = [(cf.expand(w.shape), w) for cf, w in zip(coef, weights) if cf.requires_grad]
+        sbar = torch.autograd.grad(
+            [p[0] for p in pairs], [*dots, cs, tt], [p[1] for p in pairs], allow_unused=True
+        )
+    sbar = [torch.zeros((), dtype=accum) if s is None else s for s in sbar]
+    nt = len(op.terms)
+    te = _terms(op, vecs, elem)
+    gterm = [0] * nt
+    if not op.scalar_out:
+        for k, term in enumerate(op.out):
+            gterm[term] = gterm[term] + coef[k].detach().to(elem) * grad.to(elem)
+    for (p, q), s in zip(op.dots, sbar[: len(op.dots)]):
+        s = s.to(elem)
+        if p == q:
+            gterm[p] = gterm[p] + 2 * s * te[p]
+        else:
+            gterm[p] = gterm[p] + s * te[q]
+            gterm[q] = gterm[q] + s * te[p]
+    grads = [0] * len(vecs)
+    for k, (a, b) in enumerate(op.terms):
+        grads[a] = grads[a] + gterm[k]
+        if b >= 0:
+            grads[b] = grads[b] - gterm[k]
+    nv = len(vecs)
+    out = []
+    for j in range(nv):
+        if not needs[j]:
+            out.append(None)
+            continue
+        gj = grads[j] if isinstance(grads[j], torch.Tensor) else torch.zeros((), dtype=elem)
+        out.append(gj.expand(*batch, d).to(vecs[0].dtype).contiguous())
+    pd = _param_dtype(TORCH_DTYPES[vecs[0].dtype])
+    for s, sb, need in ((c, sbar[-2], needs[nv]), (t, sbar[-1], needs[nv + 1])):
+        out.append(sb.expand(*batch, 1).to(pd).contiguous() if (need and s is not None) else None)
+    return out
