@@ -8,3 +8,7 @@ It is skipped inside ``torch.compile`` tracing and CUDA-graph capture.
 """
 
 check_tensor_values = True
+
+# Test switch: fill every kernel output with NaN before the launch, so that a
+# test can see that each element was written. Costs one fill per output.
+poison_outputs = False

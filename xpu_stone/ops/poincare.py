@@ -9,7 +9,6 @@ tensors of shape ``(..., 1)`` and returns the output coefficients; see
 from __future__ import annotations
 
 from .._deps import torch
-
 from ..constants import MIN_DENOM
 from ..rowwise import RowOp, artanh_c, clamp_min, norm_from_sq, tanh_c
 
@@ -131,8 +130,12 @@ _XYD = ((X, ALONE), (Y, ALONE), (Y, X))  # x, y, d = y - x
 _ONE = ((X, ALONE),)
 _SQ = ((0, 0),)
 
-MOBIUS_ADD = _op("mobius_add", "PoincareMobiusAdd", ("x", "y"), _XY, ((0, 0), (1, 1), (0, 1)), (0, 1), _mobius_add)
-MOBIUS_SUB = _op("mobius_sub", "PoincareMobiusSub", ("x", "y"), _XY, ((0, 0), (1, 1), (0, 1)), (0, 1), _mobius_sub)
+MOBIUS_ADD = _op(
+    "mobius_add", "PoincareMobiusAdd", ("x", "y"), _XY, ((0, 0), (1, 1), (0, 1)), (0, 1), _mobius_add
+)
+MOBIUS_SUB = _op(
+    "mobius_sub", "PoincareMobiusSub", ("x", "y"), _XY, ((0, 0), (1, 1), (0, 1)), (0, 1), _mobius_sub
+)
 MOBIUS_SCALAR_MUL = _op(
     "mobius_scalar_mul", "PoincareMobiusScalarMul", ("x",), _ONE, _SQ, (0,), _scalar_mul, param="r"
 )

@@ -1,0 +1,203 @@
+"""Poincare-ball ops: xpu_stone against torch eager, torch.compile and geoopt.
+
+    python -m benchmarks.bench_poincare [--ops mobius_add dist] [--quick]
+
+Forward and forward+backward, fp32 and bf16, D in {16, 64, 256, 1024, 4096},
+each problem sized to move about 0.8 GB forward; plus the host time of one
+small call (64x64 fp32). Writes JSON and markdown to benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from benchmarks.harness import Report, Row, environment, host_time_us, measure_copy, rotations, time_calls
+from xpu_stone import poincare as P
+from xpu_stone.reference import poincare as R
+
+C = 1.0
+ALL_OPS = (
+    "mobius_add",
+    "mobius_sub",
+    "mobius_scalar_mul",
+    "expmap0",
+    "logmap0",
+    "expmap",
+    "logmap",
+    "dist",
+    "dist0",
+    "project",
+    "lambda_x",
+    "gyration",
+    "transp",
+    "geodesic",
+)
+COMPARE_OPS = ("mobius_add", "dist", "expmap", "logmap", "geodesic", "transp")
+# (number of vector inputs, vector output?) per op
+SHAPE = {
+    "mobius_add": (2, True),
+    "mobius_sub": (2, True),
+    "mobius_scalar_mul": (1, True),
+    "expmap0": (1, True),
+    "logmap0": (1, True),
+    "expmap": (2, True),
+    "logmap": (2, True),
+    "dist": (2, False),
+    "dist0": (1, False),
+    "project": (1, True),
+    "lambda_x": (1, False),
+    "gyration": (3, True),
+    "transp": (3, True),
+    "geodesic": (2, True),
+}
+
+
+def _vectors(name, rows, d, dtype, gen):
+    nvec, _ = SHAPE[name]
+    out = []
+    for _ in range(nvec):
+        v = torch.randn(rows, d, device="cuda", dtype=torch.float32, generator=gen)
+        v = v / v.norm(dim=-1, keepdim=True) * torch.rand(rows, 1, device="cuda", generator=gen) * 0.9
+        out.append(v.to(dtype))
+    return out
+
+
+def _with_scalars(name, vecs):
+    if name == "mobius_scalar_mul":
+        return (0.7, *vecs)
+    if name == "geodesic":
+        return (*vecs, 0.3)
+    return tuple(vecs)
+
+
+def _geoopt_fn(name):
+    try:
+        from geoopt.manifolds.stereographic import math as gm
+    except ImportError:
+        return None
+    k = torch.tensor(-C, device="cuda")
+    table = {
+        "mobius_add": lambda x, y: gm.mobius_add(x, y, k=k),
+        "mobius_sub": lambda x, y: gm.mobius_sub(x, y, k=k),
+        "mobius_scalar_mul": lambda r, x: gm.mobius_scalar_mul(torch.tensor(r, device="cuda"), x, k=k),
+        "expmap0": lambda u: gm.expmap0(u, k=k),
+        "logmap0": lambda y: gm.logmap0(y, k=k),
+        "expmap": lambda x, u: gm.expmap(x, u, k=k),
+        "logmap": lambda x, y: gm.logmap(x, y, k=k),
+        "dist": lambda x, y: gm.dist(x, y, k=k),
+        "dist0": lambda x: gm.dist0(x, k=k),
+        "project": lambda x: gm.project(x, k=k),
+        "lambda_x": lambda x: gm.lambda_x(x, k=k),
+        "gyration": lambda a, b, u: gm.gyration(a, b, u, k=k),
+        "transp": lambda x, y, v: gm.parallel_transport(x, y, v, k=k),
+        "geodesic": lambda u, v, t: gm.geodesic(torch.tensor(t, device="cuda"), u, v, k=k),
+    }
+    return table[name]
+
+
+def _impls(name, compare):
+    xs = getattr(P, name)
+    ref = getattr(R, name)
+    impls = {"xpu_stone": lambda *a: xs(*a, c=C)}
+    if compare:
+        impls["torch_eager"] = lambda *a: ref(*a, c=C)
+        impls["torch_compile"] = torch.compile(lambda *a: ref(*a, c=C), dynamic=False)
+        g = _geoopt_fn(name)
+        if g is not None:
+            impls["geoopt"] = g
+    return impls
+
+
+def _fwd_bwd(fn):
+    def run(*args):
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        out = fn(*args)
+        return torch.autograd.grad(out, tensors, torch.ones_like(out))
+
+    return run
+
+
+def bench_op(report, name, dtype, d, target_bytes, compare):
+    nvec, vec_out = SHAPE[name]
+    item = torch.tensor([], dtype=dtype).element_size()
+    per_row_fwd = (nvec + (1 if vec_out else 0)) * d * item + (0 if vec_out else item)
+    rows = max(1, int(target_bytes // per_row_fwd))
+    fwd_bytes = rows * per_row_fwd
+    # backward reads the inputs and the output gradient, writes one gradient per input
+    bwd_bytes = rows * ((2 * nvec) * d * item + ((d * item) if vec_out else item))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    nsets = rotations(fwd_bytes)
+    sets = [_with_scalars(name, _vectors(name, rows, d, dtype, gen)) for _ in range(nsets)]
+    grad_sets = [
+        tuple(a.detach().requires_grad_() if isinstance(a, torch.Tensor) else a for a in s) for s in sets
+    ]
+    dname = str(dtype).replace("torch.", "")
+    for impl, fn in _impls(name, compare).items():
+        for mode, f, args, nbytes in (
+            ("fwd", fn, sets, fwd_bytes),
+            ("fwd+bwd", _fwd_bwd(fn), grad_sets, fwd_bytes + bwd_bytes),
+        ):
+            try:
+                with torch.no_grad() if mode == "fwd" else torch.enable_grad():
+                    ms = time_calls(f, args, warmup=3, reps=25)
+                report.add(Row(name, impl, mode, dname, (rows, d), nbytes, ms))
+            except Exception as e:  # report what failed instead of losing the run
+                report.add(
+                    Row(name, impl, mode, dname, (rows, d), nbytes, 0.0, note=f"failed: {type(e).__name__}")
+                )
+    del sets, grad_sets
+    torch.cuda.empty_cache()
+
+
+def bench_host_overhead(report):
+    x = torch.rand(64, 64, device="cuda") * 0.01
+    y = torch.rand(64, 64, device="cuda") * 0.01
+    with torch.no_grad():
+        t_add = host_time_us(torch.add, (x, y))
+        t_xs = host_time_us(lambda a, b: P.mobius_add(a, b), (x, y))
+        g = _geoopt_fn("mobius_add")
+        t_geo = host_time_us(g, (x, y), calls=300) if g else float("nan")
+    for impl, us in (("torch.add", t_add), ("xpu_stone", t_xs), ("geoopt", t_geo)):
+        report.add(
+            Row(
+                "host_overhead_64x64",
+                impl,
+                "fwd",
+                "float32",
+                (64, 64),
+                0,
+                us / 1000.0,
+                note=f"{us:.1f} us/call host; ratio to torch.add {us / t_add:.2f}",
+            )
+        )
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--ops", nargs="*", default=list(ALL_OPS))
+    p.add_argument("--dims", nargs="*", type=int, default=[16, 64, 256, 1024, 4096])
+    p.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
+    p.add_argument("--compare-dims", nargs="*", type=int, default=[16, 256, 4096])
+    p.add_argument("--target-gb", type=float, default=0.8)
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args(argv)
+    report = Report("poincare", meta=environment())
+    report.copy_gbps = measure_copy()
+    print(f"copy: {report.copy_gbps:.0f} GB/s", file=sys.stderr)
+    bench_host_overhead(report)
+    for name in args.ops:
+        for dt in args.dtypes:
+            for d in args.dims:
+                compare = name in COMPARE_OPS and d in args.compare_dims
+                bench_op(report, name, getattr(torch, dt), d, args.target_gb * 1e9, compare)
+                print(f"{name} {dt} D={d} done", file=sys.stderr, flush=True)
+    js, md = report.write(args.out)
+    print(report.markdown())
+    print(f"wrote {js} and {md}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""The benchmark harness every xpu_stone benchmark uses.
+
+Timing follows the device METHOD: CUDA events around each call, warm-up
+first, the median of many calls, and inputs rotated over enough sets that their
+bytes exceed the L2 cache several times. A device-to-device copy is measured in
+the same run, so every bandwidth figure is also given as a share of what the
+device's memory moved in that run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class Row:
+    op: str
+    impl: str  # "xpu_stone", "torch_eager", "torch_compile", "geoopt", "copy"
+    mode: str  # "fwd" or "fwd+bwd"
+    dtype: str
+    shape: tuple
+    bytes: int
+    ms: float
+    gbps: float = 0.0
+    pct_copy: float = 0.0
+    note: str = ""
+
+
+@dataclass
+class Report:
+    name: str
+    rows: list[Row] = field(default_factory=list)
+    copy_gbps: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+    def add(self, row: Row) -> Row:
+        row.gbps = row.bytes / (row.ms * 1e-3) / 1e9 if row.ms > 0 else 0.0
+        row.pct_copy = 100.0 * row.gbps / self.copy_gbps if self.copy_gbps else 0.0
+        self.rows.append(row)
+        return row
+
+    def write(self, folder: str | Path) -> tuple[Path, Path]:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        gpu = self.meta.get("gpu", "cpu").replace(" ", "_")
+        stem = f"{self.name}-{gpu}-{self.meta.get('date', 'undated')}"
+        js = folder / f"{stem}.json"
+        js.write_text(
+            json.dumps(
+                {"meta": self.meta, "copy_gbps": self.copy_gbps, "rows": [asdict(r) for r in self.rows]},
+                indent=1,
+            )
+        )
+        md = folder / f"{stem}.md"
+        md.write_text(self.markdown())
+        return js, md
+
+    def markdown(self) -> str:
+        m = self.meta
+        lines = [
+            f"# {self.name}",
+            "",
+            f"{m.get('gpu')} · {m.get('date')} · torch {m.get('torch')} · CuPy {m.get('cupy')} · "
+            f"CUDA {m.get('cuda')} · copy {self.copy_gbps:.0f} GB/s (read + write)",
+            "",
+            "| op | mode | dtype | shape | impl | ms | GB/s | % copy | note |",
+            "|---|---|---|---|---|---:|---:|---:|---|",
+        ]
+        for r in self.rows:
+            lines.append(
+                f"| {r.op} | {r.mode} | {r.dtype} | {'x'.join(map(str, r.shape))} | {r.impl} | "
+                f"{r.ms:.4f} | {r.gbps:.0f} | {r.pct_copy:.1f} | {r.note} |"
+            )
+        return "\n".join(lines) + "\n"
+
+
+def environment() -> dict:
+    try:
+        import cupy
+
+        cupy_version = cupy.__version__
+    except ImportError:
+        cupy_version = None
+    props = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None
+    return {
+        "gpu": props.name if props else "cpu",
+        "sm_count": props.multi_processor_count if props else None,
+        "date": _dt.date.today().isoformat(),
+        "torch": torch.__version__,
+        "cupy": cupy_version,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+    }
+
+
+def time_calls(fn, inputs: list, warmup: int = 5, reps: int = 40) -> float:
+    """Median ms of ``fn(*inputs[i % len(inputs)])`` over ``reps`` calls, CUDA events."""
+    for i in range(warmup):
+        fn(*inputs[i % len(inputs)])
+    torch.cuda.synchronize()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for i in range(reps):
+        args = inputs[i % len(inputs)]
+        starts[i].record()
+        fn(*args)
+        ends[i].record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+
+
+def rotations(set_bytes: int, l2_bytes: int | None = None) -> int:
+    """How many input sets to rotate so that they exceed the L2 cache 4 times over."""
+    if l2_bytes is None:
+        l2_bytes = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 64 << 20)
+    return max(2, min(16, -(-4 * l2_bytes // max(set_bytes, 1))))
+
+
+def measure_copy(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth in GB/s, counting bytes read plus written."""
+    src = [torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_() for _ in range(2)]
+    dst = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    ms = time_calls(lambda s: dst.copy_(s), [(s,) for s in src], warmup=3, reps=20)
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def host_time_us(fn, args, calls: int = 2000) -> float:
+    """Median host time per call in microseconds (the GPU work is tiny)."""
+    import time
+
+    for _ in range(100):
+        fn(*args)
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn(*args)
+        samples.append((time.perf_counter() - t0) / calls * 1e6)
+        torch.cuda.synchronize()
+    return statistics.median(samples)
