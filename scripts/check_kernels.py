@@ -68,20 +68,34 @@ def main(argv=None) -> int:
                 print(f"FAIL {arch} {name}\n{err.log}", flush=True)
                 continue
             spill = k.spill_bytes > 0
-            report.append({"arch": arch, "source": src, "kernel": name, "registers": k.registers,
-                           "spill_bytes": k.spill_bytes, "stack_bytes": k.stack_bytes,
-                           "smem_bytes": k.smem_bytes, "cached": k.from_cache})
+            report.append(
+                {
+                    "arch": arch,
+                    "source": src,
+                    "kernel": name,
+                    "registers": k.registers,
+                    "spill_bytes": k.spill_bytes,
+                    "stack_bytes": k.stack_bytes,
+                    "smem_bytes": k.smem_bytes,
+                    "cached": k.from_cache,
+                }
+            )
             spills += spill
             if not args.quiet or spill:
-                print(f"[{i}/{len(jobs)}] {arch} regs={k.registers:3d} spill={k.spill_bytes}B "
-                      f"stack={k.stack_bytes}B {name}", flush=True)
+                print(
+                    f"[{i}/{len(jobs)}] {arch} regs={k.registers:3d} spill={k.spill_bytes}B "
+                    f"stack={k.stack_bytes}B {name}",
+                    flush=True,
+                )
     elapsed = time.perf_counter() - start
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"elapsed_s": elapsed, "kernels": report}, f, indent=1)
     cached = sum(r["cached"] for r in report)
-    print(f"{len(report)} kernels compiled ({cached} from cache) for {', '.join(archs)} in {elapsed:.1f} s "
-          f"with {args.workers} workers; {len(failures)} failed, {spills} spill registers")
+    print(
+        f"{len(report)} kernels compiled ({cached} from cache) for {', '.join(archs)} in {elapsed:.1f} s "
+        f"with {args.workers} workers; {len(failures)} failed, {spills} spill registers"
+    )
     return 1 if failures else 0
 
 

@@ -2,8 +2,10 @@
 
 The clamping constants mirror ``xs_limits`` in ``cuda_src/common/math.cuh``:
 
-* ``MIN_SQNORM = 1e-30``: squared norms below this count as this, so that a zero
-  vector has a finite direction-free limit (``tanh(n)/n -> 1``).
+* ``MIN_SQNORM``: squared norms below this count as this (``1e-200`` in float64
+  arithmetic, ``1e-36`` in float32), so that a zero vector gets the finite limit
+  of each formula (``tanh(n)/n -> 1``) while any representable nonzero row keeps
+  its direction, and the gradient of a norm at a tiny row stays ``x/|x|``.
 * ``MIN_DENOM = 1e-15``: denominators that are positive inside the ball
   (``1 - c|x|^2``, the Mobius denominators) are at least this.
 * ``TANH_MAX = 15``: ``tanh``'s input is clamped to ``[-15, 15]``.
@@ -19,7 +21,7 @@ follows).
 
 from __future__ import annotations
 
-MIN_SQNORM = 1e-30
+MIN_SQNORM = {"float64": 1e-200, "float32": 1e-36}
 MIN_DENOM = 1e-15
 TANH_MAX = 15.0
 ARTANH_MAX = {"float64": 1.0 - 1e-15, "float32": 1.0 - 1e-7}
@@ -31,6 +33,10 @@ BOUNDARY_EPS = {
     "bfloat16": 8e-3,  # 1 - 8e-3 -> 0.99219 in bf16 (spacing below 1: 2^-8)
 }
 
-# Compute type of the per-row reductions and formulas for each storage dtype
-# (fp32 rows are reduced in fp64: 1 - c|x|^2 near the boundary keeps its digits).
-ACCUM_DTYPE = {"float64": "float64", "float32": "float64", "float16": "float32", "bfloat16": "float32"}
+# Arithmetic type of the kernels for each storage dtype: the row reductions, the
+# per-row formulas and the elementwise sums all run in fp64 and are rounded to
+# the storage dtype once. Near the boundary 1 - c|x|^2 and the Mobius
+# denominators cancel to a few digits; fp64 keeps fp32 outputs within 1e-5 of
+# exact maths there. The kernels keep the type a template parameter (float works
+# too), for GPUs whose fp64 rate would make this the bottleneck.
+ACCUM_DTYPE = {"float64": "float64", "float32": "float64", "float16": "float64", "bfloat16": "float64"}

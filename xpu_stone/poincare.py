@@ -21,7 +21,7 @@ Formulas (Ganea, Becigneul & Hofmann, *Hyperbolic Neural Networks*, 2018):
 from __future__ import annotations
 
 from . import rowwise
-from ._deps import is_cupy_array, torch
+from ._deps import is_cupy_array, require_torch, torch
 from .constants import BOUNDARY_EPS
 from .ops import poincare as _ops
 
@@ -52,6 +52,8 @@ def _needs_grad(args) -> bool:
 def _call(op: rowwise.RowOp, vecs: tuple, c, t=None, eps: float = 0.0):
     if is_cupy_array(vecs[0]):
         return rowwise.call_cupy(op, vecs, c, t, eps)
+    if torch is None:
+        require_torch(f"xpu_stone.poincare.{op.name} on non-CuPy inputs")
     vecs, c, c_val, t, t_val, dtype, batch = rowwise.validate_torch(op, vecs, c, t)
     if not torch.compiler.is_compiling() and not _needs_grad((*vecs, c, t)):
         if vecs[0].is_cuda:

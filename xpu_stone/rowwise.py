@@ -437,9 +437,13 @@ def clamp_min(x, lo):
     return torch.clamp_min(x, lo)
 
 
+def _limit_key(x) -> str:
+    return "float64" if x.dtype == torch.float64 else "float32"
+
+
 def norm_from_sq(sq):
     """sqrt of a squared norm, zero norms counted as sqrt(MIN_SQNORM)."""
-    return torch.sqrt(torch.clamp_min(sq, MIN_SQNORM))
+    return torch.sqrt(torch.clamp_min(sq, MIN_SQNORM[_limit_key(sq)]))
 
 
 def tanh_c(x):
@@ -447,14 +451,20 @@ def tanh_c(x):
 
 
 def artanh_c(x):
-    hi = ARTANH_MAX["float64" if x.dtype == torch.float64 else "float32"]
+    hi = ARTANH_MAX[_limit_key(x)]
     return torch.atanh(torch.clamp(x, -hi, hi))
 
 
-def _compute_dtypes(dtype: torch.dtype):
-    elem = torch.float64 if dtype == torch.float64 else torch.float32
-    accum = torch.float64 if dtype in (torch.float64, torch.float32) else torch.float32
-    return elem, accum
+def _store(x, dtype: torch.dtype):
+    """Rounds to the storage dtype; fp16 saturates at +-65504 as the kernels do."""
+    if dtype == torch.float16:
+        x = x.clamp(-65504.0, 65504.0)
+    return x.to(dtype)
+
+
+def _accum_dtype(dtype: torch.dtype):
+    """fp64 for fp32/fp64 rows, fp32 for fp16/bf16 (ACCUM_DTYPE); all row maths uses it."""
+    return TORCH_OF[ACCUM_DTYPE[TORCH_DTYPES[dtype]]]
 
 
 def _as_rows_scalar(s, val, like, dt):
@@ -467,21 +477,20 @@ def _terms(op: RowOp, vecs, dt):
 
 def cpu_forward(op: RowOp, vecs, c, c_val, t, t_val, eps):
     """The kernel's maths in torch (any device): terms, dots, coeffs, output."""
-    elem, accum = _compute_dtypes(vecs[0].dtype)
+    accum = _accum_dtype(vecs[0].dtype)
     ts = _terms(op, vecs, accum)
     dots = [(ts[p] * ts[q]).sum(-1, keepdim=True) for p, q in op.dots]
     cs, tt = _as_rows_scalar(c, c_val, vecs[0], accum), _as_rows_scalar(t, t_val, vecs[0], accum)
     coef = op.coeffs(dots, cs, tt, eps)
     if op.scalar_out:
-        return coef[0].squeeze(-1).to(vecs[0].dtype)
-    te = _terms(op, vecs, elem)
-    out = sum(coef[k].to(elem) * te[op.out[k]] for k in range(len(op.out)))
-    return out.to(vecs[0].dtype)
+        return _store(coef[0].squeeze(-1), vecs[0].dtype)
+    out = sum(coef[k] * ts[op.out[k]] for k in range(len(op.out)))
+    return _store(out, vecs[0].dtype)
 
 
 def cpu_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, needs):
     """The backward kernel's assembly in torch; same outputs as launch_backward."""
-    elem, accum = _compute_dtypes(vecs[0].dtype)
+    accum = _accum_dtype(vecs[0].dtype)
     batch = batch_shape(vecs, c, t)
     d = vecs[0].shape[-1]
     ts = _terms(op, vecs, accum)
@@ -503,19 +512,16 @@ def cpu_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, needs):
             [p[0] for p in pairs], [*dots, cs, tt], [p[1] for p in pairs], allow_unused=True
         )
     sbar = [torch.zeros((), dtype=accum) if s is None else s for s in sbar]
-    nt = len(op.terms)
-    te = _terms(op, vecs, elem)
-    gterm = [0] * nt
+    gterm = [0] * len(op.terms)
     if not op.scalar_out:
         for k, term in enumerate(op.out):
-            gterm[term] = gterm[term] + coef[k].detach().to(elem) * grad.to(elem)
+            gterm[term] = gterm[term] + coef[k].detach() * grad.to(accum)
     for (p, q), s in zip(op.dots, sbar[: len(op.dots)]):
-        s = s.to(elem)
         if p == q:
-            gterm[p] = gterm[p] + 2 * s * te[p]
+            gterm[p] = gterm[p] + 2 * s * ts[p]
         else:
-            gterm[p] = gterm[p] + s * te[q]
-            gterm[q] = gterm[q] + s * te[p]
+            gterm[p] = gterm[p] + s * ts[q]
+            gterm[q] = gterm[q] + s * ts[p]
     grads = [0] * len(vecs)
     for k, (a, b) in enumerate(op.terms):
         grads[a] = grads[a] + gterm[k]
@@ -527,8 +533,8 @@ def cpu_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, needs):
         if not needs[j]:
             out.append(None)
             continue
-        gj = grads[j] if isinstance(grads[j], torch.Tensor) else torch.zeros((), dtype=elem)
-        out.append(gj.expand(*batch, d).to(vecs[0].dtype).contiguous())
+        gj = grads[j] if isinstance(grads[j], torch.Tensor) else torch.zeros((), dtype=accum)
+        out.append(_store(gj.expand(*batch, d), vecs[0].dtype).contiguous())
     pd = _param_dtype(TORCH_DTYPES[vecs[0].dtype])
     for s, sb, need in ((c, sbar[-2], needs[nv]), (t, sbar[-1], needs[nv + 1])):
         out.append(sb.expand(*batch, 1).to(pd).contiguous() if (need and s is not None) else None)

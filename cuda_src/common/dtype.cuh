@@ -58,9 +58,12 @@ template <>
 __device__ __forceinline__ double xs_from_e<double>(double v) {
   return v;
 }
+// fp16 stores saturate at +-65504 (the largest finite half): a gradient or
+// conformal factor beyond fp16's range comes out as the largest value, not inf.
 template <>
 __device__ __forceinline__ xs_half xs_from_e<xs_half>(float v) {
   xs_half h;
+  v = fminf(fmaxf(v, -65504.0f), 65504.0f);
   asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(v));
   return h;
 }
@@ -77,26 +80,19 @@ struct alignas(sizeof(T) * N) xs_pack {
   T v[N];
 };
 
-// Loads N elements starting at p (element stride es; es is ignored when N > 1,
-// where the caller guarantees unit stride and alignment).
-template <class T, int N>
-__device__ __forceinline__ void xs_load(const T* __restrict__ p, long long es,
-                                        typename xs_traits<T>::E (&out)[N]) {
-  if constexpr (N == 1) {
-    out[0] = xs_to_e(p[0]);
-  } else {
-    const xs_pack<T, N> k = *reinterpret_cast<const xs_pack<T, N>*>(p);
+// Loads N consecutive, aligned elements starting at p into registers of type V.
+template <class T, int N, class V>
+__device__ __forceinline__ void xs_load(const T* __restrict__ p, V (&out)[N]) {
+  const xs_pack<T, N> k = *reinterpret_cast<const xs_pack<T, N>*>(p);
 #pragma unroll
-    for (int i = 0; i < N; ++i) out[i] = xs_to_e(k.v[i]);
-  }
-  (void)es;
+  for (int i = 0; i < N; ++i) out[i] = V(xs_to_e(k.v[i]));
 }
 
-template <class T, int N>
-__device__ __forceinline__ void xs_store(T* __restrict__ p,
-                                         const typename xs_traits<T>::E (&in)[N]) {
+// Stores N values of type V as N consecutive, aligned elements of type T.
+template <class T, int N, class V>
+__device__ __forceinline__ void xs_store(T* __restrict__ p, const V (&in)[N]) {
   xs_pack<T, N> k;
 #pragma unroll
-  for (int i = 0; i < N; ++i) k.v[i] = xs_from_e<T>(in[i]);
+  for (int i = 0; i < N; ++i) k.v[i] = xs_from_e<T>(typename xs_traits<T>::E(in[i]));
   *reinterpret_cast<xs_pack<T, N>*>(p) = k;
 }

@@ -14,14 +14,14 @@ template <class S>
 struct xs_limits;
 template <>
 struct xs_limits<float> {
-  static constexpr float min_sqnorm = 1e-30f;  // squared norms below this count as this
+  static constexpr float min_sqnorm = 1e-36f;  // squared norms below this count as this
   static constexpr float min_denom = 1e-15f;   // positive denominators are at least this
   static constexpr float tanh_max = 15.0f;     // tanh's input is clamped to [-15, 15]
   static constexpr float artanh_max = 1.0f - 1e-7f;  // artanh's input <= 1 - 1e-7
 };
 template <>
 struct xs_limits<double> {
-  static constexpr double min_sqnorm = 1e-30;
+  static constexpr double min_sqnorm = 1e-200;
   static constexpr double min_denom = 1e-15;
   static constexpr double tanh_max = 15.0;
   static constexpr double artanh_max = 1.0 - 1e-15;

@@ -20,6 +20,10 @@
 // and dL/dv_j = sum_k (d term_k / d v_j) dL/d term_k with d term/d v = +1 or -1.
 // xpu_stone/rowwise.py transcribes exactly this for the CPU.
 //
+// Element arithmetic (terms, output sums, gradients) runs in S as well: for
+// fp32 rows that is fp64, so that an output that is a small difference of large
+// terms keeps its digits; the value is rounded to T once, when stored.
+//
 // Thread layout: G threads per row (G <= 32: several rows per warp; G > 32: one
 // row per block of G threads). Each thread moves VEC consecutive elements per
 // access (VEC * sizeof(T) == 16 for the vector variants, 1 for the strided
@@ -43,17 +47,16 @@ __device__ __forceinline__ R xs_term(const V (&v)[Op::NVEC][VEC], int k, int i) 
 }
 
 // Loads elements [e, e + VEC) of the NV rows (zeros when !ok).
-template <class T, int NV, int VEC>
+template <class T, int NV, int VEC, class E>
 __device__ __forceinline__ void xs_load_rows(const T* const (&base)[3], const long long (&es)[3],
-                                             long long e, bool ok,
-                                             typename xs_traits<T>::E (&v)[NV][VEC]) {
+                                             long long e, bool ok, E (&v)[NV][VEC]) {
 #pragma unroll
   for (int j = 0; j < NV; ++j) {
     if (ok) {
       if constexpr (VEC == 1) {
-        v[j][0] = xs_to_e(base[j][e * es[j]]);
+        v[j][0] = E(xs_to_e(base[j][e * es[j]]));
       } else {
-        xs_load<T, VEC>(base[j] + e, 1, v[j]);
+        xs_load<T, VEC>(base[j] + e, v[j]);
       }
     } else {
 #pragma unroll
@@ -84,11 +87,10 @@ __device__ __forceinline__ void xs_row_sum(S (&acc)[N]) {
   }
 }
 
-template <class T, int VEC>
-__device__ __forceinline__ void xs_store_chunk(T* __restrict__ p, long long e,
-                                               const typename xs_traits<T>::E (&o)[VEC]) {
+template <class T, int VEC, class E>
+__device__ __forceinline__ void xs_store_chunk(T* __restrict__ p, long long e, const E (&o)[VEC]) {
   if constexpr (VEC == 1) {
-    p[e] = xs_from_e<T>(o[0]);
+    p[e] = xs_from_e<T>(typename xs_traits<T>::E(o[0]));
   } else {
     xs_store<T, VEC>(p + e, o);
   }
@@ -96,7 +98,7 @@ __device__ __forceinline__ void xs_store_chunk(T* __restrict__ p, long long e,
 
 // Where thread `lane` of a row starts, and how far apart its accesses are.
 #define XS_ROW_SETUP                                                                 \
-  using E = typename xs_traits<T>::E;                                                \
+  using E = S;                                                                       \
   using P = typename xs_traits<T>::P;                                                \
   constexpr int RPB = G > 32 ? 1 : BLOCK / G;                                        \
   const int lane = threadIdx.x % G;                                                  \
@@ -148,7 +150,7 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_fwd(XS_ROW_INPUT_PARAMS, T* 
   Op::template coeffs<S, S>(acc, c, t, S(eps), coef);
 
   if constexpr (Op::SCALAR_OUT) {
-    if (valid && lane == 0) out[row] = xs_from_e<T>(E(coef[0]));
+    if (valid && lane == 0) out[row] = xs_from_e<T>(typename xs_traits<T>::E(coef[0]));
   } else {
     if (!valid) return;
     E ce[Op::NOUT];
@@ -210,9 +212,9 @@ __global__ void __launch_bounds__(BLOCK)
 #pragma unroll
         for (int i = 0; i < VEC; ++i) v[NV][i] = 0;
       } else if constexpr (VEC == 1) {
-        v[NV][0] = xs_to_e(gbase[e * g_es]);
+        v[NV][0] = E(xs_to_e(gbase[e * g_es]));
       } else {
-        xs_load<T, VEC>(gbase + e, 1, v[NV]);
+        xs_load<T, VEC>(gbase + e, v[NV]);
       }
     }
   };
