@@ -149,6 +149,22 @@ def settled_error(name, out, ref, args, c, eps=None, tol=1e-5, max_rows=64):
     return rel_err(o, r), len(order)
 
 
+def _objective(name, row, dirs, ci, dc, gi, eps, s):
+    """<g, f(row + s * dirs)> at 60 digits (c moved by s * dc)."""
+    import mpmath as mp
+    from mp_reference import evaluate
+
+    moved = [
+        [mp.mpf(v) + s * float(dd[k]) for k, v in enumerate(r)]
+        if isinstance(r, list)
+        else mp.mpf(r) + s * float(dd[0])
+        for r, dd in zip(row, dirs)
+    ]
+    out = evaluate(name, moved, mp.mpf(ci) + s * dc, eps)
+    out = out if isinstance(out, list) else [out]
+    return mp.fsum(p * q for p, q in zip(out, gi))
+
+
 def settled_grad_errors(name, grads, ref_grads, args, c, g, eps=None, tol=1e-4, max_rows=16):
     """Normwise relative errors of the gradients (inputs, then per-row c) against
     the float64 autograd reference, floored at the output gradient's scale.
@@ -157,7 +173,6 @@ def settled_grad_errors(name, grads, ref_grads, args, c, g, eps=None, tol=1e-4, 
     central differences with h = 1e-25) must match the kernel's gradients; a
     row that matches takes the kernel's values as its reference."""
     import mpmath as mp
-    from mp_reference import evaluate
 
     floor = g.double().norm().item() / math.sqrt(max(g.numel(), 1))
     errs = [rel_err(a, b, floor) for a, b in zip(grads, ref_grads)]
@@ -182,18 +197,13 @@ def settled_grad_errors(name, grads, ref_grads, args, c, g, eps=None, tol=1e-4, 
             ]
             dc = float(torch.randn(1, generator=gen, dtype=torch.float64)) if c_rows is not None else 0.0
 
-            def objective(s):
-                moved = [
-                    [mp.mpf(v) + s * float(dd[k]) for k, v in enumerate(r)]
-                    if isinstance(r, list)
-                    else mp.mpf(r) + s * float(dd[0])
-                    for r, dd in zip(row, dirs)
-                ]
-                out = evaluate(name, moved, mp.mpf(ci) + s * dc, eps)
-                out = out if isinstance(out, list) else [out]
-                return mp.fsum(p * q for p, q in zip(out, gi))
-
-            exact = float((objective(h) - objective(-h)) / (2 * h))
+            exact = float(
+                (
+                    _objective(name, row, dirs, ci, dc, gi, eps, h)
+                    - _objective(name, row, dirs, ci, dc, gi, eps, -h)
+                )
+                / (2 * h)
+            )
             ours = sum(float((a[i] * dd).sum()) for a, dd in zip(flat[: len(row)], dirs))
             scale = sum(float(a[i].norm()) ** 2 for a in flat) ** 0.5
             if c_rows is not None:
