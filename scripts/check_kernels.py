@@ -44,25 +44,25 @@ def main(argv=None) -> int:
 
         archs = [device_arch(0)]
     jobs = [
-        (kernels.source, name, arch)
+        (kernels.source, name, defines, arch)
         for arch in archs
         for kernels in REGISTRY
         if args.ops is None or kernels.op in args.ops
-        for name in kernels.all_kernels(args.dtypes)
+        for name, defines in kernels.all_kernels(args.dtypes)
     ]
     start = time.perf_counter()
     failures, report, spills = [], [], 0
 
     def run(job):
-        src, name, arch = job
+        src, name, defines, arch = job
         try:
-            return job, compile_kernel(src, name, arch, use_cache=not args.no_cache), None
+            return job, compile_kernel(src, name, arch, use_cache=not args.no_cache, defines=defines), None
         except CompilationError as e:
             return job, None, e
 
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
         for i, (job, k, err) in enumerate(pool.map(run, jobs), 1):
-            src, name, arch = job
+            src, name, _, arch = job
             if err is not None:
                 failures.append(err)
                 print(f"FAIL {arch} {name}\n{err.log}", flush=True)

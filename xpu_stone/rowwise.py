@@ -20,12 +20,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import config
+from . import config, policies
 from ._deps import cupy, is_cupy_array, torch
 from .constants import ACCUM_DTYPE, ARTANH_MAX, MIN_SQNORM, TANH_MAX
 from .errors import InvalidArgumentError, InvalidCurvatureError, ShapeMismatchError
 from .kernels import dispatcher
-from .kernels.launch import get_function, launch
+from .kernels.launch import get_function, launch_row
 from .kernels.registry import REGISTRY, VEC_WIDTH, OpKernels
 
 if torch is not None:
@@ -152,16 +152,34 @@ def validate_torch(op: RowOp, vecs: tuple, c, t):
 
 
 def batch_shape(vecs, c=None, t=None) -> tuple:
-    shapes = [v.shape[:-1] for v in vecs]
+    """The broadcast batch shape of the vectors (all dims but the last) and of
+    the per-row scalars c and t (their dims but the last)."""
+    shapes = [tuple(v.shape[:-1]) for v in vecs]
     for s in (c, t):
         if s is not None and s.dim() > 0:
-            shapes.append(s.shape[:-1])
-    try:
-        return tuple(torch.broadcast_shapes(*shapes))
-    except RuntimeError:
-        raise ShapeMismatchError(
-            "batch dims do not broadcast: " + ", ".join(str(tuple(s)) for s in shapes)
-        ) from None
+            shapes.append(tuple(s.shape[:-1]))
+    return broadcast(shapes)
+
+
+def broadcast(shapes) -> tuple:
+    """torch/NumPy broadcasting of shape tuples (torch.broadcast_shapes costs
+    about 25 us a call, several times a whole kernel launch)."""
+    first = shapes[0]
+    if all(s == first for s in shapes):
+        return first
+    out = []
+    for i in range(1, max(len(s) for s in shapes) + 1):
+        size = 1
+        for s in shapes:
+            n = s[-i] if i <= len(s) else 1
+            if n != 1:
+                if size not in (1, n):
+                    raise ShapeMismatchError(
+                        "batch dims do not broadcast: " + ", ".join(str(tuple(s)) for s in shapes)
+                    )
+                size = n
+        out.append(size)
+    return tuple(reversed(out))
 
 
 # ------------------------------------------------------------ flattening rows
@@ -181,7 +199,7 @@ def _collapse(sizes, strides):
 
 def _torch_rows(v, batch, d):
     """(tensor kept alive, row stride, element stride) of v as rows x d."""
-    if tuple(v.shape[:-1]) == batch and v.is_contiguous():
+    if v.is_contiguous() and v.shape[:-1] == batch:
         return v, d, 1
     ve = v.expand(*batch, v.shape[-1])
     rs = _collapse(ve.shape[:-1], ve.stride()[:-1])
@@ -213,47 +231,34 @@ def _aligned(ptrs_strides, d: int, dtype: str) -> bool:
     return True
 
 
-def _np_scalar(dtype: str):
-    import numpy
-
-    return numpy.float64 if dtype == "float64" else numpy.float32
-
-
 def _grid(choice, rows: int) -> int:
     rpb = choice.config.rows_per_block()
     return -(-rows // rpb)
 
 
-def _prepare(op: RowOp, vecs, c, c_val, t, t_val, dtype: str, batch, rows_of, ptr_of, scalar_rows):
+def _prepare(vecs, c, c_val, t, t_val, dtype: str, batch, rows_of, ptr_of, scalar_rows):
+    """Rows view of every operand: (d, rows, kept arrays, leading xs_row_args fields, aligned)."""
     d = vecs[0].shape[-1]
     rows = math.prod(batch)
-    keep, slots = [], []
-    for v in vecs:
+    vec = VEC_WIDTH[dtype]
+    aligned = d % vec == 0
+    keep, ptrs, rss, ess = [], [0, 0, 0], [0, 0, 0], [0, 0, 0]
+    for j, v in enumerate(vecs):
         ve, rs, es = rows_of(v, batch, d)
         keep.append(ve)
-        slots.append((ptr_of(ve), rs, es))
-    aligned = _aligned(slots, d, dtype)
-    while len(slots) < 3:
-        slots.append((0, 0, 0))
-    scalars = []
+        p = ptrs[j] = ptr_of(ve)
+        rss[j], ess[j] = rs, es
+        if aligned and (p % 16 or rs % vec or (es != 1 and d > 1)):
+            aligned = False
+    fields = [rows, d, *ptrs, *rss, *ess]
     for s, val in ((c, c_val), (t, t_val)):
         if s is None:
-            scalars.append((0, 0, val))
+            fields += (0, 0, val)
         else:
-            se, rs = scalar_rows(s, batch)
+            se, rs = scalar_rows(s, batch, dtype)
             keep.append(se)
-            scalars.append((ptr_of(se), rs, 0.0))
-    return d, rows, keep, slots, scalars, aligned
-
-
-def _args(slots, scalars, eps, p):
-    args = []
-    for ptr, rs, es in slots:
-        args += (ptr, rs, es)
-    for ptr, rs, val in scalars:
-        args += (ptr, rs, p(val))
-    args.append(p(eps))
-    return args
+            fields += (ptr_of(se), rs, 0.0)
+    return d, rows, keep, fields, aligned
 
 
 # ------------------------------------------------------------------ torch GPU
@@ -261,27 +266,22 @@ def _param_dtype(dtype: str):
     return torch.float64 if dtype == "float64" else torch.float32
 
 
-def _torch_scalar_rows_for(dtype):
-    pd = _param_dtype(dtype)
-
-    def rows(s, batch):
-        s = s.to(pd)
-        if s.dim() == 0:
-            return s, 0
-        se = s.expand(*batch, 1)
-        rs = _collapse(se.shape[:-1], se.stride()[:-1])
-        if rs is None:
-            se, rs = se.contiguous(), 1
-        return se, rs
-
-    return rows
+def _torch_scalar_rows(s, batch, dtype):
+    s = s.to(_param_dtype(dtype))
+    if s.dim() == 0:
+        return s, 0
+    se = s.expand(*batch, 1)
+    rs = _collapse(se.shape[:-1], se.stride()[:-1])
+    if rs is None:
+        se, rs = se.contiguous(), 1
+    return se, rs
 
 
 def launch_forward(op: RowOp, vecs, c, c_val, t, t_val, eps, dtype, batch):
     """Runs the forward kernel on torch CUDA tensors; returns a new tensor."""
     x = vecs[0]
-    d, rows, keep, slots, scalars, aligned = _prepare(
-        op, vecs, c, c_val, t, t_val, dtype, batch, _torch_rows, _ptr, _torch_scalar_rows_for(dtype)
+    d, rows, keep, fields, aligned = _prepare(
+        vecs, c, c_val, t, t_val, dtype, batch, _torch_rows, _torch_ptr, _torch_scalar_rows
     )
     out = torch.empty(batch if op.scalar_out else (*batch, d), dtype=x.dtype, device=x.device)
     if config.poison_outputs:
@@ -290,9 +290,8 @@ def launch_forward(op: RowOp, vecs, c, c_val, t, t_val, eps, dtype, batch):
         return out
     dev = x.device.index
     fn, choice = _kernel(op, "fwd", dtype, d, aligned, dev)
-    args = _args(slots, scalars, eps, _np_scalar(dtype))
-    args.append(out.data_ptr())
-    launch(fn, _grid(choice, rows), choice.config.block, (rows, d, *args), _torch_stream(dev), dev)
+    fields += (float(eps), out.data_ptr(), 0, 0, 0, 0, 0, 0, 0, 0)
+    launch_row(fn, _grid(choice, rows), choice.config.block, fields, _torch_stream(dev), dev)
     return out
 
 
@@ -300,21 +299,22 @@ def launch_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, dtype, batch
     """Runs the backward kernel; returns per-row gradients (None where not needed):
     one rows-shaped tensor per vector, then c and t as (*batch, 1) tensors."""
     x = vecs[0]
-    d, rows, keep, slots, scalars, aligned = _prepare(
-        op, vecs, c, c_val, t, t_val, dtype, batch, _torch_rows, _ptr, _torch_scalar_rows_for(dtype)
+    d, rows, keep, fields, aligned = _prepare(
+        vecs, c, c_val, t, t_val, dtype, batch, _torch_rows, _torch_ptr, _torch_scalar_rows
     )
     if op.scalar_out:
         ge = grad.expand(*batch)
         g_rs = _collapse(ge.shape, ge.stride())
         if g_rs is None:
             ge, g_rs = ge.contiguous(), 1
-        g_slot = (ge.data_ptr(), g_rs, 0)
+        g_es = 0
     else:
         ge, g_rs, g_es = _torch_rows(grad, batch, d)
-        g_slot = (ge.data_ptr(), g_rs, g_es)
-        aligned = aligned and _aligned([g_slot], d, dtype)
+        aligned = aligned and _aligned([(ge.data_ptr(), g_rs, g_es)], d, dtype)
     nv = len(vecs)
-    outs = [torch.empty((*batch, d), dtype=x.dtype, device=x.device) if needs[j] else None for j in range(nv)]
+    outs = [
+        torch.empty((*batch, d), dtype=x.dtype, device=x.device) if needs[j] else None for j in range(nv)
+    ]
     pd = _param_dtype(dtype)
     for s, need in ((c, needs[nv]), (t, needs[nv + 1])):
         outs.append(torch.empty((*batch, 1), dtype=pd, device=x.device) if (need and s is not None) else None)
@@ -326,27 +326,38 @@ def launch_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, dtype, batch
         return outs
     dev = x.device.index
     fn, choice = _kernel(op, "bwd", dtype, d, aligned, dev)
-    args = _args(slots, scalars, eps, _np_scalar(dtype))
-    args += g_slot
     gv = [o.data_ptr() if o is not None else 0 for o in outs[:nv]] + [0] * (3 - nv)
-    args += gv + [o.data_ptr() if o is not None else 0 for o in outs[nv:]]
-    launch(fn, _grid(choice, rows), choice.config.block, (rows, d, *args), _torch_stream(dev), dev)
+    gct = [o.data_ptr() if o is not None else 0 for o in outs[nv:]]
+    fields += (float(eps), 0, ge.data_ptr(), g_rs, g_es, *gv, *gct)
+    launch_row(fn, _grid(choice, rows), choice.config.block, fields, _torch_stream(dev), dev)
     return outs
 
 
-def _ptr(v) -> int:
-    return v.data_ptr() if torch is not None and isinstance(v, torch.Tensor) else v.data.ptr
+def _torch_ptr(v) -> int:
+    return v.data_ptr()
+
+
+def _cupy_ptr(v) -> int:
+    return v.data.ptr
 
 
 def _torch_stream(dev: int) -> int:
     return torch._C._cuda_getCurrentRawStream(dev)
 
 
+_kernel_cache: dict[tuple, tuple] = {}
+
+
 def _kernel(op: RowOp, direction: str, dtype: str, d: int, aligned: bool, dev: int):
-    choice = dispatcher.select(op.qualname, dtype, d, aligned, f"cuda:{dev}")
-    k = op.kernels
-    name = k.kernel_name(direction, dtype, ACCUM_DTYPE[dtype], choice.config)
-    return get_function(k.source, name, dev), choice
+    """(loaded function, dispatcher choice) for this call; cached per shape class and policy."""
+    key = (op.qualname, direction, dtype, d, aligned, dev, policies.policy_token(), dispatcher.generation())
+    hit = _kernel_cache.get(key)
+    if hit is None:
+        choice = dispatcher.select(op.qualname, dtype, d, aligned, dev)
+        k = op.kernels
+        name = k.kernel_name(direction, dtype, ACCUM_DTYPE[dtype], choice.config)
+        hit = _kernel_cache[key] = (get_function(k.source, name, dev, k.defines(dtype)), choice)
+    return hit
 
 
 # ---------------------------------------------------------------------- CuPy
@@ -390,17 +401,13 @@ def call_cupy(op: RowOp, vecs, c, t, eps):
                     raise err(f"{name} must be finite{' and positive' if positive else ''} everywhere")
             scal.append((s.astype(pd, copy=False), 0.0))
         else:
-            scal.append((None, _check_scalar(s, name, "positive number" if positive else "number", positive)))
+            what = "positive number" if positive else "number"
+            scal.append((None, _check_scalar(s, name, what, positive)))
     (cs, c_val), (ts, t_val) = scal
     shapes = [v.shape[:-1] for v in vecs] + [s.shape[:-1] for s in (cs, ts) if s is not None and s.ndim > 0]
-    try:
-        import numpy
+    batch = broadcast([tuple(s) for s in shapes])
 
-        batch = tuple(numpy.broadcast_shapes(*shapes))
-    except ValueError:
-        raise ShapeMismatchError("batch dims do not broadcast: " + ", ".join(map(str, shapes))) from None
-
-    def scalar_rows(s, b):
+    def scalar_rows(s, b, _dtype):
         if s.ndim == 0:
             return s, 0
         se = cupy.broadcast_to(s, (*b, 1))
@@ -409,8 +416,8 @@ def call_cupy(op: RowOp, vecs, c, t, eps):
             se, rs = cupy.ascontiguousarray(se), 1
         return se, rs
 
-    d, rows, keep, slots, scalars, aligned = _prepare(
-        op, vecs, cs, c_val, ts, t_val, dtype, batch, _cupy_rows, _ptr, scalar_rows
+    d, rows, keep, fields, aligned = _prepare(
+        vecs, cs, c_val, ts, t_val, dtype, batch, _cupy_rows, _cupy_ptr, scalar_rows
     )
     with x.device:
         out = cupy.empty(batch if op.scalar_out else (*batch, d), dtype=x.dtype)
@@ -419,16 +426,9 @@ def call_cupy(op: RowOp, vecs, c, t, eps):
         if rows:
             dev = x.device.id
             fn, choice = _kernel(op, "fwd", dtype, d, aligned, dev)
-            args = _args(slots, scalars, eps, _np_scalar(dtype))
-            args.append(out.data.ptr)
-            launch(
-                fn,
-                _grid(choice, rows),
-                choice.config.block,
-                (rows, d, *args),
-                cupy.cuda.get_current_stream().ptr,
-                dev,
-            )
+            fields += (float(eps), out.data.ptr, 0, 0, 0, 0, 0, 0, 0, 0)
+            stream = cupy.cuda.get_current_stream().ptr
+            launch_row(fn, _grid(choice, rows), choice.config.block, fields, stream, dev)
     return out
 
 

@@ -96,35 +96,53 @@ __device__ __forceinline__ void xs_store_chunk(T* __restrict__ p, long long e, c
   }
 }
 
+// Every row-wise kernel takes this one struct by value (a single 216-byte
+// parameter: the host packs it with one call, see xpu_stone/rowwise.py, which
+// mirrors the field order). Unused fields are zero.
+struct xs_row_args {
+  long long rows, D;
+  const void* v[3];        // input rows (up to three vectors)
+  long long v_rs[3];       // row strides (elements; 0 broadcasts one row)
+  long long v_es[3];       // element strides
+  const void* c_ptr;       // per-row curvature (P), or null: c_val
+  long long c_rs;
+  double c_val;
+  const void* t_ptr;       // per-row weight t / r (P), or null: t_val
+  long long t_rs;
+  double t_val;
+  double eps;
+  void* out;               // forward output, contiguous
+  const void* g;           // backward: output gradient
+  long long g_rs, g_es;
+  void* gv[3];             // backward: input gradients, contiguous (null: skip)
+  void* gc;                // backward: per-row gradient of c (P)
+  void* gt;                // backward: per-row gradient of t (P)
+};
+
 // Where thread `lane` of a row starts, and how far apart its accesses are.
-#define XS_ROW_SETUP                                                                 \
-  using E = S;                                                                       \
-  using P = typename xs_traits<T>::P;                                                \
-  constexpr int RPB = G > 32 ? 1 : BLOCK / G;                                        \
-  const int lane = threadIdx.x % G;                                                  \
-  const long long row = (long long)blockIdx.x * RPB + threadIdx.x / G;               \
-  const bool valid = row < rows;                                                     \
-  const long long r = valid ? row : 0;                                               \
-  const T* const base[3] = {v0 + r * v0_rs, Op::NVEC > 1 ? v1 + r * v1_rs : v0,      \
-                            Op::NVEC > 2 ? v2 + r * v2_rs : v0};                     \
-  const long long es[3] = {v0_es, v1_es, v2_es};                                     \
-  const S c = c_ptr ? S(c_ptr[r * c_rs]) : S(c_val);                                 \
-  const S t = t_ptr ? S(t_ptr[r * t_rs]) : S(t_val);                                 \
+#define XS_ROW_SETUP                                                                   \
+  using E = S;                                                                         \
+  using P = typename xs_traits<T>::P;                                                  \
+  constexpr int RPB = G > 32 ? 1 : BLOCK / G;                                          \
+  const long long rows = a.rows, D = a.D;                                              \
+  const int lane = threadIdx.x % G;                                                    \
+  const long long row = (long long)blockIdx.x * RPB + threadIdx.x / G;                 \
+  const bool valid = row < rows;                                                       \
+  const long long r = valid ? row : 0;                                                 \
+  const T* const v0 = static_cast<const T*>(a.v[0]);                                   \
+  const T* const base[3] = {v0 + r * a.v_rs[0],                                        \
+                            Op::NVEC > 1 ? static_cast<const T*>(a.v[1]) + r * a.v_rs[1] : v0, \
+                            Op::NVEC > 2 ? static_cast<const T*>(a.v[2]) + r * a.v_rs[2] : v0}; \
+  const long long es[3] = {a.v_es[0], a.v_es[1], a.v_es[2]};                           \
+  const S c = a.c_ptr ? S(static_cast<const P*>(a.c_ptr)[r * a.c_rs]) : S(a.c_val);    \
+  const S t = a.t_ptr ? S(static_cast<const P*>(a.t_ptr)[r * a.t_rs]) : S(a.t_val);    \
+  const S eps = S(a.eps);                                                              \
   constexpr long long STEP = (long long)G * VEC;
 
-#define XS_ROW_INPUT_PARAMS                                                          \
-  const long long rows, const long long D, const T *__restrict__ v0,                 \
-      const long long v0_rs, const long long v0_es, const T *__restrict__ v1,        \
-      const long long v1_rs, const long long v1_es, const T *__restrict__ v2,        \
-      const long long v2_rs, const long long v2_es,                                  \
-      const typename xs_traits<T>::P *__restrict__ c_ptr, const long long c_rs,      \
-      const typename xs_traits<T>::P c_val,                                          \
-      const typename xs_traits<T>::P *__restrict__ t_ptr, const long long t_rs,      \
-      const typename xs_traits<T>::P t_val, const typename xs_traits<T>::P eps
-
 template <class Op, class T, class S, int G, int NITER, int VEC, int BLOCK>
-__global__ void __launch_bounds__(BLOCK) xs_rowwise_fwd(XS_ROW_INPUT_PARAMS, T* __restrict__ out) {
+__global__ void __launch_bounds__(BLOCK) xs_rowwise_fwd(const xs_row_args a) {
   XS_ROW_SETUP
+  T* const out = static_cast<T*>(a.out);
   constexpr int NV = Op::NVEC;
   E cache[NITER > 0 ? NITER : 1][NV][VEC];
   S acc[Op::NDOT];
@@ -147,7 +165,7 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_fwd(XS_ROW_INPUT_PARAMS, T* 
   xs_row_sum<G>(acc);
 
   S coef[Op::NOUT];
-  Op::template coeffs<S, S>(acc, c, t, S(eps), coef);
+  Op::template coeffs<S, S>(acc, c, t, eps, coef);
 
   if constexpr (Op::SCALAR_OUT) {
     if (valid && lane == 0) out[row] = xs_from_e<T>(typename xs_traits<T>::E(coef[0]));
@@ -188,12 +206,15 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_fwd(XS_ROW_INPUT_PARAMS, T* 
 // rows go to gv0..gv2 (contiguous rows x D), of c and t to gc, gt (one value per
 // row); a null pointer skips that gradient.
 template <class Op, class T, class S, int G, int NITER, int VEC, int BLOCK>
-__global__ void __launch_bounds__(BLOCK)
-    xs_rowwise_bwd(XS_ROW_INPUT_PARAMS, const T* __restrict__ g, const long long g_rs,
-                   const long long g_es, T* __restrict__ gv0, T* __restrict__ gv1,
-                   T* __restrict__ gv2, typename xs_traits<T>::P* __restrict__ gc,
-                   typename xs_traits<T>::P* __restrict__ gt) {
+__global__ void __launch_bounds__(BLOCK) xs_rowwise_bwd(const xs_row_args a) {
   XS_ROW_SETUP
+  const T* const g = static_cast<const T*>(a.g);
+  const long long g_rs = a.g_rs, g_es = a.g_es;
+  P* const gc = static_cast<P*>(a.gc);
+  P* const gt = static_cast<P*>(a.gt);
+  T* const gv0 = static_cast<T*>(a.gv[0]);
+  T* const gv1 = static_cast<T*>(a.gv[1]);
+  T* const gv2 = static_cast<T*>(a.gv[2]);
   // Vector ops load g as one more row (index NVEC) next to the inputs.
   constexpr bool VG = !Op::SCALAR_OUT;
   constexpr int NV = Op::NVEC;
@@ -252,7 +273,7 @@ __global__ void __launch_bounds__(BLOCK)
 #pragma unroll
   for (int d = 0; d < Op::NDOT; ++d) dots[d] = R::seed(acc[d], d);
   R coef[Op::NOUT];
-  Op::template coeffs<R, S>(dots, R::seed(c, Op::NDOT), R::seed(t, Op::NDOT + 1), S(eps), coef);
+  Op::template coeffs<R, S>(dots, R::seed(c, Op::NDOT), R::seed(t, Op::NDOT + 1), eps, coef);
   const S gs = (!VG && valid) ? S(xs_to_e(g[r * g_rs])) : S(0);
   S sbar[NS];
 #pragma unroll

@@ -20,10 +20,10 @@ def build(ops=None, dtypes=None, arch=None, workers=None, progress=None):
     jobs = []
     for kernels in REGISTRY:
         if ops is None or kernels.op in ops:
-            jobs += [(kernels.source, name) for name in kernels.all_kernels(dtypes or DTYPES)]
+            jobs += [(kernels.source, name, defs) for name, defs in kernels.all_kernels(dtypes or DTYPES)]
     results = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(compile_kernel, src, name, arch) for src, name in jobs]
+        futures = [pool.submit(compile_kernel, src, name, arch, True, defs) for src, name, defs in jobs]
         for i, f in enumerate(futures):
             results.append(f.result())
             if progress is not None:

@@ -122,13 +122,16 @@ def _resources(log: str) -> dict:
 _cache_lock = threading.Lock()
 
 
-def compile_kernel(source: str, name: str, arch: str, use_cache: bool = True) -> CompiledKernel:
-    """Compiles kernel ``name`` of ``source`` for ``arch`` (e.g. ``"sm_90"``).
+def compile_kernel(
+    source: str, name: str, arch: str, use_cache: bool = True, defines: tuple[str, ...] = ()
+) -> CompiledKernel:
+    """Compiles kernel ``name`` of ``source`` for ``arch`` (e.g. ``"sm_90"``), with
+    extra preprocessor ``defines`` such as ``("XS_FAST_TRANSCENDENTALS=1",)``.
 
     Raises :class:`CompilationError` carrying NVRTC's log when the compile fails.
     """
     code = load_source(source)
-    options = (*NVRTC_OPTIONS, f"-arch={arch}")
+    options = (*NVRTC_OPTIONS, f"-arch={arch}", *(f"-D{d}" for d in defines))
     key_text = json.dumps([code, options, name, arch, nvrtc_version()])
     key = hashlib.sha256(key_text.encode()).hexdigest()[:40]
     path = cache_dir() / f"{key}.cubin"

@@ -29,36 +29,44 @@ class TunedTable:
     leaves every choice to the heuristic.
     """
 
-    def lookup(self, op: str, dtype: str, d: int, device: str) -> str | None:
+    def lookup(self, op: str, dtype: str, d: int, device) -> str | None:
         return None
 
 
 _table: TunedTable = TunedTable()
 _cache: dict[tuple, Choice] = {}
+_generation = [0]
+
+
+def generation() -> int:
+    """Bumped whenever cached choices become stale (a new tuned table)."""
+    return _generation[0]
 
 
 def set_tuned_table(table: TunedTable) -> None:
     global _table
     _table = table
     _cache.clear()
+    _generation[0] += 1
 
 
-def heuristic_variant(dtype: str, d: int, aligned: bool) -> str:
-    """Several rows per warp while a row fits in 16 threads' vectors, a warp
-    per row up to 128 vectors, a block per row beyond; generic when unaligned."""
-    from .registry import VEC_WIDTH
-
-    if not aligned:
-        return "generic"
-    chunks = -(-d // VEC_WIDTH[dtype])
-    if chunks <= 16:
-        return "rows_per_warp"
-    if chunks <= 128:
-        return "warp_per_row"
-    return "block_per_row"
+HEURISTIC_ORDER = ("rows_per_warp", "warp_per_row", "block_per_row")
 
 
-def select(op: str, dtype: str, d: int, aligned: bool, device: str = "cuda") -> Choice:
+def heuristic(kernels, dtype: str, d: int, aligned: bool) -> tuple[str, LaunchConfig]:
+    """The first of rows_per_warp, warp_per_row, block_per_row that keeps the
+    whole row in registers; a looping block per row beyond; generic when the
+    input is not aligned for 16-byte access."""
+    if aligned:
+        for name in HEURISTIC_ORDER:
+            cfg = kernels.variant(name).pick(dtype, d, aligned, cached_only=True)
+            if cfg is not None:
+                return name, cfg
+        return "block_per_row", kernels.variant("block_per_row").pick(dtype, d, aligned)
+    return "generic", kernels.variant("generic").pick(dtype, d, aligned)
+
+
+def select(op: str, dtype: str, d: int, aligned: bool, device=0) -> Choice:
     key = (op, dtype, d, aligned, device, policies.policy_token())
     choice = _cache.get(key)
     if choice is None:
@@ -66,7 +74,7 @@ def select(op: str, dtype: str, d: int, aligned: bool, device: str = "cuda") -> 
     return choice
 
 
-def _select(op: str, dtype: str, d: int, aligned: bool, device: str) -> Choice:
+def _select(op: str, dtype: str, d: int, aligned: bool, device) -> Choice:
     kernels = REGISTRY.get(op)
     note = ""
     policy = policies.active_policy()
@@ -81,11 +89,11 @@ def _select(op: str, dtype: str, d: int, aligned: bool, device: str) -> Choice:
         cfg = kernels.variant(tuned).pick(dtype, d, aligned)
         if cfg is not None:
             return Choice(op, tuned, cfg, "table" + note)
-    name = heuristic_variant(dtype, d, aligned)
-    return Choice(op, name, kernels.variant(name).pick(dtype, d, aligned), "heuristic" + note)
+    name, cfg = heuristic(kernels, dtype, d, aligned)
+    return Choice(op, name, cfg, "heuristic" + note)
 
 
-def explain(op: str, d: int, dtype: str = "float32", aligned: bool = True, device: str = "cuda") -> str:
+def explain(op: str, d: int, dtype: str = "float32", aligned: bool = True, device=0) -> str:
     """Which variant runs ``op`` on rows of ``d`` elements of ``dtype``, and why."""
     c = select(op, dtype, d, aligned, device)
     cfg = c.config

@@ -1,40 +1,48 @@
 """Loads compiled kernels onto a device and launches them on the caller's stream.
 
-Launches go through CuPy's ``Function`` with raw device pointers and the raw
-handle of the caller's *current* stream (torch's for tensors, CuPy's for
-arrays), so CUDA-graph capture and side streams see every launch. No DLPack
-capsule is made on this path: that costs 20-28 us a tensor.
+A launch packs the kernel's one parameter struct with ``struct.pack_into`` and
+calls ``cuLaunchKernel`` (through CuPy's driver binding) with raw device
+pointers and the raw handle of the caller's *current* stream (torch's for
+tensors, CuPy's for arrays), so CUDA-graph capture and side streams see every
+launch. No DLPack capsule and no per-argument conversion is made on this path.
 """
 
 from __future__ import annotations
 
+import ctypes
+import struct
 import threading
 
+from .._deps import cupy as _cupy
 from .._deps import require_cupy
 from ..errors import CudaError
 from .compiler import compile_kernel
 
+_driver = _cupy.cuda.driver if _cupy is not None else None
+
 _functions: dict[tuple, object] = {}
 _load_lock = threading.Lock()
-_streams: dict[int, object] = {}
+
+# Field order of `xs_row_args` in cuda_src/common/rowwise.cuh (27 fields of 8 bytes).
+ROW_ARGS = struct.Struct("<qq3Q3q3qQqdQqddQQqq3QQQ")
+ROW_ARG_FIELDS = (
+    "rows", "D", "v0", "v1", "v2", "v0_rs", "v1_rs", "v2_rs", "v0_es", "v1_es", "v2_es",
+    "c_ptr", "c_rs", "c_val", "t_ptr", "t_rs", "t_val", "eps", "out", "g", "g_rs", "g_es",
+    "gv0", "gv1", "gv2", "gc", "gt",
+)
 
 
-class _RawStream:
-    """What CuPy's launcher needs of a stream: its handle."""
+class _ParamBuffer(threading.local):
+    """Per-thread kernel-parameter memory: one struct and the pointer array
+    cuLaunchKernel reads (it copies both before returning)."""
 
-    __slots__ = ("ptr",)
+    def __init__(self):
+        self.struct = ctypes.create_string_buffer(ROW_ARGS.size)
+        self.params = (ctypes.c_void_p * 1)(ctypes.addressof(self.struct))
+        self.params_ptr = ctypes.addressof(self.params)
 
-    def __init__(self, ptr: int):
-        self.ptr = ptr
 
-
-def stream_handle(ptr: int) -> _RawStream:
-    s = _streams.get(ptr)
-    if s is None:
-        if len(_streams) > 256:
-            _streams.clear()
-        s = _streams[ptr] = _RawStream(ptr)
-    return s
+_params = _ParamBuffer()
 
 
 def device_arch(device_id: int) -> str:
@@ -42,37 +50,40 @@ def device_arch(device_id: int) -> str:
     return f"sm_{cupy.cuda.Device(device_id).compute_capability}"
 
 
-def get_function(source: str, name: str, device_id: int):
+def get_function(source: str, name: str, device_id: int, defines: tuple[str, ...] = ()):
     """The loaded kernel ``name`` of ``source`` on ``device_id`` (compiled on first use)."""
-    key = (device_id, source, name)
+    key = (device_id, source, name, defines)
     fn = _functions.get(key)
     if fn is None:
         with _load_lock:
             fn = _functions.get(key)
             if fn is None:
-                fn = _functions[key] = _load(source, name, device_id)
+                fn = _functions[key] = _load(source, name, device_id, defines)
     return fn
 
 
-def _load(source: str, name: str, device_id: int):
+def _load(source: str, name: str, device_id: int, defines: tuple[str, ...]):
     cupy = require_cupy("running kernels")
     with cupy.cuda.Device(device_id):
-        kernel = compile_kernel(source, name, device_arch(device_id))
+        kernel = compile_kernel(source, name, device_arch(device_id), defines=defines)
         module = cupy.cuda.function.Module()
         module.load(kernel.cubin)
         return module.get_function(kernel.lowered_name)
 
 
-def launch(fn, grid: int, block: int, args: tuple, stream_ptr: int, device_id: int) -> None:
-    """Launches ``fn`` on the stream with handle ``stream_ptr`` of ``device_id``."""
+def launch_row(fn, grid: int, block: int, fields: tuple, stream_ptr: int, device_id: int) -> None:
+    """Launches a row-wise kernel with its ``xs_row_args`` fields (in ROW_ARG_FIELDS
+    order) on the stream with handle ``stream_ptr`` of ``device_id``."""
     cupy = require_cupy("running kernels")
+    buf = _params
+    ROW_ARGS.pack_into(buf.struct, 0, *fields)
     try:
         if cupy.cuda.runtime.getDevice() == device_id:
-            fn((grid,), (block,), args, 0, stream_handle(stream_ptr))
+            _driver.launchKernel(fn.ptr, grid, 1, 1, block, 1, 1, 0, stream_ptr, buf.params_ptr, 0)
         else:
             with cupy.cuda.Device(device_id):
-                fn((grid,), (block,), args, 0, stream_handle(stream_ptr))
-    except cupy.cuda.driver.CUDADriverError as e:
+                _driver.launchKernel(fn.ptr, grid, 1, 1, block, 1, 1, 0, stream_ptr, buf.params_ptr, 0)
+    except _driver.CUDADriverError as e:
         raise CudaError(str(e), _error_name(e)) from e
 
 

@@ -28,6 +28,7 @@ CXX_TYPE = {"float32": "float", "float64": "double", "float16": "xs_half", "bflo
 ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
 VEC_WIDTH = {name: 16 // size for name, size in ITEMSIZE.items()}
 DTYPES = tuple(CXX_TYPE)
+MAX_CACHED = 16  # elements of one row a thread keeps in registers (as fp64: 32 registers)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class LaunchConfig:
     block: int
 
     def covers(self, d: int) -> bool:
+        """Whether the row fits in registers (looping configurations take any row)."""
         return self.iters == 0 or d <= self.threads * self.iters * self.vec
 
     def rows_per_block(self) -> int:
@@ -60,23 +62,34 @@ class Variant:
     shapes: tuple[tuple[int, int, int], ...]  # (threads, iters, block); vec from dtype
 
     def configs(self, dtype: str) -> tuple[LaunchConfig, ...]:
+        """The configurations for ``dtype``: a thread keeps at most
+        MAX_CACHED elements of each row in registers (held in fp64)."""
         vec = VEC_WIDTH[dtype] if self.vectorized else 1
-        return tuple(LaunchConfig(g, n, vec, b) for g, n, b in self.shapes)
+        return tuple(
+            LaunchConfig(g, n, vec, b) for g, n, b in self.shapes if n * vec <= MAX_CACHED
+        )
 
-    def pick(self, dtype: str, d: int, aligned: bool) -> LaunchConfig | None:
-        """The smallest configuration of this variant that takes the input, if any."""
+    def pick(self, dtype: str, d: int, aligned: bool, cached_only: bool = False) -> LaunchConfig | None:
+        """The smallest configuration of this variant that takes the input, if any
+        (with ``cached_only``, only one that keeps the row in registers)."""
         if self.vectorized and not aligned:
             return None
+        looping = None
         for cfg in self.configs(dtype):
-            if cfg.covers(d):
-                return cfg
-        return None
+            if cfg.iters > 0:
+                if cfg.covers(d):
+                    return cfg
+            elif not cached_only:
+                if cfg.threads * cfg.vec >= d:
+                    return cfg  # the narrowest loop whose first pass spans the row
+                looping = cfg
+        return looping
 
 
 ROWWISE_VARIANTS = (
     Variant("rows_per_warp", True, ((4, 1, 256), (8, 1, 256), (16, 1, 256))),
     Variant("warp_per_row", True, ((32, 1, 256), (32, 2, 256), (32, 4, 256), (32, 8, 256), (32, 0, 256))),
-    Variant("block_per_row", True, ((256, 1, 256), (256, 2, 256), (256, 4, 256), (256, 0, 256))),
+    Variant("block_per_row", True, ((256, 1, 256), (256, 2, 256), (256, 4, 256), (256, 8, 256), (256, 0, 256))),
     Variant("generic", False, ((4, 0, 256), (32, 0, 256))),
 )
 
@@ -104,16 +117,21 @@ class OpKernels:
             f"{cfg.threads}, {cfg.iters}, {cfg.vec}, {cfg.block}>"
         )
 
-    def all_kernels(self, dtypes=DTYPES, accum_of=None):
-        """(name, source) of every kernel this op can launch, for build and checks."""
+    @staticmethod
+    def defines(dtype: str) -> tuple[str, ...]:
+        """Preprocessor switches of a kernel for rows of ``dtype``: outputs stored
+        in fp32 or narrower take fp32-accurate transcendentals (see math.cuh)."""
+        return () if dtype == "float64" else ("XS_FAST_TRANSCENDENTALS=1",)
+
+    def all_kernels(self, dtypes=DTYPES):
+        """(name, defines) of every kernel this op can launch, for build and checks."""
         from ..constants import ACCUM_DTYPE
 
-        accum_of = accum_of or ACCUM_DTYPE
         for dtype in dtypes:
             for variant in self.variants:
                 for cfg in variant.configs(dtype):
                     for direction in self.directions:
-                        yield self.kernel_name(direction, dtype, accum_of[dtype], cfg)
+                        yield self.kernel_name(direction, dtype, ACCUM_DTYPE[dtype], cfg), self.defines(dtype)
 
 
 @dataclass
