@@ -212,8 +212,8 @@ def test_strided_broadcast_and_batched_inputs():
         ),
         "expanded": y.expand(6, 5, 64),
     }
-    c = torch.rand(5, 1, device="cuda") + 0.5
     for label, x in views.items():
+        c = torch.rand(x.shape[-2], 1, device="cuda") + 0.5  # one curvature per row of the last batch dim
         for name in ("mobius_add", "dist", "geodesic"):
             args = {"mobius_add": (x, y), "dist": (x, y), "geodesic": (x, y, 0.7)}[name]
             out = getattr(P, name)(*args, c=c)

@@ -312,9 +312,7 @@ def launch_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, dtype, batch
         ge, g_rs, g_es = _torch_rows(grad, batch, d)
         aligned = aligned and _aligned([(ge.data_ptr(), g_rs, g_es)], d, dtype)
     nv = len(vecs)
-    outs = [
-        torch.empty((*batch, d), dtype=x.dtype, device=x.device) if needs[j] else None for j in range(nv)
-    ]
+    outs = [torch.empty((*batch, d), dtype=x.dtype, device=x.device) if needs[j] else None for j in range(nv)]
     pd = _param_dtype(dtype)
     for s, need in ((c, needs[nv]), (t, needs[nv + 1])):
         outs.append(torch.empty((*batch, 1), dtype=pd, device=x.device) if (need and s is not None) else None)

@@ -26,9 +26,33 @@ _load_lock = threading.Lock()
 # Field order of `xs_row_args` in cuda_src/common/rowwise.cuh (27 fields of 8 bytes).
 ROW_ARGS = struct.Struct("<qq3Q3q3qQqdQqddQQqq3QQQ")
 ROW_ARG_FIELDS = (
-    "rows", "D", "v0", "v1", "v2", "v0_rs", "v1_rs", "v2_rs", "v0_es", "v1_es", "v2_es",
-    "c_ptr", "c_rs", "c_val", "t_ptr", "t_rs", "t_val", "eps", "out", "g", "g_rs", "g_es",
-    "gv0", "gv1", "gv2", "gc", "gt",
+    "rows",
+    "D",
+    "v0",
+    "v1",
+    "v2",
+    "v0_rs",
+    "v1_rs",
+    "v2_rs",
+    "v0_es",
+    "v1_es",
+    "v2_es",
+    "c_ptr",
+    "c_rs",
+    "c_val",
+    "t_ptr",
+    "t_rs",
+    "t_val",
+    "eps",
+    "out",
+    "g",
+    "g_rs",
+    "g_es",
+    "gv0",
+    "gv1",
+    "gv2",
+    "gc",
+    "gt",
 )
 
 

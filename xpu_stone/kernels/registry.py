@@ -65,9 +65,7 @@ class Variant:
         """The configurations for ``dtype``: a thread keeps at most
         MAX_CACHED elements of each row in registers (held in fp64)."""
         vec = VEC_WIDTH[dtype] if self.vectorized else 1
-        return tuple(
-            LaunchConfig(g, n, vec, b) for g, n, b in self.shapes if n * vec <= MAX_CACHED
-        )
+        return tuple(LaunchConfig(g, n, vec, b) for g, n, b in self.shapes if n * vec <= MAX_CACHED)
 
     def pick(self, dtype: str, d: int, aligned: bool, cached_only: bool = False) -> LaunchConfig | None:
         """The smallest configuration of this variant that takes the input, if any
@@ -89,7 +87,9 @@ class Variant:
 ROWWISE_VARIANTS = (
     Variant("rows_per_warp", True, ((4, 1, 256), (8, 1, 256), (16, 1, 256))),
     Variant("warp_per_row", True, ((32, 1, 256), (32, 2, 256), (32, 4, 256), (32, 8, 256), (32, 0, 256))),
-    Variant("block_per_row", True, ((256, 1, 256), (256, 2, 256), (256, 4, 256), (256, 8, 256), (256, 0, 256))),
+    Variant(
+        "block_per_row", True, ((256, 1, 256), (256, 2, 256), (256, 4, 256), (256, 8, 256), (256, 0, 256))
+    ),
     Variant("generic", False, ((4, 0, 256), (32, 0, 256))),
 )
 
