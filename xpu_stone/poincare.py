@@ -43,10 +43,13 @@ __all__ = [
 ]
 
 
-def _needs_grad(args) -> bool:
+def _needs_grad(vecs, c, t) -> bool:
     if not torch.is_grad_enabled():
         return False
-    return any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+    for v in vecs:
+        if v.requires_grad:
+            return True
+    return (c is not None and c.requires_grad) or (t is not None and t.requires_grad)
 
 
 def _call(op: rowwise.RowOp, vecs: tuple, c, t=None, eps: float = 0.0):
@@ -55,9 +58,8 @@ def _call(op: rowwise.RowOp, vecs: tuple, c, t=None, eps: float = 0.0):
     if torch is None:
         require_torch(f"xpu_stone.poincare.{op.name} on non-CuPy inputs")
     vecs, c, c_val, t, t_val, dtype, batch = rowwise.validate_torch(op, vecs, c, t)
-    if not torch.compiler.is_compiling() and not _needs_grad((*vecs, c, t)):
-        if vecs[0].is_cuda:
-            return rowwise.launch_forward(op, vecs, c, c_val, t, t_val, eps, dtype, batch)
+    if vecs[0].is_cuda and not _needs_grad(vecs, c, t) and not torch.compiler.is_compiling():
+        return rowwise.launch_forward(op, vecs, c, c_val, t, t_val, eps, dtype, batch)
     from .torch_ops import OPS
 
     return OPS[op.qualname](*vecs, c, c_val, t, t_val, eps)

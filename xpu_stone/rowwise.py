@@ -109,46 +109,57 @@ def _in_trace(s) -> bool:
 
 def validate_torch(op: RowOp, vecs: tuple, c, t):
     """Checks a call on torch tensors; returns (vecs, c, c_val, t, t_val, dtype name, batch)."""
+    names = op.vectors
     x = vecs[0]
-    dtype = None
-    for name, v in zip(op.vectors, vecs):
+    if not isinstance(x, torch.Tensor):
+        raise InvalidArgumentError(
+            f"{names[0]} must be a torch.Tensor or a cupy.ndarray, got {type(x).__name__}"
+        )
+    dtype = TORCH_DTYPES.get(x.dtype)
+    if dtype is None:
+        raise InvalidArgumentError(f"{names[0]} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    xdt, xdev, xshape = x.dtype, x.device, x.shape
+    if not xshape:
+        raise ShapeMismatchError(f"{names[0]} must have at least one dim (features last), got a 0-d tensor")
+    d = xshape[-1]
+    if d == 0:
+        raise ShapeMismatchError(f"{names[0]} has an empty feature dim (shape {tuple(xshape)})")
+    same = True
+    for name, v in zip(names[1:], vecs[1:]):
         if not isinstance(v, torch.Tensor):
             raise InvalidArgumentError(
-                f"{name} must be a torch.Tensor or a cupy.ndarray, got {type(v).__name__}"
+                f"{name} must be a torch.Tensor like {names[0]}, got {type(v).__name__}"
             )
-        if dtype is None:
-            dtype = TORCH_DTYPES.get(v.dtype)
-            if dtype is None:
-                raise InvalidArgumentError(
-                    f"{name} must be float16, bfloat16, float32 or float64, got {v.dtype}"
-                )
-        elif v.dtype != x.dtype:
+        if v.dtype != xdt:
             raise InvalidArgumentError(
-                f"{name} has dtype {v.dtype} but {op.vectors[0]} has {x.dtype}; cast one of them"
+                f"{name} has dtype {v.dtype} but {names[0]} has {xdt}; cast one of them"
             )
-        if v.device != x.device:
-            raise InvalidArgumentError(f"{name} is on {v.device} but {op.vectors[0]} is on {x.device}")
-        if v.dim() == 0:
+        if v.device != xdev:
+            raise InvalidArgumentError(f"{name} is on {v.device} but {names[0]} is on {xdev}")
+        vshape = v.shape
+        if not vshape:
             raise ShapeMismatchError(f"{name} must have at least one dim (features last), got a 0-d tensor")
-        if v.shape[-1] != x.shape[-1]:
+        if vshape[-1] != d:
             raise ShapeMismatchError(
-                f"{name} has {v.shape[-1]} features but {op.vectors[0]} has {x.shape[-1]} "
-                f"(shapes {tuple(v.shape)} and {tuple(x.shape)})"
+                f"{name} has {vshape[-1]} features but {names[0]} has {d} "
+                f"(shapes {tuple(vshape)} and {tuple(xshape)})"
             )
-    if x.shape[-1] == 0:
-        raise ShapeMismatchError(f"{op.vectors[0]} has an empty feature dim (shape {tuple(x.shape)})")
+        same = same and vshape == xshape
     c_val = 1.0
     if isinstance(c, torch.Tensor):
         c = _check_scalar_tensor(c, "c", x, positive=True)
+        same = same and c.dim() == 0
     else:
         c_val, c = _check_scalar(c, "c", "positive number", positive=True), None
     t_val = 0.0
     if op.param is not None:
         if isinstance(t, torch.Tensor):
             t = _check_scalar_tensor(t, op.param, x, positive=False)
+            same = same and t.dim() == 0
         else:
             t_val, t = _check_scalar(t, op.param, "number", positive=False), None
-    return vecs, c, c_val, t, t_val, dtype, batch_shape(vecs, c, t)
+    batch = tuple(xshape[:-1]) if same else batch_shape(vecs, c, t)
+    return vecs, c, c_val, t, t_val, dtype, batch
 
 
 def batch_shape(vecs, c=None, t=None) -> tuple:
@@ -277,10 +288,33 @@ def _torch_scalar_rows(s, batch, dtype):
     return se, rs
 
 
+def _prepare_contiguous(vecs, c_val, t_val, dtype: str, batch):
+    """_prepare for the commonest call: vectors contiguous and of one shape,
+    c and t plain numbers. None when the call is not of that kind."""
+    x = vecs[0]
+    d = x.shape[-1]
+    vec = VEC_WIDTH[dtype]
+    aligned = d % vec == 0
+    ptrs = [0, 0, 0]
+    for j, v in enumerate(vecs):
+        if not v.is_contiguous() or v.shape != x.shape:
+            return None
+        p = ptrs[j] = v.data_ptr()
+        aligned = aligned and p % 16 == 0
+    nv = len(vecs)
+    rs = [d] * nv + [0] * (3 - nv)
+    es = [1] * nv + [0] * (3 - nv)
+    rows = math.prod(batch)
+    return d, rows, vecs, [rows, d, *ptrs, *rs, *es, 0, 0, c_val, 0, 0, t_val], aligned
+
+
 def launch_forward(op: RowOp, vecs, c, c_val, t, t_val, eps, dtype, batch):
     """Runs the forward kernel on torch CUDA tensors; returns a new tensor."""
     x = vecs[0]
-    d, rows, keep, fields, aligned = _prepare(
+    prepared = (
+        None if (c is not None or t is not None) else _prepare_contiguous(vecs, c_val, t_val, dtype, batch)
+    )
+    d, rows, keep, fields, aligned = prepared or _prepare(
         vecs, c, c_val, t, t_val, dtype, batch, _torch_rows, _torch_ptr, _torch_scalar_rows
     )
     out = torch.empty(batch if op.scalar_out else (*batch, d), dtype=x.dtype, device=x.device)
