@@ -186,7 +186,7 @@ def settled_grad_errors(name, grads, ref_grads, args, c, g, eps=None, tol=1e-4, 
     g = g.cpu()
     flat = [a.double().reshape(rows, -1).cpu() for a in grads]
     ref_flat = [b.double().reshape(rows, -1).cpu().clone() for b in ref_grads]
-    max_rows = max_rows or max(8, min(256, 5000 // flat[0].shape[1]))
+    max_rows = max_rows or max(4, min(64, 2000 // flat[0].shape[1]))
     excess = sum((a - b).norm(dim=-1) ** 2 for a, b in zip(flat, ref_flat))
     gen = torch.Generator().manual_seed(0)
     h = mp.mpf("1e-25")

@@ -104,7 +104,7 @@ def test_grads_match_reference(name, dtype):
     failures = []
     case = 0
     for d in GRAD_DIMS:
-        for rows in (7, 4099):
+        for rows in (7, 4099) if d <= 64 else (7,):
             case += 1
             c0 = CURVATURES[case % 3]
             x, y, z, u, t = _inputs(rows, d, c0, dtype, seed=100 + case)
