@@ -15,10 +15,12 @@ DTYPE_NAME = {
     torch.float16: "float16",
     torch.bfloat16: "bfloat16",
 }
-# The targets for fp32 and fp16/bf16; fp64 has none, and fp64 results are
-# held to what their own arithmetic allows on these ill-conditioned formulas.
-FWD_TOL = {torch.float64: 1e-8, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-GRAD_TOL = {torch.float64: 1e-7, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+# The targets for fp32 and fp16/bf16. fp64 has none; it is held to 1e-6,
+# what fp64 arithmetic keeps of these formulas near the boundary (the float64
+# reference itself strays further there, and only a bounded number of rows is
+# settled at 60 digits).
+FWD_TOL = {torch.float64: 1e-6, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+GRAD_TOL = {torch.float64: 1e-6, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 
 def ball_points(shape, c=1.0, dtype=torch.float64, device="cpu", gen=None, boundary=False):

@@ -40,9 +40,15 @@ __device__ __forceinline__ float xs_artanh(float x) { return atanhf(x); }
 // relative error about 2e-7, far below what those outputs keep, at a fraction
 // of the cost of the fp64 library calls. The arguments of the fp32 calls carry
 // no cancellation: tanh(x) = m / (m + 2) with m = expm1(2x), and
-// artanh(z) = log1p(2z / (1 - z)) / 2 with 1 - z formed in fp64.
+// artanh(z) = log1p(2z / (1 - z)) / 2 with 1 - z formed in fp64. Below 1e-3
+// both use their odd series to x^5 in fp64 (truncation < 1e-18 relative): fp32
+// would flush tiny arguments to zero, and tanh(x)/x must stay 1 at x -> 0.
 __device__ __forceinline__ double xs_tanh(double x) {
 #if XS_FAST_TRANSCENDENTALS
+  if (fabs(x) < 1e-3) {
+    const double x2 = x * x;
+    return x * (1 - x2 * (1.0 / 3 - x2 * (2.0 / 15)));
+  }
   const double m = expm1f(static_cast<float>(2 * x));
   return m / (m + 2);
 #else
@@ -51,6 +57,10 @@ __device__ __forceinline__ double xs_tanh(double x) {
 }
 __device__ __forceinline__ double xs_artanh(double x) {
 #if XS_FAST_TRANSCENDENTALS
+  if (fabs(x) < 1e-3) {
+    const double x2 = x * x;
+    return x * (1 + x2 * (1.0 / 3 + x2 * (1.0 / 5)));
+  }
   return 0.5 * log1pf(static_cast<float>(2 * x / (1 - x)));
 #else
   return atanh(x);
