@@ -176,6 +176,10 @@ def bench_host_overhead(report):
 
 
 def main(argv=None):
+    # Every compiled reference is a fresh function; without this, dynamo stops
+    # compiling after 8 of them and silently runs the rest eagerly.
+    torch._dynamo.config.cache_size_limit = 1024
+    torch._dynamo.config.accumulated_cache_size_limit = 4096
     p = argparse.ArgumentParser()
     p.add_argument("--ops", nargs="*", default=list(ALL_OPS))
     p.add_argument("--dims", nargs="*", type=int, default=[16, 64, 256, 1024, 4096])

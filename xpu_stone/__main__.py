@@ -1,0 +1,183 @@
+"""python -m xpu_stone: device report, kernel build, self-check, short benchmark.
+
+On a machine with a CUDA GPU: compiles the kernels for it (cached on disk),
+checks every Poincare op in fp32 against the float64 reference, and times
+Mobius addition against a device-to-device copy. Without a GPU: checks the CPU
+path of every op against the reference and, when NVRTC is installed, compiles
+one kernel per op for sm_90 to show that the kernels build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+import xpu_stone
+from xpu_stone.constants import BOUNDARY_EPS
+from xpu_stone.kernels import REGISTRY
+
+
+def _points(rows, d, c, device, gen, torch):
+    """Ball points with norms log-uniform in [1e-15, 1 - 1e-7] of the radius, uniform, and zero."""
+    direction = torch.randn(rows, d, generator=gen, dtype=torch.float64, device=device)
+    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    u = torch.rand(rows, 1, generator=gen, dtype=torch.float64, device=device)
+    kind = torch.randint(0, 10, (rows, 1), generator=gen, device=device)
+    r = torch.where(kind < 4, 10 ** (-15 * u), u).clamp_max(1 - 2e-7)
+    r = torch.where(kind == 9, torch.zeros_like(r), r)
+    return (direction * r / math.sqrt(c)).float()
+
+
+def _args(name, x, y, z, t):
+    u = x * 3
+    return {
+        "mobius_add": (x, y),
+        "mobius_sub": (x, y),
+        "mobius_scalar_mul": (t, x),
+        "expmap0": (u,),
+        "logmap0": (x,),
+        "expmap": (x, u),
+        "logmap": (x, y),
+        "dist": (x, y),
+        "dist0": (x,),
+        "project": (u,),
+        "lambda_x": (x,),
+        "gyration": (x, y, z),
+        "transp": (x, y, u),
+        "geodesic": (x, y, t),
+    }[name]
+
+
+def report(torch) -> int | None:
+    print(f"xpu_stone {xpu_stone.__version__}, python {sys.version.split()[0]}")
+    print(f"torch {torch.__version__}" if torch else "torch: not installed (the CuPy API works alone)")
+    try:
+        import cupy
+
+        print(f"cupy {cupy.__version__}")
+        from xpu_stone.kernels.compiler import nvrtc_version
+
+        print(f"NVRTC {'.'.join(map(str, nvrtc_version()))}")
+    except Exception as e:  # noqa: BLE001 - a report, not a failure
+        print(f"cupy / NVRTC: unavailable ({type(e).__name__}: {e})")
+    if torch is not None and torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        print(
+            f"GPU 0: {p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB"
+        )
+        return 0
+    print("no CUDA GPU: checking the CPU path")
+    return None
+
+
+def build(arch: str, dtypes) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from xpu_stone.kernels.compiler import compile_kernel
+
+    jobs = [(k.source, n, defs) for k in REGISTRY for n, defs in k.all_kernels(dtypes)]
+    start = time.perf_counter()
+    done = cached = 0
+    with ThreadPoolExecutor() as pool:
+        for kern in pool.map(lambda j: compile_kernel(j[0], j[1], arch, True, j[2]), jobs):
+            done += 1
+            cached += kern.from_cache
+            if done % 50 == 0 or done == len(jobs):
+                print(
+                    f"\r  kernels {done}/{len(jobs)} ({cached} cached) {time.perf_counter() - start:5.1f} s",
+                    end="",
+                    flush=True,
+                )
+    print()
+
+
+def self_check(torch, device: str) -> bool:
+    from xpu_stone import poincare as P
+    from xpu_stone.reference import poincare as R
+
+    gen = torch.Generator(device).manual_seed(0)
+    ok = True
+    for name in P.__all__:
+        worst = 0.0
+        for d, c in ((3, 1e-3), (64, 1.0), (1000, 1e3)):
+            x, y, z = (_points(2048, d, c, device, gen, torch) for _ in range(3))
+            t = torch.rand(2048, 1, generator=gen, device=device) * 2 - 0.5
+            args = _args(name, x, y, z, t)
+            kw = {"eps": BOUNDARY_EPS["float32"]} if name == "project" else {}
+            out = getattr(P, name)(*args, c=c, **kw)
+            ref = getattr(R, name)(*[a.double() for a in args], c=c, **kw)
+            worst = max(worst, ((out.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item())
+        # A smoke check, looser than the test suite's 1e-5 (which settles the rows
+        # where the float64 reference itself strays, near the boundary).
+        good = math.isfinite(worst) and worst <= 1e-4
+        ok &= good
+        print(f"  {name:18s} fp32 vs float64 reference: rel err {worst:.1e} {'ok' if good else 'HIGH'}")
+    return ok
+
+
+def bench(torch) -> None:
+    from xpu_stone import poincare as P
+
+    n = 1 << 26
+    x, y = (torch.rand(n // 64, 64, device="cuda") * 0.01 for _ in range(2))
+    copy_dst = torch.empty_like(x)
+    for name, fn, nbytes in (
+        ("copy", lambda: copy_dst.copy_(x), 2 * x.nbytes),
+        ("mobius_add", lambda: P.mobius_add(x, y), 3 * x.nbytes),
+        ("dist", lambda: P.dist(x, y), 2 * x.nbytes),
+    ):
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(20):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        ms = start.elapsed_time(end) / 20
+        print(f"  {name:11s} {ms:7.3f} ms  {nbytes / ms / 1e6:6.0f} GB/s   (fp32, {n // 64}x64)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m xpu_stone", description=__doc__.splitlines()[0])
+    parser.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"], help="kernels to build")
+    args = parser.parse_args(argv)
+    from xpu_stone._deps import torch
+
+    gpu = report(torch)
+    if torch is None:
+        return 0
+    if gpu is not None:
+        from xpu_stone.kernels.launch import device_arch
+
+        arch = device_arch(gpu)
+        print(f"building kernels for {arch} ({', '.join(args.dtypes)}):")
+        build(arch, args.dtypes)
+        print("self-check on the GPU:")
+        ok = self_check(torch, "cuda")
+        print("benchmark:")
+        bench(torch)
+    else:
+        try:
+            from xpu_stone.kernels.compiler import compile_kernel
+
+            start = time.perf_counter()
+            for kernels in REGISTRY:
+                name, defs = next(iter(kernels.all_kernels(["float32"])))
+                compile_kernel(kernels.source, name, "sm_90", True, defs)
+            print(
+                f"compiled one kernel of each of the {len(REGISTRY.ops)} ops for sm_90 in {time.perf_counter() - start:.1f} s"
+            )
+        except Exception as e:  # noqa: BLE001
+            print(f"kernel compile check skipped: {type(e).__name__}: {e}")
+        print("self-check of the CPU path:")
+        ok = self_check(torch, "cpu")
+    print("all checks passed" if ok else "SOME CHECKS FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
