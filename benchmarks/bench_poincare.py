@@ -19,22 +19,7 @@ from xpu_stone import poincare as P
 from xpu_stone.reference import poincare as R
 
 C = 1.0
-ALL_OPS = (
-    "mobius_add",
-    "mobius_sub",
-    "mobius_scalar_mul",
-    "expmap0",
-    "logmap0",
-    "expmap",
-    "logmap",
-    "dist",
-    "dist0",
-    "project",
-    "lambda_x",
-    "gyration",
-    "transp",
-    "geodesic",
-)
+ALL_OPS = tuple(P.__all__)
 COMPARE_OPS = ("mobius_add", "dist", "expmap", "logmap", "geodesic", "transp")
 # (number of vector inputs, vector output?) per op
 SHAPE = {
