@@ -35,7 +35,3 @@ def require_cupy(feature: str):
 
 def is_cupy_array(x) -> bool:
     return cupy is not None and isinstance(x, cupy.ndarray)
-
-
-def is_tensor(x) -> bool:
-    return torch is not None and isinstance(x, torch.Tensor)
