@@ -227,6 +227,22 @@ def test_strided_broadcast_and_batched_inputs():
     assert torch.equal(x, before)
 
 
+def test_single_vector_inputs_forward_and_backward():
+    """1-D inputs: an empty batch shape, scalar outputs of shape ()."""
+    x = (torch.rand(33, device="cuda", dtype=torch.float64) * 0.05).requires_grad_()
+    y = torch.rand(33, device="cuda", dtype=torch.float64) * 0.05
+    for name in ("dist", "mobius_add", "dist0"):
+        args = (x, y) if name != "dist0" else (x,)
+        out = getattr(P, name)(*args)
+        (g,) = torch.autograd.grad(out.sum(), x)
+        xr = x.detach().requires_grad_()
+        ref = getattr(R, name)(*((xr, y) if name != "dist0" else (xr,)))
+        (gr,) = torch.autograd.grad(ref.sum(), xr)
+        assert out.shape == ref.shape
+        torch.testing.assert_close(out, ref.detach())
+        torch.testing.assert_close(g, gr)
+
+
 def test_cupy_arrays_match_torch():
     cupy = pytest.importorskip("cupy")
     x, y, _, _, t = _inputs(333, 100, 2.0, torch.float32, seed=12)

@@ -337,7 +337,7 @@ def launch_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, dtype, batch
         vecs, c, c_val, t, t_val, dtype, batch, _torch_rows, _torch_ptr, _torch_scalar_rows
     )
     if op.scalar_out:
-        ge = grad.expand(*batch)
+        ge = grad.expand(batch)
         g_rs = _collapse(ge.shape, ge.stride())
         if g_rs is None:
             ge, g_rs = ge.contiguous(), 1
