@@ -8,6 +8,7 @@ import torch
 
 import xpu_stone.poincare
 from xpu_stone.constants import BOUNDARY_EPS
+from xpu_stone.reference import poincare as R
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 DTYPE_NAME = {
@@ -71,26 +72,9 @@ def rel_err(out, ref, floor: float = 0.0) -> float:
     return num / den
 
 
-# Each op: (arguments built from (x, y, z, u, t) where x, y, z are ball points,
-# u a tangent vector, t a per-row weight), and whether its first vector argument
-# may be far outside (project).
 def op_args(name, x, y, z, u, t):
-    return {
-        "mobius_add": (x, y),
-        "mobius_sub": (x, y),
-        "mobius_scalar_mul": (t, x),
-        "expmap0": (u,),
-        "logmap0": (x,),
-        "expmap": (x, u),
-        "logmap": (x, y),
-        "dist": (x, y),
-        "dist0": (x,),
-        "project": (u,),
-        "lambda_x": (x,),
-        "gyration": (x, y, z),
-        "transp": (x, y, u),
-        "geodesic": (x, y, t),
-    }[name]
+    """Arguments of op ``name``: points x, y, z (in order), tangent u, per-row t."""
+    return R.arguments(name, (x, y, z), u, t)
 
 
 OPS = tuple(xpu_stone.poincare.__all__)

@@ -30,26 +30,6 @@ def _points(rows, d, c, device, gen, torch):
     return (direction * r / math.sqrt(c)).float()
 
 
-def _args(name, x, y, z, t):
-    u = x * 3
-    return {
-        "mobius_add": (x, y),
-        "mobius_sub": (x, y),
-        "mobius_scalar_mul": (t, x),
-        "expmap0": (u,),
-        "logmap0": (x,),
-        "expmap": (x, u),
-        "logmap": (x, y),
-        "dist": (x, y),
-        "dist0": (x,),
-        "project": (u,),
-        "lambda_x": (x,),
-        "gyration": (x, y, z),
-        "transp": (x, y, u),
-        "geodesic": (x, y, t),
-    }[name]
-
-
 def report(torch) -> int | None:
     print(f"xpu_stone {xpu_stone.__version__}, python {sys.version.split()[0]}")
     print(f"torch {torch.__version__}" if torch else "torch: not installed (the CuPy API works alone)")
@@ -104,7 +84,7 @@ def self_check(torch, device: str) -> bool:
         for d, c in ((3, 1e-3), (64, 1.0), (1000, 1e3)):
             x, y, z = (_points(2048, d, c, device, gen, torch) for _ in range(3))
             t = torch.rand(2048, 1, generator=gen, device=device) * 2 - 0.5
-            args = _args(name, x, y, z, t)
+            args = R.arguments(name, (x, y, z), x * 3, t)
             kw = {"eps": BOUNDARY_EPS["float32"]} if name == "project" else {}
             out = getattr(P, name)(*args, c=c, **kw)
             ref = getattr(R, name)(*[a.double() for a in args], c=c, **kw)

@@ -10,6 +10,33 @@ import torch
 
 EPS = 1e-15
 
+# What each op takes, in order: p = a point of the ball, v = a tangent vector
+# (or any vector, for project), s = one number per row. Test and demo data are
+# built from this.
+ARG_KINDS = {
+    "mobius_add": "pp",
+    "mobius_sub": "pp",
+    "mobius_scalar_mul": "sp",
+    "expmap0": "v",
+    "logmap0": "p",
+    "expmap": "pv",
+    "logmap": "pp",
+    "dist": "pp",
+    "dist0": "p",
+    "project": "v",
+    "lambda_x": "p",
+    "gyration": "ppp",
+    "transp": "ppv",
+    "geodesic": "pps",
+}
+
+
+def arguments(name, points, vector, scalar):
+    """The arguments of op ``name`` drawn from ``points`` (used in order), a
+    tangent ``vector`` and a per-row ``scalar``."""
+    points = iter(points)
+    return tuple(next(points) if k == "p" else vector if k == "v" else scalar for k in ARG_KINDS[name])
+
 
 def _c(c, like):
     return torch.as_tensor(c, dtype=like.dtype, device=like.device)
