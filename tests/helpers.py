@@ -72,6 +72,16 @@ def rel_err(out, ref, floor: float = 0.0) -> float:
     return num / den
 
 
+def row_inputs(rows, d, c, dtype, seed, device="cpu", boundary=False):
+    """Three ball points x, y, z, a tangent vector u and a per-row weight t in
+    [-0.5, 1.5), each of shape (rows, d) or (rows, 1), drawn from one seeded generator."""
+    gen = torch.Generator(device).manual_seed(seed)
+    x, y, z = (ball_points((rows, d), c, dtype, device, gen, boundary) for _ in range(3))
+    u = tangent_vectors((rows, d), dtype, device, gen)
+    t = (torch.rand(rows, 1, generator=gen, dtype=torch.float64, device=device) * 2 - 0.5).to(dtype)
+    return x, y, z, u, t
+
+
 def op_args(name, x, y, z, u, t):
     """Arguments of op ``name``: points x, y, z (in order), tangent u, per-row t."""
     return R.arguments(name, (x, y, z), u, t)

@@ -16,6 +16,7 @@ from helpers import (
     OPS,
     ball_points,
     op_args,
+    row_inputs,
     settled_error,
     settled_grad_errors,
     tangent_vectors,
@@ -31,14 +32,6 @@ geoopt = pytest.importorskip("geoopt")
 from geoopt.manifolds.stereographic import math as gm  # noqa: E402
 
 CURVATURES = (1e-3, 1.0, 1e3)
-
-
-def _inputs(rows, d, c, dtype, seed, boundary=False):
-    gen = torch.Generator().manual_seed(seed)
-    x, y, z = (ball_points((rows, d), c, dtype, "cpu", gen, boundary) for _ in range(3))
-    u = tangent_vectors((rows, d), dtype, "cpu", gen)
-    t = (torch.rand(rows, 1, generator=gen, dtype=torch.float64) * 2 - 0.5).to(dtype)
-    return x, y, z, u, t
 
 
 def _eps(name, dtype):
@@ -92,7 +85,7 @@ def test_reference_closed_forms_in_one_dimension():
 # ------------------------------------------------- identities (xpu_stone)
 @pytest.mark.parametrize("c", CURVATURES)
 def test_identities(c):
-    x, y, z, u, t = _inputs(200, 9, c, torch.float64, seed=4)
+    x, y, z, u, t = row_inputs(200, 9, c, torch.float64, seed=4)
     x, y = x * 0.999, y * 0.999  # away from the boundary, where identities are well-conditioned
     tol = dict(rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(P.mobius_add(-x, P.mobius_add(x, y, c), c), y, **tol)  # left cancellation
@@ -128,7 +121,7 @@ def test_kernel_maths_matches_reference(name, dtype):
     failures = []
     for d in (1, 3, 17, 64):
         for k, c in enumerate(CURVATURES):
-            x, y, z, u, t = _inputs(300, d, c, dtype, seed=10 * d + k)
+            x, y, z, u, t = row_inputs(300, d, c, dtype, seed=10 * d + k)
             args = op_args(name, x, y, z, u, t)
             out = getattr(P, name)(*args, c=c, **_eps(name, dtype))
             ref = getattr(R, name)(*[a.double() for a in args], c=c, **_eps(name, dtype))
@@ -145,7 +138,7 @@ def test_kernel_grads_match_reference(name, dtype):
     failures = []
     for d in (1, 17, 64):
         for k, c0 in enumerate(CURVATURES):
-            x, y, z, u, t = _inputs(200, d, c0, dtype, seed=100 + 10 * d + k)
+            x, y, z, u, t = row_inputs(200, d, c0, dtype, seed=100 + 10 * d + k)
             c = torch.full((200, 1), c0, requires_grad=True)
             args = [a.detach().requires_grad_() for a in op_args(name, x, y, z, u, t)]
             out = getattr(P, name)(*args, c=c, **_eps(name, dtype))
@@ -191,7 +184,7 @@ def test_gradcheck_broadcast_operands_and_scalar_c():
 def test_opcheck_cpu():
     from xpu_stone.torch_ops import OPS as TORCH_OPS
 
-    x, y, z, u, t = _inputs(6, 4, 1.0, torch.float64, seed=2)
+    x, y, z, u, t = row_inputs(6, 4, 1.0, torch.float64, seed=2)
     for name in OPS:
         args = [a.requires_grad_() for a in op_args(name, x, y, z, u, t)]
         vecs = [a for a in args if a is not t]
@@ -204,7 +197,7 @@ def test_opcheck_cpu():
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float64, torch.bfloat16, torch.float16), ids=str)
 def test_no_nan_near_the_boundary_or_at_zero(dtype):
     for c in CURVATURES:
-        x, y, z, u, t = _inputs(500, 8, c, dtype, seed=7, boundary=True)
+        x, y, z, u, t = row_inputs(500, 8, c, dtype, seed=7, boundary=True)
         x[:5] = 0  # zero vectors
         for name in OPS:
             args = [a.detach().requires_grad_() for a in op_args(name, x, y, z, u, t)]
@@ -215,7 +208,7 @@ def test_no_nan_near_the_boundary_or_at_zero(dtype):
 
 
 def test_inputs_are_not_modified():
-    x, y, *_ = _inputs(10, 6, 1.0, torch.float32, seed=8)
+    x, y, *_ = row_inputs(10, 6, 1.0, torch.float32, seed=8)
     before = (x.clone(), y.clone())
     P.project(x * 10)
     P.mobius_add(x, y)

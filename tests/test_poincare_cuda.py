@@ -18,9 +18,9 @@ from helpers import (
     ball_points,
     op_args,
     rel_err,
+    row_inputs,
     settled_error,
     settled_grad_errors,
-    tangent_vectors,
 )
 
 import xpu_stone
@@ -45,16 +45,6 @@ def _poison():
     config.poison_outputs = False
 
 
-def _inputs(rows, d, c, dtype, seed, device="cuda", boundary=False):
-    gen = torch.Generator(device).manual_seed(seed)
-    x = ball_points((rows, d), c, dtype, device, gen, boundary)
-    y = ball_points((rows, d), c, dtype, device, gen, boundary)
-    z = ball_points((rows, d), c, dtype, device, gen, boundary)
-    u = tangent_vectors((rows, d), dtype, device, gen)
-    t = (torch.rand(rows, 1, generator=gen, dtype=torch.float64, device=device) * 2 - 0.5).to(dtype)
-    return x, y, z, u, t
-
-
 def _call(fn, name, args, c, dtype):
     if name == "project":
         return fn(*args, c=c, eps=BOUNDARY_EPS[DTYPE_NAME[dtype]])
@@ -76,7 +66,7 @@ def test_forward_matches_reference(name, dtype):
         for rows in ROWS:
             case += 1
             c = CURVATURES[case % 3]
-            x, y, z, u, t = _inputs(rows, d, c, dtype, seed=case)
+            x, y, z, u, t = row_inputs(rows, d, c, dtype, seed=case, device="cuda")
             if case % 4 == 0 and rows:  # per-row curvature tensor
                 c = torch.full((rows, 1), c, device="cuda", dtype=torch.float32)
             args = op_args(name, x, y, z, u, t)
@@ -107,7 +97,7 @@ def test_grads_match_reference(name, dtype):
         for rows in (7, 4099) if d <= 64 else (7,):
             case += 1
             c0 = CURVATURES[case % 3]
-            x, y, z, u, t = _inputs(rows, d, c0, dtype, seed=100 + case)
+            x, y, z, u, t = row_inputs(rows, d, c0, dtype, seed=100 + case, device="cuda")
             c_dtype = torch.float64 if dtype == torch.float64 else torch.float32
             c = torch.full((rows, 1), c0, device="cuda", dtype=c_dtype)
             args = [a.detach().requires_grad_() for a in op_args(name, x, y, z, u, t)]
@@ -136,7 +126,7 @@ def test_grads_match_reference(name, dtype):
 
 @pytest.mark.parametrize("name", OPS)
 def test_opcheck_cuda(name):
-    x, y, z, u, t = _inputs(9, 12, 1.0, torch.float32, seed=5)
+    x, y, z, u, t = row_inputs(9, 12, 1.0, torch.float32, seed=5, device="cuda")
     args = [a.requires_grad_() for a in op_args(name, x, y, z, u, t)]
     op = TORCH_OPS[f"poincare_{name}"]
     vecs = [a for a in args if a is not t]
@@ -153,7 +143,7 @@ def _model(x, y, t):
 
 
 def test_compile_fullgraph_no_graph_break():
-    x, y, _, _, t = _inputs(64, 32, 0.5, torch.float32, seed=7)
+    x, y, _, _, t = row_inputs(64, 32, 0.5, torch.float32, seed=7, device="cuda")
     x.requires_grad_()
     compiled = torch.compile(_model, fullgraph=True)
     out = compiled(x, y, t)
@@ -165,7 +155,7 @@ def test_compile_fullgraph_no_graph_break():
 
 
 def test_cuda_graph_capture_and_replay():
-    x, y, _, _, t = _inputs(256, 64, 1.0, torch.float32, seed=8)
+    x, y, _, _, t = row_inputs(256, 64, 1.0, torch.float32, seed=8, device="cuda")
     config.poison_outputs = False  # a fill inside capture is fine, but keep the graph minimal
     static_x, static_y = x.clone(), y.clone()
     s = torch.cuda.Stream()
@@ -178,7 +168,7 @@ def test_cuda_graph_capture_and_replay():
     with torch.cuda.graph(graph):
         out_geo = P.geodesic(static_x, static_y, 0.3)
         out_dist = P.dist(out_geo, static_y)
-    x2, y2, _, _, _ = _inputs(256, 64, 1.0, torch.float32, seed=9)
+    x2, y2, _, _, _ = row_inputs(256, 64, 1.0, torch.float32, seed=9, device="cuda")
     static_x.copy_(x2)
     static_y.copy_(y2)
     graph.replay()
@@ -188,7 +178,7 @@ def test_cuda_graph_capture_and_replay():
 
 
 def test_side_stream_ordering():
-    x, y, *_ = _inputs(4099, 256, 1.0, torch.float32, seed=10)
+    x, y, *_ = row_inputs(4099, 256, 1.0, torch.float32, seed=10, device="cuda")
     side = torch.cuda.Stream()
     expected = P.mobius_add(x, y)
     side.wait_stream(torch.cuda.current_stream())
@@ -245,7 +235,7 @@ def test_single_vector_inputs_forward_and_backward():
 
 def test_cupy_arrays_match_torch():
     cupy = pytest.importorskip("cupy")
-    x, y, _, _, t = _inputs(333, 100, 2.0, torch.float32, seed=12)
+    x, y, _, _, t = row_inputs(333, 100, 2.0, torch.float32, seed=12, device="cuda")
     xc, yc = xpu_stone.to_cupy(x), xpu_stone.to_cupy(y)
     for name, args_t, args_c in [
         ("mobius_add", (x, y), (xc, yc)),
@@ -266,7 +256,7 @@ def test_stress_grid_no_nan_in_outputs_or_grads():
     """Points crowding the boundary (1 - |x| down to 1e-7 of the radius)."""
     for dtype in DTYPES:
         for c in (1e-3, 1.0, 1e3):
-            x, y, z, u, t = _inputs(4099, 33, c, dtype, seed=13, boundary=True)
+            x, y, z, u, t = row_inputs(4099, 33, c, dtype, seed=13, device="cuda", boundary=True)
             for name in OPS:
                 args = [a.detach().requires_grad_() for a in op_args(name, x, y, z, u, t)]
                 out = _call(getattr(P, name), name, args, c, dtype)
