@@ -134,19 +134,46 @@ class OpKernels:
                         yield self.kernel_name(direction, dtype, ACCUM_DTYPE[dtype], cfg), self.defines(dtype)
 
 
+@dataclass(frozen=True)
+class KernelList:
+    """Kernels that are not row-wise templates (GEMM epilogues, fused optimizer
+    steps, ...): an explicit list of ``(dtype, name expression)`` of ``source``.
+    Registered like :class:`OpKernels`, so that :func:`xpu_stone.kernels.build`
+    and ``scripts/check_kernels.py`` compile them too; launched through
+    :func:`xpu_stone.kernels.launch.launch_kernel`."""
+
+    op: str
+    source: str
+    kernels: tuple[tuple[str, str], ...]
+
+    defines = staticmethod(OpKernels.defines)
+
+    def name(self, dtype: str, index: int = 0) -> str:
+        """The ``index``-th kernel listed for ``dtype``."""
+        names = [n for d, n in self.kernels if d == dtype]
+        if index >= len(names):
+            raise InvalidArgumentError(f"op {self.op!r} has no kernel {index} for dtype {dtype}")
+        return names[index]
+
+    def all_kernels(self, dtypes=DTYPES):
+        for dtype, name in self.kernels:
+            if dtype in dtypes:
+                yield name, self.defines(dtype)
+
+
 @dataclass
 class KernelRegistry:
     """Op name -> :class:`OpKernels`. Ops register themselves when their module loads."""
 
-    ops: dict[str, OpKernels] = field(default_factory=dict)
+    ops: dict[str, OpKernels | KernelList] = field(default_factory=dict)
 
-    def register(self, kernels: OpKernels) -> OpKernels:
+    def register(self, kernels: OpKernels | KernelList) -> OpKernels | KernelList:
         if kernels.op in self.ops and self.ops[kernels.op] != kernels:
             raise InvalidArgumentError(f"op {kernels.op!r} is already registered differently")
         self.ops[kernels.op] = kernels
         return kernels
 
-    def get(self, op: str) -> OpKernels:
+    def get(self, op: str) -> OpKernels | KernelList:
         try:
             return self.ops[op]
         except KeyError:
