@@ -20,13 +20,15 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import config, policies
+from . import config, policies, profiler
 from ._deps import cupy, is_cupy_array, torch
 from .constants import ACCUM_DTYPE, ARTANH_MAX, MIN_SQNORM, TANH_MAX
 from .errors import InvalidArgumentError, InvalidCurvatureError, ShapeMismatchError
 from .kernels import dispatcher
 from .kernels.launch import get_function, launch_row
 from .kernels.registry import REGISTRY, VEC_WIDTH, OpKernels
+
+_PROFILES = profiler.ACTIVE
 
 if torch is not None:
     TORCH_DTYPES = {
@@ -325,7 +327,7 @@ def launch_forward(op: RowOp, vecs, c, c_val, t, t_val, eps, dtype, batch):
     dev = x.device.index
     fn, choice = _kernel(op, "fwd", dtype, d, aligned, dev)
     fields += (float(eps), out.data_ptr(), 0, 0, 0, 0, 0, 0, 0, 0)
-    launch_row(fn, _grid(choice, rows), choice.config.block, fields, _torch_stream(dev), dev)
+    _launch(op, "fwd", fn, choice, rows, d, dtype, fields, _torch_stream(dev), dev)
     return out
 
 
@@ -361,7 +363,7 @@ def launch_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, dtype, batch
     gv = [o.data_ptr() if o is not None else 0 for o in outs[:nv]] + [0] * (3 - nv)
     gct = [o.data_ptr() if o is not None else 0 for o in outs[nv:]]
     fields += (float(eps), 0, ge.data_ptr(), g_rs, g_es, *gv, *gct)
-    launch_row(fn, _grid(choice, rows), choice.config.block, fields, _torch_stream(dev), dev)
+    _launch(op, "bwd", fn, choice, rows, d, dtype, fields, _torch_stream(dev), dev)
     return outs
 
 
@@ -375,6 +377,24 @@ def _cupy_ptr(v) -> int:
 
 def _torch_stream(dev: int) -> int:
     return torch._C._cuda_getCurrentRawStream(dev)
+
+
+def _launch(
+    op: RowOp, direction: str, fn, choice, rows: int, d: int, dtype: str, fields, stream: int, dev: int
+):
+    grid, block = _grid(choice, rows), choice.config.block
+    if _PROFILES:
+        profiler.record_launch(
+            f"{op.qualname}.{direction}",
+            choice.variant,
+            (rows, d),
+            dtype,
+            dev,
+            stream,
+            lambda: launch_row(fn, grid, block, fields, stream, dev),
+        )
+    else:
+        launch_row(fn, grid, block, fields, stream, dev)
 
 
 _kernel_cache: dict[tuple, tuple] = {}
@@ -460,7 +480,7 @@ def call_cupy(op: RowOp, vecs, c, t, eps):
             fn, choice = _kernel(op, "fwd", dtype, d, aligned, dev)
             fields += (float(eps), out.data.ptr, 0, 0, 0, 0, 0, 0, 0, 0)
             stream = cupy.cuda.get_current_stream().ptr
-            launch_row(fn, _grid(choice, rows), choice.config.block, fields, stream, dev)
+            _launch(op, "fwd", fn, choice, rows, d, dtype, fields, stream, dev)
     return out
 
 
