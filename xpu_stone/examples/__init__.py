@@ -1,0 +1,1 @@
+"""Runnable examples: ``python -m xpu_stone.examples.<name>``."""
