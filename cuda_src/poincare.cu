@@ -7,21 +7,10 @@
 //   (-x) (+) y   = ((1 - c|x|^2 + c D2) d - c D2 y) / den,
 //   |(-x) (+) y|^2 = D2 / den,   den = (1 - c|x|^2)(1 - c|y|^2) + c D2,
 // which follow from expanding the Mobius sum; den has no cancellation.
-#include "common/rowwise.cuh"
-
-#define XS_TABLE(name, type, ...)                    \
-  __device__ static constexpr type name(int i) {     \
-    constexpr type table[] = {__VA_ARGS__};          \
-    return table[i];                                 \
-  }
-#define XS_COEFFS                                                                \
-  template <class R, class S>                                                    \
-  __device__ __forceinline__ static void coeffs(const R(&dot)[NDOT], const R& c, \
-                                                const R& t, S eps, R(&coef)[NOUT])
-#define XS_LIM(name) xs_limits<S>::name
+#include "common/ops.cuh"
 
 // x (+) y = ((1 + 2c<x,y> + c|y|^2) x + (1 - c|x|^2) y) / (1 + 2c<x,y> + c^2|x|^2|y|^2)
-struct PoincareMobiusAdd {
+struct PoincareMobiusAdd : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 2, NDOT = 3, NOUT = 2;
   static constexpr bool SCALAR_OUT = false;
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1})     // x, y
@@ -36,7 +25,7 @@ struct PoincareMobiusAdd {
 };
 
 // x (-) y = x (+) (-y)
-struct PoincareMobiusSub {
+struct PoincareMobiusSub : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 2, NDOT = 3, NOUT = 2;
   static constexpr bool SCALAR_OUT = false;
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1})
@@ -51,7 +40,7 @@ struct PoincareMobiusSub {
 };
 
 // r (x) x = tanh(r artanh(sqrt(c)|x|)) x / (sqrt(c)|x|); r is passed as t.
-struct PoincareMobiusScalarMul {
+struct PoincareMobiusScalarMul : xs_op_base {
   static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
   static constexpr bool SCALAR_OUT = false;
   XS_TABLE(term, xs_ij, {0, -1})
@@ -64,7 +53,7 @@ struct PoincareMobiusScalarMul {
 };
 
 // exp_0(u) = tanh(sqrt(c)|u|) u / (sqrt(c)|u|)
-struct PoincareExpmap0 {
+struct PoincareExpmap0 : xs_op_base {
   static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
   static constexpr bool SCALAR_OUT = false;
   XS_TABLE(term, xs_ij, {0, -1})
@@ -77,7 +66,7 @@ struct PoincareExpmap0 {
 };
 
 // log_0(y) = artanh(sqrt(c)|y|) y / (sqrt(c)|y|)
-struct PoincareLogmap0 {
+struct PoincareLogmap0 : xs_op_base {
   static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
   static constexpr bool SCALAR_OUT = false;
   XS_TABLE(term, xs_ij, {0, -1})
@@ -90,7 +79,7 @@ struct PoincareLogmap0 {
 };
 
 // exp_x(u) = x (+) tanh(sqrt(c) lambda_x |u| / 2) u / (sqrt(c)|u|)
-struct PoincareExpmap {
+struct PoincareExpmap : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 2, NDOT = 3, NOUT = 2;
   static constexpr bool SCALAR_OUT = false;
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1})     // x, u
@@ -110,7 +99,7 @@ struct PoincareExpmap {
 };
 
 // log_x(y) = (2 / (sqrt(c) lambda_x)) artanh(sqrt(c)|w|) w / |w|,  w = (-x) (+) y
-struct PoincareLogmap {
+struct PoincareLogmap : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 3, NDOT = 3, NOUT = 2;
   static constexpr bool SCALAR_OUT = false;
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {1, 0})  // x, y, d = y - x
@@ -129,7 +118,7 @@ struct PoincareLogmap {
 };
 
 // d(x, y) = (2 / sqrt(c)) artanh(sqrt(c) |(-x) (+) y|)
-struct PoincareDist {
+struct PoincareDist : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 3, NDOT = 3, NOUT = 1;
   static constexpr bool SCALAR_OUT = true;
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {1, 0})
@@ -144,7 +133,7 @@ struct PoincareDist {
 };
 
 // d(0, x) = (2 / sqrt(c)) artanh(sqrt(c)|x|)
-struct PoincareDist0 {
+struct PoincareDist0 : xs_op_base {
   static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
   static constexpr bool SCALAR_OUT = true;
   XS_TABLE(term, xs_ij, {0, -1})
@@ -157,7 +146,7 @@ struct PoincareDist0 {
 };
 
 // proj(x) = x min(1, (1 - eps) / (sqrt(c)|x|))
-struct PoincareProject {
+struct PoincareProject : xs_op_base {
   static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
   static constexpr bool SCALAR_OUT = false;
   XS_TABLE(term, xs_ij, {0, -1})
@@ -171,7 +160,7 @@ struct PoincareProject {
 };
 
 // lambda_x = 2 / (1 - c|x|^2)
-struct PoincareLambdaX {
+struct PoincareLambdaX : xs_op_base {
   static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
   static constexpr bool SCALAR_OUT = true;
   XS_TABLE(term, xs_ij, {0, -1})
@@ -194,7 +183,7 @@ __device__ __forceinline__ void xs_gyration_coeffs(const R& uu, const R& vv, con
 }
 
 // gyr[a, b] u = (-(a (+) b)) (+) (a (+) (b (+) u))
-struct PoincareGyration {
+struct PoincareGyration : xs_op_base {
   static constexpr int NVEC = 3, NTERM = 3, NDOT = 5, NOUT = 3;
   static constexpr bool SCALAR_OUT = false;
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {2, -1})                  // a, b, u
@@ -210,7 +199,7 @@ struct PoincareGyration {
 };
 
 // P_{x->y}(v) = gyr[y, -x] v * lambda_x / lambda_y
-struct PoincareTransp {
+struct PoincareTransp : xs_op_base {
   static constexpr int NVEC = 3, NTERM = 3, NDOT = 5, NOUT = 3;
   static constexpr bool SCALAR_OUT = false;
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {2, -1})                  // x, y, v
@@ -228,7 +217,7 @@ struct PoincareTransp {
 };
 
 // geodesic(u, v, t) = u (+) (t (x) ((-u) (+) v))
-struct PoincareGeodesic {
+struct PoincareGeodesic : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 3, NDOT = 4, NOUT = 3;
   static constexpr bool SCALAR_OUT = false;
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {1, 0})      // u, v, d = v - u

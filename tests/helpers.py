@@ -6,6 +6,8 @@ import math
 
 import torch
 
+import xpu_stone.convert
+import xpu_stone.lorentz
 import xpu_stone.poincare
 from xpu_stone.constants import BOUNDARY_EPS
 from xpu_stone.reference import poincare as R
@@ -206,3 +208,108 @@ def settled_grad_errors(name, grads, ref_grads, args, c, g, eps=None, tol=1e-4, 
             for a, b in zip(flat, ref_flat):
                 b[i] = a[i]
     return [rel_err(a, b, floor) for a, b in zip(flat, ref_flat)]
+
+
+# ------------------------------------------------- Lorentz, Klein, conversions
+# Largest distance from the origin of the stress grid's hyperboloid points:
+# cosh(r) / sqrt(1e-3) must fit the dtype (fp16: 65504).
+MAX_DIST = {torch.float64: 20.0, torch.float32: 15.0, torch.bfloat16: 15.0, torch.float16: 7.0}
+# ... and of the base points of tangent vectors: a tangent vector rounded to the
+# dtype is tangent only to about eps * x_0 of its size (see xpu_stone.lorentz).
+TANGENT_MAX_DIST = {torch.float64: 20.0, torch.float32: 8.0, torch.bfloat16: 3.0, torch.float16: 3.0}
+
+
+def hyperboloid_points(shape, c=1.0, dtype=torch.float64, device="cpu", gen=None, max_dist=None, nice=False):
+    """Points of the hyperboloid <x,x>_L = -1/c at distances from the origin
+    log-uniform in [1e-15, max_dist] (40 %), uniform in [0, max_dist] (50 %) and
+    zero (10 %), in random directions; made in float64, rounded to ``dtype``.
+    ``nice``: distances uniform in [0.05, 3] instead."""
+    gen = gen or torch.Generator(device).manual_seed(0)
+    max_dist = MAX_DIST[dtype] if max_dist is None else max_dist
+    *batch, d = shape
+    n = math.prod(batch)
+    direction = torch.randn(n, d - 1, generator=gen, dtype=torch.float64, device=device)
+    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    u = torch.rand(n, 1, generator=gen, dtype=torch.float64, device=device)
+    kind = torch.randint(0, 10, (n, 1), generator=gen, device=device)
+    r = torch.where(kind < 4, max_dist * 10 ** (-16 * u), max_dist * u)
+    r = torch.where(kind == 9, torch.zeros_like(r), r)
+    if nice:
+        r = 0.05 + 2.95 * u
+    sc = math.sqrt(c)
+    x = torch.cat((torch.cosh(r) / sc, torch.sinh(r) / sc * direction), -1)
+    return x.reshape(*batch, d).to(dtype)
+
+
+def _lorentz_tangent(x, gen, c, max_norm):
+    """A tangent vector at each (float64) hyperboloid point x, of Minkowski norm
+    log-uniform in [1e-3, 10] and at most ``max_norm``: a random tangent vector
+    v = (0, w) at the origin o, moved to x by parallel transport,
+    v + c<x,v>_L (o + x) / (1 + sqrt(c) x_0) (projecting a random vector onto
+    the tangent space instead gives vectors whose norm cancels to garbage far
+    from the origin)."""
+    from xpu_stone.reference import lorentz as RL
+
+    w = torch.randn(x.shape, generator=gen, dtype=torch.float64, device=x.device)
+    w[..., 0] = 0
+    mag = 10 ** (torch.rand(*x.shape[:-1], 1, generator=gen, dtype=torch.float64, device=x.device) * 4 - 3)
+    v = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-300) * mag.clamp_max(max_norm)
+    sc = math.sqrt(c)
+    o = torch.zeros_like(x)
+    o[..., 0] = 1 / sc
+    return v + c * RL.inner(x, v, keepdim=True) * (o + x) / (1 + sc * x[..., :1])
+
+
+def model_args(family, name, rows, d, c, dtype, seed, device="cpu", nice=False):
+    """Arguments of op ``family.name`` on ``rows`` rows of ``d`` features, drawn
+    from one seeded generator: hyperboloid or ball points on the stress grid (or,
+    with ``nice``, well inside: distances <= 3, ball norms <= 0.9 of the radius),
+    tangent vectors, any vectors and a per-row t in [-0.5, 1.5)."""
+    from xpu_stone.reference import convert as RC
+    from xpu_stone.reference import klein as RK
+    from xpu_stone.reference import lorentz as RL
+
+    kinds = {"lorentz": RL, "klein": RK, "convert": RC}[family].ARG_KINDS[name]
+    gen = torch.Generator(device).manual_seed(seed)
+    out, first = [], None
+    for k in kinds:
+        if k == "s":
+            t = torch.rand(rows, 1, generator=gen, dtype=torch.float64, device=device) * 2 - 0.5
+            out.append(t.to(dtype))
+            continue
+        if k == "p" and family in ("lorentz", "convert"):
+            far = (TANGENT_MAX_DIST if "v" in kinds else MAX_DIST)[dtype]
+            a = hyperboloid_points((rows, d), c, torch.float64, device, gen, far, nice)
+        elif k in ("p", "b") and nice:  # norms uniform in [0.05, 0.9] of the radius
+            a = torch.randn(rows, d, generator=gen, dtype=torch.float64, device=device)
+            r = 0.05 + 0.85 * torch.rand(rows, 1, generator=gen, dtype=torch.float64, device=device)
+            a = a / a.norm(dim=-1, keepdim=True) * r / math.sqrt(c)
+        elif k in ("p", "b"):
+            a = ball_points((rows, d), c, dtype, device, gen).double()  # margin kept in dtype
+        elif k == "v":  # tangent at the first point (at a fresh one when there is none)
+            at = (
+                first
+                if first is not None
+                else hyperboloid_points((rows, d), c, device=device, gen=gen, nice=True)
+            )
+            a = _lorentz_tangent(at, gen, c, MAX_DIST[dtype] / math.sqrt(c) / 2)
+        else:  # "w": any vector (for the hyperboloid, of norm <= MAX_DIST / sqrt(c))
+            a = tangent_vectors((rows, d), torch.float64, device, gen)
+            if family == "lorentz":
+                a = a * (
+                    MAX_DIST[dtype] / math.sqrt(c) / a.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+                ).clamp_max(1)
+        first = a if first is None else first
+        out.append(a.to(dtype))
+    return tuple(out)
+
+
+MODEL_OPS = tuple(
+    (family, name)
+    for family, names in (
+        ("lorentz", xpu_stone.lorentz.__all__),
+        ("klein", ("dist", "geodesic", "project", "lorentz_factor")),
+        ("convert", xpu_stone.convert.__all__),
+    )
+    for name in names
+)

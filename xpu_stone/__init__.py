@@ -7,8 +7,16 @@ the CPU path only torch. Kernels compile on first use and are cached on disk;
 
 from __future__ import annotations
 
-from . import config, constants, errors, poincare
+from . import config, constants, convert, errors, klein, lorentz, poincare, runtime
 from ._deps import torch as _torch
+from .convert import (
+    klein_to_lorentz,
+    klein_to_poincare,
+    lorentz_to_klein,
+    lorentz_to_poincare,
+    poincare_to_klein,
+    poincare_to_lorentz,
+)
 from .errors import (
     CompilationError,
     CudaError,
@@ -17,24 +25,33 @@ from .errors import (
     OutOfMemoryError,
     ShapeMismatchError,
     UnsupportedOperationError,
+    XpuRuntimeError,
     XpuStoneError,
 )
 from .interop import to_cupy, to_torch
-from .policies import KernelPolicy
+from .policies import ExecutionPolicy, KernelPolicy
+from .profiler import profile
+from .runtime import InferenceSession
 
 __version__ = "0.1.0"
 
 if _torch is not None:
     from . import rowwise as _rowwise
     from . import torch_ops as _torch_ops
+    from .ops import convert as _convert_ops
+    from .ops import klein as _klein_ops
+    from .ops import lorentz as _lorentz_ops
     from .ops import poincare as _poincare_ops
 
-    for _op in vars(_poincare_ops).values():
-        if isinstance(_op, _rowwise.RowOp):
-            _torch_ops.register(_op)
+    for _module in (_poincare_ops, _lorentz_ops, _klein_ops, _convert_ops):
+        for _op in vars(_module).values():
+            if isinstance(_op, _rowwise.RowOp):
+                _torch_ops.register(_op)
 
 __all__ = [
     "CompilationError",
+    "ExecutionPolicy",
+    "InferenceSession",
     "CudaError",
     "InvalidArgumentError",
     "InvalidCurvatureError",
@@ -42,11 +59,23 @@ __all__ = [
     "OutOfMemoryError",
     "ShapeMismatchError",
     "UnsupportedOperationError",
+    "XpuRuntimeError",
     "XpuStoneError",
     "config",
     "constants",
+    "convert",
     "errors",
+    "klein",
+    "lorentz",
     "poincare",
+    "klein_to_lorentz",
+    "klein_to_poincare",
+    "lorentz_to_klein",
+    "lorentz_to_poincare",
+    "poincare_to_klein",
+    "poincare_to_lorentz",
+    "profile",
+    "runtime",
     "to_cupy",
     "to_torch",
 ]

@@ -11,6 +11,8 @@ The clamping constants mirror ``xs_limits`` in ``cuda_src/common/math.cuh``:
 * ``TANH_MAX = 15``: ``tanh``'s input is clamped to ``[-15, 15]``.
 * ``ARTANH_MAX``: ``artanh``'s input is clamped to ``1 - 1e-15`` in float64
   arithmetic and ``1 - 1e-7`` in float32 arithmetic.
+* ``COSH_MAX``: ``sinh``'s and ``cosh``'s input is clamped to ``[-700, 700]`` in
+  float64 arithmetic (``[-88, 88]`` in float32), where they stay finite.
 
 ``BOUNDARY_EPS`` is the default margin of :func:`xpu_stone.poincare.project`: points
 are pulled to norm at most ``(1 - eps) / sqrt(c)``. Each value is chosen so that
@@ -25,6 +27,7 @@ MIN_SQNORM = {"float64": 1e-200, "float32": 1e-36}
 MIN_DENOM = 1e-15
 TANH_MAX = 15.0
 ARTANH_MAX = {"float64": 1.0 - 1e-15, "float32": 1.0 - 1e-7}
+COSH_MAX = {"float64": 700.0, "float32": 88.0}
 
 BOUNDARY_EPS = {
     "float64": 1e-5,

@@ -11,6 +11,10 @@ class XpuStoneError(Exception):
     """Base class of every error raised by xpu_stone."""
 
 
+XpuRuntimeError = XpuStoneError
+"""The runtime layer's name for the base class (one hierarchy: the same class)."""
+
+
 class ShapeMismatchError(XpuStoneError, ValueError):
     """Operands whose shapes cannot be combined (the DimensionMismatch of Reality Stone)."""
 
@@ -36,7 +40,40 @@ class CudaError(XpuStoneError, RuntimeError):
 
 
 class OutOfMemoryError(CudaError, MemoryError):
-    """A device allocation failed."""
+    """A device allocation failed; ``requested`` and ``free`` are in bytes when known."""
+
+    def __init__(
+        self, message: str, name: str | None = None, requested: int | None = None, free: int | None = None
+    ):
+        super().__init__(message, name)
+        self.requested = requested
+        self.free = free
+
+
+def cuda_error(exc: BaseException, what: str = "") -> CudaError:
+    """The typed error for a failed CUDA call raised by CuPy or torch, with the
+    CUDA error name (``cudaErrorIllegalAddress``, ``CUDA_ERROR_OUT_OF_MEMORY``...)
+    when it can be found. ``what`` says which call failed. Raise it ``from exc``."""
+    text = str(exc)
+    head, _, rest = text.partition(":")
+    if head.startswith(("cudaError", "CUDA_ERROR")):
+        name, text = head, rest.strip()
+    else:
+        code = getattr(exc, "error_code", None)  # torch.AcceleratorError
+        name = _runtime_error_name(code) if isinstance(code, int) else None
+    message = f"{what}: {text}" if what else text
+    if name in ("cudaErrorMemoryAllocation", "CUDA_ERROR_OUT_OF_MEMORY"):
+        return OutOfMemoryError(message, name)
+    return CudaError(message, name)
+
+
+def _runtime_error_name(code: int) -> str | None:
+    try:
+        from cupy.cuda.runtime import CUDARuntimeError
+    except ImportError:
+        return None
+    head = str(CUDARuntimeError(code)).split(":", 1)[0]
+    return head if head.startswith("cudaError") else None
 
 
 class CompilationError(XpuStoneError, RuntimeError):

@@ -21,7 +21,6 @@ Formulas (Ganea, Becigneul & Hofmann, *Hyperbolic Neural Networks*, 2018):
 from __future__ import annotations
 
 from . import rowwise
-from ._deps import is_cupy_array, require_torch, torch
 from .constants import BOUNDARY_EPS
 from .ops import poincare as _ops
 
@@ -43,30 +42,8 @@ __all__ = [
 ]
 
 
-def _needs_grad(vecs, c, t) -> bool:
-    if not torch.is_grad_enabled():
-        return False
-    for v in vecs:
-        if v.requires_grad:
-            return True
-    return (c is not None and c.requires_grad) or (t is not None and t.requires_grad)
-
-
-def _call(op: rowwise.RowOp, vecs: tuple, c, t=None, eps: float = 0.0):
-    if is_cupy_array(vecs[0]):
-        return rowwise.call_cupy(op, vecs, c, t, eps)
-    if torch is None:
-        require_torch(f"xpu_stone.poincare.{op.name} on non-CuPy inputs")
-    vecs, c, c_val, t, t_val, dtype, batch = rowwise.validate_torch(op, vecs, c, t)
-    if vecs[0].is_cuda and not _needs_grad(vecs, c, t) and not torch.compiler.is_compiling():
-        return rowwise.launch_forward(op, vecs, c, c_val, t, t_val, eps, dtype, batch)
-    from .torch_ops import OPS
-
-    return OPS[op.qualname](*vecs, c, c_val, t, t_val, eps)
-
-
-def _keepdim(out, keepdim: bool):
-    return out[..., None] if keepdim else out
+_call = rowwise.call
+_keepdim = rowwise.keepdim
 
 
 def mobius_add(x, y, c=1.0):
@@ -127,7 +104,7 @@ def project(x, c=1.0, eps=None):
     rescaled to norm :math:`(1 - \epsilon)/\sqrt c`. ``eps`` defaults per dtype to
     :data:`xpu_stone.constants.BOUNDARY_EPS`."""
     if eps is None:
-        eps = BOUNDARY_EPS[_dtype_name(x)]
+        eps = BOUNDARY_EPS[rowwise.dtype_name(x)]
     return _call(_ops.PROJECT, (x,), c, eps=float(eps))
 
 
@@ -155,9 +132,3 @@ def geodesic(u, v, t, c=1.0):
     ``t`` is a float or a tensor with one value per row (size 1 in the last dim).
     """
     return _call(_ops.GEODESIC, (u, v), c, t)
-
-
-def _dtype_name(x) -> str:
-    if is_cupy_array(x):
-        return str(x.dtype)
-    return rowwise.TORCH_DTYPES.get(getattr(x, "dtype", None), "float32")

@@ -21,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import config, policies, profiler
-from ._deps import cupy, is_cupy_array, torch
-from .constants import ACCUM_DTYPE, ARTANH_MAX, MIN_SQNORM, TANH_MAX
+from ._deps import cupy, is_cupy_array, require_torch, torch
+from .constants import ACCUM_DTYPE, ARTANH_MAX, COSH_MAX, MIN_SQNORM, TANH_MAX
 from .errors import InvalidArgumentError, InvalidCurvatureError, ShapeMismatchError
 from .kernels import dispatcher
 from .kernels.launch import get_function, launch_row
-from .kernels.registry import REGISTRY, VEC_WIDTH, OpKernels
+from .kernels.registry import REGISTRY, ROWWISE_VARIANTS, SCALAR_ROW_VARIANTS, VEC_WIDTH, OpKernels
 
 _PROFILES = profiler.ACTIVE
 
@@ -41,10 +41,16 @@ if torch is not None:
 CUPY_DTYPES = {"float32": "float32", "float64": "float64", "float16": "float16"}
 
 
+E0 = -2  # the term index of e_0, the unit vector of element 0 (XS_E0 in rowwise.cuh)
+
+
 @dataclass(frozen=True, eq=False)
 class RowOp:
-    """One row-wise op. ``terms``: (a, b) for v_a - v_b, b = -1 for v_a alone;
-    ``dots``: pairs of term indices; ``out``: the terms of a vector output."""
+    """One row-wise op. ``terms``: (a, b) for v_a - v_b, b = -1 for v_a alone,
+    (E0, -1) for e_0, and a third entry True to zero element 0 (the space part
+    of a Lorentz vector); ``dots``: pairs of term indices; ``out``: the terms of
+    a vector output. ``in_shift`` / ``out_shift``: the inputs / the output hold
+    the logical row from that element on (see rowwise.cuh)."""
 
     family: str
     name: str
@@ -57,6 +63,8 @@ class RowOp:
     scalar_out: bool = False
     param: str | None = None  # name of the per-row scalar passed as t ("t", "r")
     uses_eps: bool = False
+    in_shift: int = 0
+    out_shift: int = 0
 
     @property
     def qualname(self) -> str:
@@ -66,8 +74,21 @@ class RowOp:
     def kernels(self) -> OpKernels:
         return REGISTRY.get(self.qualname)
 
+    @property
+    def shifted(self) -> bool:
+        return bool(self.in_shift or self.out_shift)
+
+    def width(self, d: int) -> int:
+        """Length of the logical row for inputs of ``d`` features."""
+        return d + self.in_shift
+
+    def out_width(self, d: int) -> int:
+        """Features of the output for inputs of ``d`` features."""
+        return d + self.in_shift - self.out_shift
+
     def register(self) -> RowOp:
-        REGISTRY.register(OpKernels(self.qualname, f"{self.family}.cu", self.struct))
+        variants = SCALAR_ROW_VARIANTS if self.shifted else ROWWISE_VARIANTS
+        REGISTRY.register(OpKernels(self.qualname, f"{self.family}.cu", self.struct, variants))
         return self
 
 
@@ -103,6 +124,13 @@ def _check_scalar_tensor(s, name: str, like, positive: bool):
     return s
 
 
+def _too_short(op: RowOp, shape):
+    raise ShapeMismatchError(
+        f"{op.vectors[0]} is a hyperboloid point: it needs the time coordinate and at least one "
+        f"space coordinate ({op.out_shift + 1} or more features), got shape {tuple(shape)}"
+    )
+
+
 def _in_trace(s) -> bool:
     if torch.compiler.is_compiling():
         return True
@@ -126,6 +154,8 @@ def validate_torch(op: RowOp, vecs: tuple, c, t):
     d = xshape[-1]
     if d == 0:
         raise ShapeMismatchError(f"{names[0]} has an empty feature dim (shape {tuple(xshape)})")
+    if d <= op.out_shift:
+        _too_short(op, xshape)
     same = True
     for name, v in zip(names[1:], vecs[1:]):
         if not isinstance(v, torch.Tensor):
@@ -193,6 +223,44 @@ def broadcast(shapes) -> tuple:
                 size = n
         out.append(size)
     return tuple(reversed(out))
+
+
+# ------------------------------------------------------------- the entry point
+def _needs_grad(vecs, c, t) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    for v in vecs:
+        if v.requires_grad:
+            return True
+    return (c is not None and c.requires_grad) or (t is not None and t.requires_grad)
+
+
+def call(op: RowOp, vecs: tuple, c, t=None, eps: float = 0.0):
+    """Runs ``op`` on torch tensors or CuPy arrays: checks the inputs, then takes
+    the direct kernel launch (CUDA, no autograd, not tracing) or the torch
+    custom op (autograd, torch.compile, CPU)."""
+    if is_cupy_array(vecs[0]):
+        return call_cupy(op, vecs, c, t, eps)
+    if torch is None:
+        require_torch(f"xpu_stone.{op.family}.{op.name} on non-CuPy inputs")
+    vecs, c, c_val, t, t_val, dtype, batch = validate_torch(op, vecs, c, t)
+    if vecs[0].is_cuda and not _needs_grad(vecs, c, t) and not torch.compiler.is_compiling():
+        return launch_forward(op, vecs, c, c_val, t, t_val, eps, dtype, batch)
+    from .torch_ops import OPS
+
+    return OPS[op.qualname](*vecs, c, c_val, t, t_val, eps)
+
+
+def keepdim(out, keep: bool):
+    """A scalar op's output with the feature dim kept (size 1) or dropped."""
+    return out[..., None] if keep else out
+
+
+def dtype_name(x) -> str:
+    """ "float32", ... for a torch tensor or CuPy array (float32 for anything else)."""
+    if is_cupy_array(x):
+        return str(x.dtype)
+    return TORCH_DTYPES.get(getattr(x, "dtype", None), "float32")
 
 
 # ------------------------------------------------------------ flattening rows
@@ -319,12 +387,15 @@ def launch_forward(op: RowOp, vecs, c, c_val, t, t_val, eps, dtype, batch):
     d, rows, keep, fields, aligned = prepared or _prepare(
         vecs, c, c_val, t, t_val, dtype, batch, _torch_rows, _torch_ptr, _torch_scalar_rows
     )
-    out = torch.empty(batch if op.scalar_out else (*batch, d), dtype=x.dtype, device=x.device)
+    out = torch.empty(batch if op.scalar_out else (*batch, op.out_width(d)), dtype=x.dtype, device=x.device)
     if config.poison_outputs:
         out.fill_(float("nan"))
     if rows == 0:
         return out
     dev = x.device.index
+    if op.shifted:
+        d = fields[1] = op.width(d)
+        aligned = False
     fn, choice = _kernel(op, "fwd", dtype, d, aligned, dev)
     fields += (float(eps), out.data_ptr(), 0, 0, 0, 0, 0, 0, 0, 0)
     _launch(op, "fwd", fn, choice, rows, d, dtype, fields, _torch_stream(dev), dev)
@@ -345,7 +416,7 @@ def launch_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, dtype, batch
             ge, g_rs = ge.contiguous(), 1
         g_es = 0
     else:
-        ge, g_rs, g_es = _torch_rows(grad, batch, d)
+        ge, g_rs, g_es = _torch_rows(grad, batch, op.out_width(d))
         aligned = aligned and _aligned([(ge.data_ptr(), g_rs, g_es)], d, dtype)
     nv = len(vecs)
     outs = [torch.empty((*batch, d), dtype=x.dtype, device=x.device) if needs[j] else None for j in range(nv)]
@@ -359,6 +430,9 @@ def launch_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, dtype, batch
     if rows == 0:
         return outs
     dev = x.device.index
+    if op.shifted:
+        d = fields[1] = op.width(d)
+        aligned = False
     fn, choice = _kernel(op, "bwd", dtype, d, aligned, dev)
     gv = [o.data_ptr() if o is not None else 0 for o in outs[:nv]] + [0] * (3 - nv)
     gct = [o.data_ptr() if o is not None else 0 for o in outs[nv:]]
@@ -434,6 +508,8 @@ def call_cupy(op: RowOp, vecs, c, t, eps):
         raise InvalidArgumentError(f"{op.vectors[0]} must be float16, float32 or float64, got {x.dtype}")
     if x.shape[-1] == 0:
         raise ShapeMismatchError(f"{op.vectors[0]} has an empty feature dim (shape {x.shape})")
+    if x.shape[-1] <= op.out_shift:
+        _too_short(op, x.shape)
     pd = "float64" if dtype == "float64" else "float32"
     scal = []
     for s, name, positive in ((c, "c", True), (t, op.param, False)):
@@ -472,11 +548,14 @@ def call_cupy(op: RowOp, vecs, c, t, eps):
         vecs, cs, c_val, ts, t_val, dtype, batch, _cupy_rows, _cupy_ptr, scalar_rows
     )
     with x.device:
-        out = cupy.empty(batch if op.scalar_out else (*batch, d), dtype=x.dtype)
+        out = cupy.empty(batch if op.scalar_out else (*batch, op.out_width(d)), dtype=x.dtype)
         if config.poison_outputs:
             out.fill(float("nan"))
         if rows:
             dev = x.device.id
+            if op.shifted:
+                d = fields[1] = op.width(d)
+                aligned = False
             fn, choice = _kernel(op, "fwd", dtype, d, aligned, dev)
             fields += (float(eps), out.data.ptr, 0, 0, 0, 0, 0, 0, 0, 0)
             stream = cupy.cuda.get_current_stream().ptr
@@ -507,6 +586,16 @@ def artanh_c(x):
     return torch.atanh(torch.clamp(x, -hi, hi))
 
 
+def sinh_c(x):
+    hi = COSH_MAX[_limit_key(x)]
+    return torch.sinh(torch.clamp(x, -hi, hi))
+
+
+def cosh_c(x):
+    hi = COSH_MAX[_limit_key(x)]
+    return torch.cosh(torch.clamp(x, -hi, hi))
+
+
 def _store(x, dtype: torch.dtype):
     """Rounds to the storage dtype; fp16 saturates at +-65504 as the kernels do."""
     if dtype == torch.float16:
@@ -523,8 +612,28 @@ def _as_rows_scalar(s, val, like, dt):
     return torch.full((), val, dtype=dt, device=like.device) if s is None else s.to(dt)
 
 
+def _space_mask(n: int, like):
+    """(0, 1, 1, ...): multiplies a row into its space part (element 0 zeroed)."""
+    m = torch.ones(n, dtype=like.dtype, device=like.device)
+    m[0] = 0
+    return m
+
+
 def _terms(op: RowOp, vecs, dt):
-    return [vecs[a].to(dt) - (vecs[b].to(dt) if b >= 0 else 0) for a, b in op.terms]
+    """The op's terms as logical rows (inputs shifted right by ``in_shift``)."""
+    vs = [v.to(dt) for v in vecs]
+    if op.in_shift:
+        vs = [torch.nn.functional.pad(v, (op.in_shift, 0)) for v in vs]
+    n = vs[0].shape[-1]
+    out = []
+    for a, b, *spatial in op.terms:
+        if a == E0:
+            t = torch.zeros(n, dtype=dt, device=vs[0].device)
+            t[0] = 1
+        else:
+            t = vs[a] - vs[b] if b >= 0 else vs[a]
+        out.append(t * _space_mask(n, t) if spatial and spatial[0] else t)
+    return out
 
 
 def cpu_forward(op: RowOp, vecs, c, c_val, t, t_val, eps):
@@ -537,7 +646,7 @@ def cpu_forward(op: RowOp, vecs, c, c_val, t, t_val, eps):
     if op.scalar_out:
         return _store(coef[0].squeeze(-1), vecs[0].dtype)
     out = sum(coef[k] * ts[op.out[k]] for k in range(len(op.out)))
-    return _store(out, vecs[0].dtype)
+    return _store(out[..., op.out_shift :], vecs[0].dtype)
 
 
 def cpu_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, needs):
@@ -550,6 +659,8 @@ def cpu_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, needs):
     def leaf(v):  # one independent value per row, so adjoints stay per row
         return v.expand(*batch, 1).detach().contiguous().requires_grad_()
 
+    if op.out_shift and not op.scalar_out:
+        grad = torch.nn.functional.pad(grad, (op.out_shift, 0))
     with torch.enable_grad():
         dots = [leaf((ts[p] * ts[q]).sum(-1, keepdim=True)) for p, q in op.dots]
         cs = leaf(_as_rows_scalar(c, c_val, vecs[0], accum))
@@ -575,10 +686,14 @@ def cpu_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, needs):
             gterm[p] = gterm[p] + s * ts[q]
             gterm[q] = gterm[q] + s * ts[p]
     grads = [0] * len(vecs)
-    for k, (a, b) in enumerate(op.terms):
-        grads[a] = grads[a] + gterm[k]
+    for (a, b, *spatial), g in zip(op.terms, gterm):
+        if a == E0:
+            continue  # a constant
+        if spatial and spatial[0]:
+            g = g * _space_mask(ts[0].shape[-1], ts[0])
+        grads[a] = grads[a] + g
         if b >= 0:
-            grads[b] = grads[b] - gterm[k]
+            grads[b] = grads[b] - g
     nv = len(vecs)
     out = []
     for j in range(nv):
@@ -586,7 +701,8 @@ def cpu_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, needs):
             out.append(None)
             continue
         gj = grads[j] if isinstance(grads[j], torch.Tensor) else torch.zeros((), dtype=accum)
-        out.append(_store(gj.expand(*batch, d), vecs[0].dtype).contiguous())
+        gj = gj.expand(*batch, op.width(d))[..., op.in_shift :]
+        out.append(_store(gj, vecs[0].dtype).contiguous())
     pd = _param_dtype(TORCH_DTYPES[vecs[0].dtype])
     for s, sb, need in ((c, sbar[-2], needs[nv]), (t, sbar[-1], needs[nv + 1])):
         out.append(sb.expand(*batch, 1).to(pd).contiguous() if (need and s is not None) else None)

@@ -45,7 +45,7 @@ def _forward_cpu(op):
         vecs, (c, c_val, t, t_val, eps) = _split(op, args)
         batch = batch_shape(vecs, c, t)
         out = cpu_forward(op, vecs, c, c_val, t, t_val, eps)
-        shape = batch if op.scalar_out else (*batch, vecs[0].shape[-1])
+        shape = batch if op.scalar_out else (*batch, op.out_width(vecs[0].shape[-1]))
         return out.expand(shape).contiguous()
 
     return impl
@@ -55,7 +55,7 @@ def _forward_fake(op):
     def impl(*args):
         vecs, (c, c_val, t, t_val, eps) = _split(op, args)
         batch = batch_shape(vecs, c, t)
-        return vecs[0].new_empty(batch if op.scalar_out else (*batch, vecs[0].shape[-1]))
+        return vecs[0].new_empty(batch if op.scalar_out else (*batch, op.out_width(vecs[0].shape[-1])))
 
     return impl
 
@@ -95,8 +95,12 @@ def _fake_bwd(op, vecs, grad, c, c_val, t, t_val, eps, needs):
 
 
 def _reduce_to(g, like):
+    """g summed down to like's shape, in like's dtype (fp16 saturating at its
+    largest finite value, as the kernels' stores do)."""
     if g.shape != like.shape:
         g = g.sum_to_size(like.shape)
+    if like.dtype == torch.float16 and g.dtype != torch.float16:
+        g = g.clamp(-65504.0, 65504.0)
     return g.to(like.dtype)
 
 

@@ -18,6 +18,7 @@ struct xs_limits<float> {
   static constexpr float min_denom = 1e-15f;   // positive denominators are at least this
   static constexpr float tanh_max = 15.0f;     // tanh's input is clamped to [-15, 15]
   static constexpr float artanh_max = 1.0f - 1e-7f;  // artanh's input <= 1 - 1e-7
+  static constexpr float cosh_max = 88.0f;     // sinh's and cosh's input is clamped to [-88, 88]
 };
 template <>
 struct xs_limits<double> {
@@ -25,6 +26,7 @@ struct xs_limits<double> {
   static constexpr double min_denom = 1e-15;
   static constexpr double tanh_max = 15.0;
   static constexpr double artanh_max = 1.0 - 1e-15;
+  static constexpr double cosh_max = 700.0;
 };
 
 // ---------------------------------------------------------------- plain scalars
@@ -34,6 +36,9 @@ __device__ __forceinline__ float xs_sqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double xs_sqrt(double x) { return sqrt(x); }
 __device__ __forceinline__ float xs_tanh(float x) { return tanhf(x); }
 __device__ __forceinline__ float xs_artanh(float x) { return atanhf(x); }
+__device__ __forceinline__ float xs_sinh(float x) { return sinhf(x); }
+__device__ __forceinline__ float xs_cosh(float x) { return coshf(x); }
+__device__ __forceinline__ float xs_asinh(float x) { return asinhf(x); }
 
 // With XS_FAST_TRANSCENDENTALS (set for kernels whose outputs are stored in fp32
 // or narrower), fp64 tanh and artanh are formed from one fp32 expm1 / log1p:
@@ -64,6 +69,60 @@ __device__ __forceinline__ double xs_artanh(double x) {
   return 0.5 * log1pf(static_cast<float>(2 * x / (1 - x)));
 #else
   return atanh(x);
+#endif
+}
+
+// The hyperbolic functions of the Lorentz and Klein models, likewise: with
+// m = expm1(|x|) in fp32, sinh|x| = (m + m / (m + 1)) / 2 and
+// cosh x = 1 + m^2 / (2 (m + 1)) (both sums of positive terms), and
+// asinh|x| = log1p(|x| + x^2 / (1 + sqrt(1 + x^2))) with the log1p argument
+// formed in fp64; odd series below 1e-3 as above.
+#if XS_FAST_TRANSCENDENTALS
+// e^a / 2 for a > 80 (where e^-a no longer counts), from fp32's exp of a - 80;
+// finite up to a = 168, far beyond what fp32 outputs hold.
+__device__ __forceinline__ double xs_half_exp_large(double a) {
+  return 0.5 * 5.540622384393510e34 * static_cast<double>(expf(static_cast<float>(a - 80)));
+}
+#endif
+__device__ __forceinline__ double xs_sinh(double x) {
+#if XS_FAST_TRANSCENDENTALS
+  const double a = fabs(x);
+  if (a < 1e-3) {
+    const double x2 = x * x;
+    return x * (1 + x2 * (1.0 / 6 + x2 * (1.0 / 120)));
+  }
+  if (a > 80) return copysign(xs_half_exp_large(a), x);
+  const double m = expm1f(static_cast<float>(a));
+  return copysign(0.5 * (m + m / (m + 1)), x);
+#else
+  return sinh(x);
+#endif
+}
+__device__ __forceinline__ double xs_cosh(double x) {
+#if XS_FAST_TRANSCENDENTALS
+  const double a = fabs(x);
+  if (a < 1e-3) {
+    const double x2 = x * x;
+    return 1 + x2 * (0.5 + x2 * (1.0 / 24));
+  }
+  if (a > 80) return xs_half_exp_large(a);
+  const double m = expm1f(static_cast<float>(a));
+  return 1 + m * m / (2 * (m + 1));
+#else
+  return cosh(x);
+#endif
+}
+__device__ __forceinline__ double xs_asinh(double x) {
+#if XS_FAST_TRANSCENDENTALS
+  const double a = fabs(x);
+  if (a < 1e-3) {
+    const double x2 = x * x;
+    return x * (1 - x2 * (1.0 / 6 - x2 * (3.0 / 40)));
+  }
+  const double arg = a < 1e150 ? a + a * a / (1 + sqrt(1 + a * a)) : 2 * a;
+  return copysign(static_cast<double>(log1pf(static_cast<float>(arg))), x);
+#else
+  return asinh(x);
 #endif
 }
 
@@ -151,6 +210,18 @@ template <class S, int N>
 __device__ __forceinline__ xs_dual<S, N> xs_artanh(const xs_dual<S, N>& x) {
   return xs_chain(x, xs_artanh(x.v), S(1) / ((S(1) - x.v) * (S(1) + x.v)));
 }
+template <class S, int N>
+__device__ __forceinline__ xs_dual<S, N> xs_sinh(const xs_dual<S, N>& x) {
+  return xs_chain(x, xs_sinh(x.v), xs_cosh(x.v));
+}
+template <class S, int N>
+__device__ __forceinline__ xs_dual<S, N> xs_cosh(const xs_dual<S, N>& x) {
+  return xs_chain(x, xs_cosh(x.v), xs_sinh(x.v));
+}
+template <class S, int N>
+__device__ __forceinline__ xs_dual<S, N> xs_asinh(const xs_dual<S, N>& x) {
+  return xs_chain(x, xs_asinh(x.v), S(1) / xs_sqrt(S(1) + x.v * x.v));
+}
 
 // ------------------------------------------------------------ clamps (any R)
 // A clamped value is a constant: its derivative is zero where the clamp acts.
@@ -181,4 +252,13 @@ __device__ __forceinline__ R xs_tanh_c(const R& x) {
 template <class R, class S>
 __device__ __forceinline__ R xs_artanh_c(const R& x) {
   return xs_artanh(xs_clamp(x, -xs_limits<S>::artanh_max, xs_limits<S>::artanh_max));
+}
+// sinh and cosh with their input clamped to [-cosh_max, cosh_max].
+template <class R, class S>
+__device__ __forceinline__ R xs_sinh_c(const R& x) {
+  return xs_sinh(xs_clamp(x, -xs_limits<S>::cosh_max, xs_limits<S>::cosh_max));
+}
+template <class R, class S>
+__device__ __forceinline__ R xs_cosh_c(const R& x) {
+  return xs_cosh(xs_clamp(x, -xs_limits<S>::cosh_max, xs_limits<S>::cosh_max));
 }

@@ -5,7 +5,10 @@
 // An op is a struct that describes its row in three parts:
 //   * terms: up to NTERM vectors built from the NVEC input rows, each either an
 //     input v_a or a difference v_a - v_b (differences are formed elementwise
-//     so that nearby points do not lose their digits to cancellation);
+//     so that nearby points do not lose their digits to cancellation),
+//     optionally with element 0 zeroed ("spatial": the space part of a
+//     Lorentz vector, whose squared norm then carries no cancellation), or the
+//     unit vector e_0 (XS_E0: the time axis; <v, e_0> = v_0);
 //   * dots:  NDOT inner products <term_p, term_q>, reduced over the row in the
 //     accumulation type S;
 //   * coeffs(dots, c, t, eps) -> coef[NOUT]: the per-row formula. A vector op
@@ -29,32 +32,48 @@
 // access (VEC * sizeof(T) == 16 for the vector variants, 1 for the strided
 // generic one). NITER > 0 keeps the row in registers (D <= NITER * G * VEC);
 // NITER == 0 loops over the row and reads it again for the output pass.
+//
+// Rows whose length changes (the conversions to and from the hyperboloid) set
+// IN_SHIFT / OUT_SHIFT: the kernel walks a logical row of a.D elements; the
+// inputs hold its elements from IN_SHIFT on (the first ones read as 0), the
+// output receives them from OUT_SHIFT on. Such ops run with VEC == 1 only.
 #pragma once
 #include "dtype.cuh"
 #include "math.cuh"
 #include "reduce.cuh"
 
 struct xs_ij {
-  int a, b;
+  int a, b;      // term: v_a, or v_a - v_b when b >= 0; a == XS_E0: e_0. dot: terms a, b
+  bool spatial;  // term: element 0 reads as 0
+};
+constexpr int XS_E0 = -2;
+
+// Defaults of an op description (ops derive from it).
+struct xs_op_base {
+  static constexpr int IN_SHIFT = 0, OUT_SHIFT = 0;
 };
 
-// Value of term k at position i of a loaded chunk.
+// Value of term k at position i of a loaded chunk; gi is its index in the row.
 template <class Op, class R, class V, int VEC>
-__device__ __forceinline__ R xs_term(const V (&v)[Op::NVEC][VEC], int k, int i) {
+__device__ __forceinline__ R xs_term(const V (&v)[Op::NVEC][VEC], int k, int i, long long gi) {
   const xs_ij t = Op::term(k);
+  if (t.a == XS_E0) return R(gi == 0 ? 1 : 0);
+  if (t.spatial && gi == 0) return R(0);
   const R a = R(v[t.a][i]);
   return t.b < 0 ? a : a - R(v[t.b][i]);
 }
 
-// Loads elements [e, e + VEC) of the NV rows (zeros when !ok).
-template <class T, int NV, int VEC, class E>
+// Loads elements [e, e + VEC) of the NV rows (zeros when !ok); with SH > 0
+// (VEC == 1), logical element e is stored at e - SH and the first SH read as 0.
+template <class T, int NV, int VEC, int SH, class E>
 __device__ __forceinline__ void xs_load_rows(const T* const (&base)[3], const long long (&es)[3],
                                              long long e, bool ok, E (&v)[NV][VEC]) {
+  static_assert(SH == 0 || VEC == 1, "shifted rows are read one element at a time");
 #pragma unroll
   for (int j = 0; j < NV; ++j) {
-    if (ok) {
+    if (ok && e >= SH) {
       if constexpr (VEC == 1) {
-        v[j][0] = E(xs_to_e(base[j][e * es[j]]));
+        v[j][0] = E(xs_to_e(base[j][(e - SH) * es[j]]));
       } else {
         xs_load<T, VEC>(base[j] + e, v[j]);
       }
@@ -66,12 +85,12 @@ __device__ __forceinline__ void xs_load_rows(const T* const (&base)[3], const lo
 }
 
 template <class Op, class S, class E, int VEC>
-__device__ __forceinline__ void xs_accumulate_dots(const E (&v)[Op::NVEC][VEC], S* acc) {
+__device__ __forceinline__ void xs_accumulate_dots(const E (&v)[Op::NVEC][VEC], S* acc, long long e) {
 #pragma unroll
   for (int i = 0; i < VEC; ++i) {
     S t[Op::NTERM];
 #pragma unroll
-    for (int k = 0; k < Op::NTERM; ++k) t[k] = xs_term<Op, S>(v, k, i);
+    for (int k = 0; k < Op::NTERM; ++k) t[k] = xs_term<Op, S>(v, k, i, e + i);
 #pragma unroll
     for (int d = 0; d < Op::NDOT; ++d) acc[d] += t[Op::dot(d).a] * t[Op::dot(d).b];
   }
@@ -153,13 +172,13 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_fwd(const xs_row_args a) {
 #pragma unroll
     for (int it = 0; it < NITER; ++it) {
       const long long e = it * STEP + (long long)lane * VEC;
-      xs_load_rows<T, NV, VEC>(base, es, e, valid && e < D, cache[it]);
-      xs_accumulate_dots<Op, S, E, VEC>(cache[it], acc);
+      xs_load_rows<T, NV, VEC, Op::IN_SHIFT>(base, es, e, valid && e < D, cache[it]);
+      xs_accumulate_dots<Op, S, E, VEC>(cache[it], acc, e);
     }
   } else {
     for (long long e = (long long)lane * VEC; e < D; e += STEP) {
-      xs_load_rows<T, NV, VEC>(base, es, e, valid, cache[0]);
-      xs_accumulate_dots<Op, S, E, VEC>(cache[0], acc);
+      xs_load_rows<T, NV, VEC, Op::IN_SHIFT>(base, es, e, valid, cache[0]);
+      xs_accumulate_dots<Op, S, E, VEC>(cache[0], acc, e);
     }
   }
   xs_row_sum<G>(acc);
@@ -174,17 +193,17 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_fwd(const xs_row_args a) {
     E ce[Op::NOUT];
 #pragma unroll
     for (int k = 0; k < Op::NOUT; ++k) ce[k] = E(coef[k]);
-    T* const orow = out + row * D;
+    T* const orow = out + row * (D - Op::OUT_SHIFT);
     auto emit = [&](const E(&v)[NV][VEC], long long e) {
       E o[VEC];
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         E s = 0;
 #pragma unroll
-        for (int k = 0; k < Op::NOUT; ++k) s += ce[k] * xs_term<Op, E>(v, Op::out(k), i);
+        for (int k = 0; k < Op::NOUT; ++k) s += ce[k] * xs_term<Op, E>(v, Op::out(k), i, e + i);
         o[i] = s;
       }
-      xs_store_chunk<T, VEC>(orow, e, o);
+      if (e >= Op::OUT_SHIFT) xs_store_chunk<T, VEC>(orow, e - Op::OUT_SHIFT, o);
     };
     if constexpr (NITER > 0) {
 #pragma unroll
@@ -194,7 +213,7 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_fwd(const xs_row_args a) {
       }
     } else {
       for (long long e = (long long)lane * VEC; e < D; e += STEP) {
-        xs_load_rows<T, NV, VEC>(base, es, e, true, cache[0]);
+        xs_load_rows<T, NV, VEC, Op::IN_SHIFT>(base, es, e, true, cache[0]);
         emit(cache[0], e);
       }
     }
@@ -227,27 +246,27 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_bwd(const xs_row_args a) {
   for (int d = 0; d < NRED; ++d) acc[d] = 0;
 
   auto load = [&](long long e, bool ok, E(&v)[NL][VEC]) {
-    xs_load_rows<T, NV, VEC>(base, es, e, ok, reinterpret_cast<E(&)[NV][VEC]>(v));
+    xs_load_rows<T, NV, VEC, Op::IN_SHIFT>(base, es, e, ok, reinterpret_cast<E(&)[NV][VEC]>(v));
     if constexpr (VG) {
-      if (!ok) {
+      if (!ok || e < Op::OUT_SHIFT) {
 #pragma unroll
         for (int i = 0; i < VEC; ++i) v[NV][i] = 0;
       } else if constexpr (VEC == 1) {
-        v[NV][0] = E(xs_to_e(gbase[e * g_es]));
+        v[NV][0] = E(xs_to_e(gbase[(e - Op::OUT_SHIFT) * g_es]));
       } else {
         xs_load<T, VEC>(gbase + e, v[NV]);
       }
     }
   };
-  auto accumulate = [&](const E(&v)[NL][VEC]) {
-    xs_accumulate_dots<Op, S, E, VEC>(reinterpret_cast<const E(&)[NV][VEC]>(v), acc);
+  auto accumulate = [&](const E(&v)[NL][VEC], long long e) {
+    xs_accumulate_dots<Op, S, E, VEC>(reinterpret_cast<const E(&)[NV][VEC]>(v), acc, e);
     if constexpr (VG) {
 #pragma unroll
       for (int i = 0; i < VEC; ++i)
 #pragma unroll
         for (int k = 0; k < Op::NOUT; ++k)
-          acc[Op::NDOT + k] +=
-              S(v[NV][i]) * xs_term<Op, S>(reinterpret_cast<const E(&)[NV][VEC]>(v), Op::out(k), i);
+          acc[Op::NDOT + k] += S(v[NV][i]) * xs_term<Op, S>(reinterpret_cast<const E(&)[NV][VEC]>(v),
+                                                            Op::out(k), i, e + i);
     }
   };
 
@@ -256,12 +275,12 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_bwd(const xs_row_args a) {
     for (int it = 0; it < NITER; ++it) {
       const long long e = it * STEP + (long long)lane * VEC;
       load(e, valid && e < D, cache[it]);
-      accumulate(cache[it]);
+      accumulate(cache[it], e);
     }
   } else {
     for (long long e = (long long)lane * VEC; e < D; e += STEP) {
       load(e, valid, cache[0]);
-      accumulate(cache[0]);
+      accumulate(cache[0], e);
     }
   }
   xs_row_sum<G>(acc);
@@ -316,8 +335,9 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_bwd(const xs_row_args a) {
     for (int k = 0; k < Op::NOUT; ++k) direct[Op::out(k)] += E(coef[k].v);
   }
 
-  T* const grow[3] = {gv0 ? gv0 + row * D : nullptr, gv1 ? gv1 + row * D : nullptr,
-                      gv2 ? gv2 + row * D : nullptr};
+  const long long DI = D - Op::IN_SHIFT;
+  T* const grow[3] = {gv0 ? gv0 + row * DI : nullptr, gv1 ? gv1 + row * DI : nullptr,
+                      gv2 ? gv2 + row * DI : nullptr};
   auto emit = [&](const E(&v)[NL][VEC], long long e) {
     E grad[NV][VEC];
 #pragma unroll
@@ -325,22 +345,24 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_bwd(const xs_row_args a) {
       E tv[Op::NTERM];
 #pragma unroll
       for (int k = 0; k < Op::NTERM; ++k)
-        tv[k] = xs_term<Op, E>(reinterpret_cast<const E(&)[NV][VEC]>(v), k, i);
+        tv[k] = xs_term<Op, E>(reinterpret_cast<const E(&)[NV][VEC]>(v), k, i, e + i);
 #pragma unroll
       for (int j = 0; j < NV; ++j) grad[j][i] = 0;
 #pragma unroll
       for (int k = 0; k < Op::NTERM; ++k) {
+        const xs_ij tk = Op::term(k);
+        if (tk.a == XS_E0 || (tk.spatial && e + i == 0)) continue;  // constant there
         E gk = VG ? direct[k] * v[NL - 1][i] : E(0);
 #pragma unroll
         for (int q = 0; q < Op::NTERM; ++q) gk += W[k][q] * tv[q];
-        const xs_ij tk = Op::term(k);
         grad[tk.a][i] += gk;
         if (tk.b >= 0) grad[tk.b][i] -= gk;
       }
     }
+    if (e < Op::IN_SHIFT) return;
 #pragma unroll
     for (int j = 0; j < NV; ++j)
-      if (grow[j]) xs_store_chunk<T, VEC>(grow[j], e, grad[j]);
+      if (grow[j]) xs_store_chunk<T, VEC>(grow[j], e - Op::IN_SHIFT, grad[j]);
   };
   if constexpr (NITER > 0) {
 #pragma unroll

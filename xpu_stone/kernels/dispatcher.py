@@ -50,19 +50,22 @@ def set_tuned_table(table: TunedTable) -> None:
     _generation[0] += 1
 
 
-HEURISTIC_ORDER = ("rows_per_warp", "warp_per_row", "block_per_row")
-
-
 def heuristic(kernels, dtype: str, d: int, aligned: bool) -> tuple[str, LaunchConfig]:
-    """The first of rows_per_warp, warp_per_row, block_per_row that keeps the
-    whole row in registers; a looping block per row beyond; generic when the
-    input is not aligned for 16-byte access."""
-    if aligned:
-        for name in HEURISTIC_ORDER:
-            cfg = kernels.variant(name).pick(dtype, d, aligned, cached_only=True)
+    """The first variant, in the op's order of preference (rows_per_warp,
+    warp_per_row, block_per_row, then generic), with a configuration that keeps
+    the whole row in registers; beyond that a looping configuration of the last
+    non-generic variant; generic when nothing else takes the input (vectorized
+    variants need aligned input)."""
+    usable = [v for v in kernels.variants if aligned or not v.vectorized]
+    for v in usable:
+        cfg = v.pick(dtype, d, aligned, cached_only=True)
+        if cfg is not None:
+            return v.name, cfg
+    for v in reversed(usable):
+        if v.name != "generic":
+            cfg = v.pick(dtype, d, aligned)
             if cfg is not None:
-                return name, cfg
-        return "block_per_row", kernels.variant("block_per_row").pick(dtype, d, aligned)
+                return v.name, cfg
     return "generic", kernels.variant("generic").pick(dtype, d, aligned)
 
 

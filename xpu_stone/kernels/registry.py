@@ -13,6 +13,11 @@ variant             layout                                               valid f
 ``generic``         4 or 32 threads a row, scalar strided loads          anything
 ==================  ===================================================  =====================
 
+Ops whose rows change length (the conversions to and from the hyperboloid)
+register ``rows_per_warp_scalar``, ``warp_per_row_scalar``,
+``block_per_row_scalar`` (the same layouts, one element per access) and
+``generic`` instead.
+
 "Aligned" means unit element stride, 16-byte aligned base pointers, and D and
 every row stride multiples of the vector width (16 bytes / element size).
 """
@@ -89,6 +94,21 @@ ROWWISE_VARIANTS = (
     Variant("warp_per_row", True, ((32, 1, 256), (32, 2, 256), (32, 4, 256), (32, 8, 256), (32, 0, 256))),
     Variant(
         "block_per_row", True, ((256, 1, 256), (256, 2, 256), (256, 4, 256), (256, 8, 256), (256, 0, 256))
+    ),
+    Variant("generic", False, ((4, 0, 256), (32, 0, 256))),
+)
+
+# Ops whose rows change length (IN_SHIFT / OUT_SHIFT in rowwise.cuh) read one
+# element at a time: the same layouts with scalar access.
+SCALAR_ROW_VARIANTS = (
+    Variant("rows_per_warp_scalar", False, ((4, 1, 256), (8, 1, 256), (16, 1, 256))),
+    Variant(
+        "warp_per_row_scalar", False, ((32, 1, 256), (32, 2, 256), (32, 4, 256), (32, 8, 256), (32, 16, 256))
+    ),
+    Variant(
+        "block_per_row_scalar",
+        False,
+        ((256, 1, 256), (256, 2, 256), (256, 4, 256), (256, 8, 256), (256, 16, 256), (256, 0, 256)),
     ),
     Variant("generic", False, ((4, 0, 256), (32, 0, 256))),
 )
