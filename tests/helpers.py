@@ -89,7 +89,8 @@ def op_args(name, x, y, z, u, t):
     return R.arguments(name, (x, y, z), u, t)
 
 
-OPS = tuple(xpu_stone.poincare.__all__)
+PAIRWISE = ("cdist", "knn")  # not row-wise: tests/test_pairwise*.py
+OPS = tuple(n for n in xpu_stone.poincare.__all__ if n not in PAIRWISE)
 
 
 SCALAR_ARG = {"mobius_scalar_mul": 0, "geodesic": 2}  # position of the per-row scalar
@@ -307,7 +308,7 @@ def model_args(family, name, rows, d, c, dtype, seed, device="cpu", nice=False):
 MODEL_OPS = tuple(
     (family, name)
     for family, names in (
-        ("lorentz", xpu_stone.lorentz.__all__),
+        ("lorentz", [n for n in xpu_stone.lorentz.__all__ if n not in PAIRWISE]),
         ("klein", ("dist", "geodesic", "project", "lorentz_factor")),
         ("convert", xpu_stone.convert.__all__),
     )

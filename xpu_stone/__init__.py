@@ -7,7 +7,7 @@ the CPU path only torch. Kernels compile on first use and are cached on disk;
 
 from __future__ import annotations
 
-from . import config, constants, convert, errors, klein, lorentz, poincare, runtime
+from . import config, constants, convert, errors, klein, linear, lorentz, pairwise, poincare, runtime
 from ._deps import torch as _torch
 from .convert import (
     klein_to_lorentz,
@@ -36,6 +36,7 @@ from .runtime import InferenceSession
 __version__ = "0.1.0"
 
 if _torch is not None:
+    from . import nn  # noqa: F401  (needs torch)
     from . import rowwise as _rowwise
     from . import torch_ops as _torch_ops
     from .ops import convert as _convert_ops
@@ -66,7 +67,9 @@ __all__ = [
     "convert",
     "errors",
     "klein",
+    "linear",
     "lorentz",
+    "pairwise",
     "poincare",
     "klein_to_lorentz",
     "klein_to_poincare",

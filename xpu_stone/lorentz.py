@@ -44,6 +44,8 @@ __all__ = [
     "proj_tan",
     "transp",
     "geodesic",
+    "cdist",
+    "knn",
 ]
 
 _call = rowwise.call
@@ -136,3 +138,19 @@ def geodesic(u, v, t, c=1.0):
     ``t`` is a float or a tensor with one value per row (size 1 in the last dim).
     """
     return _call(_ops.GEODESIC, (u, v), c, t)
+
+
+def cdist(x, y, c=1.0):
+    """Pairwise distances, ``(*, N, D) x (*, M, D) -> (*, N, M)``: one GEMM and a
+    fused epilogue (see :func:`xpu_stone.pairwise.cdist`)."""
+    from .pairwise import cdist as _cdist
+
+    return _cdist(x, y, c, model="lorentz")
+
+
+def knn(x, y, k, c=1.0, chunk_rows=None):
+    """The ``k`` nearest rows of ``y`` for each row of ``x``: ``(values, indices)``
+    (see :func:`xpu_stone.pairwise.knn`)."""
+    from .pairwise import knn as _knn
+
+    return _knn(x, y, k, c, model="lorentz", chunk_rows=chunk_rows)

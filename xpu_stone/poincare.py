@@ -39,6 +39,8 @@ __all__ = [
     "gyration",
     "transp",
     "geodesic",
+    "cdist",
+    "knn",
 ]
 
 
@@ -132,3 +134,19 @@ def geodesic(u, v, t, c=1.0):
     ``t`` is a float or a tensor with one value per row (size 1 in the last dim).
     """
     return _call(_ops.GEODESIC, (u, v), c, t)
+
+
+def cdist(x, y, c=1.0):
+    """Pairwise distances, ``(*, N, D) x (*, M, D) -> (*, N, M)``: one GEMM and a
+    fused epilogue (see :func:`xpu_stone.pairwise.cdist`)."""
+    from .pairwise import cdist as _cdist
+
+    return _cdist(x, y, c, model="poincare")
+
+
+def knn(x, y, k, c=1.0, chunk_rows=None):
+    """The ``k`` nearest rows of ``y`` for each row of ``x``: ``(values, indices)``
+    (see :func:`xpu_stone.pairwise.knn`)."""
+    from .pairwise import knn as _knn
+
+    return _knn(x, y, k, c, model="poincare", chunk_rows=chunk_rows)

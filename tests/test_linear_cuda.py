@@ -1,0 +1,151 @@
+"""GPU tests of xpu_stone.linear and the xpu_stone.nn layers (skipped without a
+CUDA GPU): the epilogue kernels against the float64 reference and the CPU path,
+every output written (NaN-poisoned first), odd shapes, backward, dL/dc,
+torch.compile (inductor), and the layers on CUDA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import ball_points, rel_err
+
+from xpu_stone import config
+from xpu_stone import linear as L
+from xpu_stone import nn as hnn
+from xpu_stone.reference import linear as RL
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+SHAPES = ((1, 1, 1), (7, 3, 5), (4099, 17, 33), (300, 512, 512), (64, 1000, 10), (0, 8, 8))
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 3e-2}
+GTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 5e-2, torch.bfloat16: 5e-2}
+
+
+@pytest.fixture(autouse=True)
+def _poison():
+    config.poison_outputs = True
+    yield
+    config.poison_outputs = False
+
+
+def _inputs(rows, din, dout, c, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    d = torch.randn(rows, din, generator=gen, dtype=torch.float64)
+    d = d / d.norm(dim=-1, keepdim=True)
+    x = d * torch.rand(rows, 1, generator=gen, dtype=torch.float64) * 0.9 / math.sqrt(c)
+    M = torch.randn(dout, din, generator=gen, dtype=torch.float64) / math.sqrt(din)
+    z = torch.randn(din, dout, generator=gen, dtype=torch.float64) / math.sqrt(din)
+    r = torch.randn(dout, generator=gen, dtype=torch.float64) * 0.3
+    return [t.to(dtype).cuda() for t in (x, M, z, r)]
+
+
+def _cases(x, M, z, r, c):
+    return (
+        (
+            "mobius_matvec",
+            lambda a, b, cc: L.mobius_matvec(b, a, cc),
+            lambda a, b, cc: RL.mobius_matvec(b, a, cc),
+            (x, M),
+        ),
+        (
+            "poincare_mlr",
+            lambda a, b, s: L.poincare_mlr(a, b, s, c),
+            lambda a, b, s: RL.mlr_hnnpp(a, b, s, c),
+            (x, z, r),
+        ),
+        (
+            "poincare_fc",
+            lambda a, b, s: L.poincare_fc(a, b, s, c),
+            lambda a, b, s: RL.poincare_fc(a, b, s, c),
+            (x, z, r),
+        ),
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_forward_matches_reference(dtype):
+    for k, (rows, din, dout) in enumerate(SHAPES):
+        c = (0.01, 1.0, 4.0, 100.0)[k % 4]
+        x, M, z, r = _inputs(rows, din, dout, c, dtype, k)
+        for name, ours, ref, args in _cases(x, M, z, r, c):
+            extra = (c,) if name == "mobius_matvec" else ()
+            out = ours(*args, *extra) if extra else ours(*args)
+            assert out.shape == (rows, dout) and out.dtype == dtype
+            if rows == 0:
+                continue
+            assert torch.isfinite(out).all(), (name, rows, din, dout)
+            up = [a.double() for a in args]
+            want = ref(*up, *extra) if extra else ref(*up)
+            assert rel_err(out, want) < TOL[dtype], (name, rows, din, dout, c)
+            cpu = ours(*[a.cpu() for a in args], *extra) if extra else ours(*[a.cpu() for a in args])
+            assert rel_err(out.cpu(), cpu) < TOL[dtype]
+
+
+def test_boundary_rows_and_zero_rows():
+    x = ball_points((2000, 64), 1.0, torch.float32, device="cuda", boundary=True).requires_grad_()
+    M = torch.randn(32, 64, device="cuda", requires_grad=True)
+    z = torch.randn(64, 32, device="cuda", requires_grad=True)
+    r = (torch.randn(32, device="cuda") * 30).requires_grad_()
+    for out in (L.mobius_matvec(M, x), L.poincare_mlr(x, z, r), L.poincare_fc(x, z, r)):
+        assert torch.isfinite(out).all()
+        grads = torch.autograd.grad(out.square().sum(), (x, M, z, r), allow_unused=True)
+        assert all(g is None or torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16), ids=str)
+def test_backward_matches_reference(dtype):
+    for rows, din, dout in ((5, 4, 3), (1000, 64, 48), (4096, 512, 512), (33, 1, 7)):
+        x, M, z, r = (t.requires_grad_() for t in _inputs(rows, din, dout, 2.0, dtype, rows))
+        g = torch.randn(rows, dout, device="cuda", dtype=torch.float64)
+        c = torch.tensor(2.0, device="cuda", dtype=torch.float64, requires_grad=True)
+        for name, ours, ref, args in _cases(x, M, z, r, 2.0):
+            extra = (c,) if name == "mobius_matvec" else ()
+            wrt = (*args, *extra)
+            got = torch.autograd.grad(ours(*args, *extra), wrt, g.to(dtype))
+            up = [a.detach().double().requires_grad_() for a in args]
+            cc = [c.detach().clone().requires_grad_()] if extra else []
+            want = torch.autograd.grad(ref(*up, *cc), (*up, *cc), g)
+            for a, b in zip(got, want):
+                assert torch.isfinite(a).all()
+                assert rel_err(a, b, floor=1e-3) < GTOL[dtype], (name, rows, din, dout)
+
+
+def test_backward_kernels_equal_cpu_path():
+    x, M, z, r = _inputs(300, 40, 24, 1.5, torch.float64, 3)
+    v = x @ M.t()
+    g = torch.randn_like(v)
+    for a, b in zip(
+        L._matvec_bwd(x, v, g, 1.5, None, True), L._matvec_bwd_torch(x.cpu(), v.cpu(), g.cpu(), 1.5, None)
+    ):
+        assert rel_err(a.cpu(), b) < 1e-12
+    zn, pz = L._col_norms(z), x @ z
+    for mode in (L.MLR, L.FC):
+        gpu = L._hnn_bwd(x, pz, g, zn, r.double(), 1.5, mode)
+        cpu = L._hnn_bwd_torch(x.cpu(), pz.cpu(), g.cpu(), zn.cpu(), r.double().cpu(), 1.5, mode)
+        for a, b in zip(gpu, cpu):
+            assert rel_err(a.cpu(), b) < 1e-12
+
+
+def test_torch_compile_inductor_layers():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        hnn.ToPoincare(1.0, clip_r=2.0),
+        hnn.HypLinear(64, 64),
+        hnn.HypAct(torch.nn.ReLU()),
+        hnn.PoincareLinear(64, 64),
+        hnn.HypMLR(64, 10),
+    ).cuda()
+    x = torch.randn(256, 64, device="cuda")
+    compiled = torch.compile(model, fullgraph=True)
+    got = compiled(x)
+    want = model(x)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+    got.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    want.sum().backward()
+    for a, p in zip(grads, model.parameters()):
+        assert torch.allclose(a, p.grad, rtol=1e-4, atol=1e-5)
