@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from benchmarks.harness import Report, Row, environment, measure_copy, time_calls
+from benchmarks.harness import Report, Row, environment, fwd_bwd, measure_copy, time_calls
 from xpu_stone import linear as L
 from xpu_stone import poincare as P
 from xpu_stone.reference import linear as RL
@@ -47,14 +47,6 @@ def _params(name, din, dout, classes, gen):
     return z, torch.randn(k, device="cuda", generator=gen) * 0.1
 
 
-def _fwd_bwd(fn):
-    def run(*args):
-        out = fn(*args)
-        return torch.autograd.grad(out, args, torch.ones_like(out))
-
-    return run
-
-
 def main(argv=None):
     torch._dynamo.config.cache_size_limit = 64
     p = argparse.ArgumentParser()
@@ -78,7 +70,7 @@ def main(argv=None):
 
     w = torch.randn(dout, din, device="cuda", generator=gen)
     gsets = [(x_set().requires_grad_(), w.clone().requires_grad_()) for _ in range(4)]
-    ms = time_calls(_fwd_bwd(lambda x, m: x @ m.t()), gsets, warmup=3, reps=30)
+    ms = time_calls(fwd_bwd(lambda x, m: x @ m.t()), gsets, warmup=3, reps=30)
     report.add(Row("gemm", "torch.mm", "fwd+bwd", "float32", (b, din, dout), 0, ms))
     print(f"gemm fwd+bwd {ms:.4f} ms", file=sys.stderr)
     for name, (ours, ref) in _layers(args.c).items():
@@ -92,7 +84,7 @@ def main(argv=None):
             ("torch_eager", ref),
             ("torch_compile", torch.compile(ref, dynamic=False)),
         ):
-            for mode, f, s in (("fwd", fn, sets), ("fwd+bwd", _fwd_bwd(fn), gsets)):
+            for mode, f, s in (("fwd", fn, sets), ("fwd+bwd", fwd_bwd(fn), gsets)):
                 if impl == "torch_compile" and mode == "fwd":
                     continue  # one compile per layer: the fwd+bwd graph the target is about
                 try:

@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from benchmarks.harness import Report, Row, environment, measure_copy, time_calls
+from benchmarks.harness import Report, Row, environment, fwd_bwd, measure_copy, time_calls
 from xpu_stone import pairwise as PW
 from xpu_stone.reference import pairwise as RP
 
@@ -35,14 +35,6 @@ def _ball(n, d, dtype, gen):
 def _lorentz(n, d, gen):
     space = torch.randn(n, d - 1, device="cuda", generator=gen) * 0.5
     return torch.cat([torch.sqrt(1 + space.square().sum(-1, keepdim=True)), space], dim=-1)
-
-
-def _fwd_bwd(fn):
-    def run(x, y):
-        out = fn(x, y)
-        return torch.autograd.grad(out, (x, y), torch.ones_like(out))
-
-    return run
 
 
 def _time(report, op, impl, mode, dtype, shape, nbytes, fn, sets, reps=20, note=""):
@@ -130,7 +122,7 @@ def main(argv=None):
         f32,
         shape,
         4 * out_bytes,
-        _fwd_bwd(PW.cdist),
+        fwd_bwd(PW.cdist),
         grad_sets,
     )
     comp_fb = _time(
@@ -141,7 +133,7 @@ def main(argv=None):
         f32,
         shape,
         4 * out_bytes,
-        _fwd_bwd(ref_gemm),
+        fwd_bwd(ref_gemm),
         grad_sets,
         reps=10,
     )
@@ -154,7 +146,7 @@ def main(argv=None):
             f32,
             shape,
             4 * out_bytes,
-            _fwd_bwd(lambda a, b: PW.cdist(a, b, 1.0, "lorentz")),
+            fwd_bwd(lambda a, b: PW.cdist(a, b, 1.0, "lorentz")),
             lgrad,
         )
         pn = args.plain_n
@@ -171,7 +163,7 @@ def main(argv=None):
             f32,
             pshape,
             4 * pn * m * 4,
-            _fwd_bwd(ref_plain),
+            fwd_bwd(ref_plain),
             psets,
             reps=5,
         )
@@ -183,7 +175,7 @@ def main(argv=None):
             f32,
             pshape,
             4 * pn * m * 4,
-            _fwd_bwd(PW.cdist),
+            fwd_bwd(PW.cdist),
             psets,
         )
         print(f"fwd+bwd vs compiled plain reference (N={pn}): {plain / small:.2f}x", file=sys.stderr)

@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from benchmarks.harness import Report, Row, environment, host_time_us, measure_copy, rotations, time_calls
+from benchmarks.harness import Report, Row, bench_impls, environment, host_time_us, measure_copy, rotations
 from xpu_stone import poincare as P
 from xpu_stone.reference import poincare as R
 
@@ -96,15 +96,6 @@ def _impls(name, compare):
     return impls
 
 
-def _fwd_bwd(fn):
-    def run(*args):
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        out = fn(*args)
-        return torch.autograd.grad(out, tensors, torch.ones_like(out))
-
-    return run
-
-
 def bench_op(report, name, dtype, d, target_bytes, compare):
     nvec, vec_out = SHAPE[name]
     item = torch.tensor([], dtype=dtype).element_size()
@@ -116,24 +107,9 @@ def bench_op(report, name, dtype, d, target_bytes, compare):
     gen = torch.Generator(device="cuda").manual_seed(0)
     nsets = rotations(fwd_bytes)
     sets = [_with_scalars(name, _vectors(name, rows, d, dtype, gen)) for _ in range(nsets)]
-    grad_sets = [
-        tuple(a.detach().requires_grad_() if isinstance(a, torch.Tensor) else a for a in s) for s in sets
-    ]
     dname = str(dtype).replace("torch.", "")
-    for impl, fn in _impls(name, compare).items():
-        for mode, f, args, nbytes in (
-            ("fwd", fn, sets, fwd_bytes),
-            ("fwd+bwd", _fwd_bwd(fn), grad_sets, fwd_bytes + bwd_bytes),
-        ):
-            try:
-                with torch.no_grad() if mode == "fwd" else torch.enable_grad():
-                    ms = time_calls(f, args, warmup=3, reps=25)
-                report.add(Row(name, impl, mode, dname, (rows, d), nbytes, ms))
-            except Exception as e:  # report what failed instead of losing the run
-                report.add(
-                    Row(name, impl, mode, dname, (rows, d), nbytes, 0.0, note=f"failed: {type(e).__name__}")
-                )
-    del sets, grad_sets
+    bench_impls(report, name, _impls(name, compare), sets, fwd_bytes, bwd_bytes, dname, (rows, d))
+    del sets
     torch.cuda.empty_cache()
 
 

@@ -146,3 +146,35 @@ def host_time_us(fn, args, calls: int = 2000) -> float:
         samples.append((time.perf_counter() - t0) / calls * 1e6)
         torch.cuda.synchronize()
     return statistics.median(samples)
+
+
+def fwd_bwd(fn):
+    """fn followed by the gradients of its output (ones) with respect to its tensor inputs."""
+
+    def run(*args):
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        out = fn(*args)
+        return torch.autograd.grad(out, tensors, torch.ones_like(out))
+
+    return run
+
+
+def bench_impls(report, op, impls, sets, fwd_bytes, bwd_bytes, dtype_name, shape, reps=25):
+    """Times each implementation forward (no grad) and forward+backward over the
+    rotating argument ``sets``; a failing one is reported as failed, not lost."""
+    grad_sets = [
+        tuple(a.detach().requires_grad_() if isinstance(a, torch.Tensor) else a for a in s) for s in sets
+    ]
+    for impl, fn in impls.items():
+        for mode, f, args, nbytes in (
+            ("fwd", fn, sets, fwd_bytes),
+            ("fwd+bwd", fwd_bwd(fn), grad_sets, fwd_bytes + bwd_bytes),
+        ):
+            try:
+                with torch.no_grad() if mode == "fwd" else torch.enable_grad():
+                    ms = time_calls(f, args, warmup=3, reps=reps)
+                report.add(Row(op, impl, mode, dtype_name, shape, nbytes, ms))
+            except Exception as e:
+                report.add(
+                    Row(op, impl, mode, dtype_name, shape, nbytes, 0.0, note=f"failed: {type(e).__name__}")
+                )
