@@ -80,7 +80,9 @@ def _transcription(family, name, args, c, dtype):
 
 
 def _skip(family, name, d):
-    return d == 1 and name in ("lorentz_to_poincare", "lorentz_to_klein")
+    """D = 1: the hyperboloid is a single point (nothing to convert; a tangent
+    vector there is zero up to rounding, so relative errors are noise)."""
+    return d == 1 and (family == "lorentz" or name in ("lorentz_to_poincare", "lorentz_to_klein"))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -176,7 +178,7 @@ def test_opcheck_cuda(case):
 def test_strided_broadcast_and_batched_inputs_of_shifted_ops():
     y = model_args("convert", "lorentz_to_poincare", 4 * 6, 9, 2.0, torch.float32, seed=1, device="cuda")[0]
     y = y.reshape(4, 6, 9)
-    wide = torch.cat((y, y), -1)[..., ::2]  # element stride 2
+    wide = torch.stack((y, y), -1)[..., 0]  # element stride 2
     for fn in (C.lorentz_to_poincare, C.lorentz_to_klein):
         assert torch.equal(fn(wide, c=2.0), fn(y.contiguous(), c=2.0))
     x = C.lorentz_to_poincare(y, c=2.0)

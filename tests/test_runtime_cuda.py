@@ -353,3 +353,4 @@ def test_auto_session_falls_back_to_eager_when_capture_fails():
     assert info.value.name is None or info.value.name.startswith("cudaErrorStreamCapture")
     after = torch.ones(3, device="cuda") * 2  # the device is still usable
     assert after.sum().item() == 6.0
+    assert torch.randn(3, device="cuda").isfinite().all()  # and so is its random generator

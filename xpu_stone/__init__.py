@@ -36,7 +36,7 @@ from .runtime import InferenceSession
 __version__ = "0.1.0"
 
 if _torch is not None:
-    from . import nn  # noqa: F401  (needs torch)
+    from . import compat, manifolds, nn, optim  # noqa: F401  (need torch)
     from . import rowwise as _rowwise
     from . import torch_ops as _torch_ops
     from .ops import convert as _convert_ops

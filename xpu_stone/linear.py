@@ -359,7 +359,7 @@ def _register():
                 gzn = cols[:dout] - (zd * gz_p).sum(0) / zn_e
                 gz = (gz_p + gzn * zd / zn_e).to(z.dtype)
             if needs[2]:
-                gr = cols[dout:].to(r.dtype)
+                gr = cols[dout:].to(r.dtype, copy=True)  # a fresh tensor, not a view into cols
         return [gx, gz, gr]
 
     for name, impl in (

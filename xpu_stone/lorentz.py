@@ -24,6 +24,15 @@ which keeps the digits of small distances far from the origin, where
 :math:`\operatorname{arcosh}(-c\langle x,y\rangle_L)` loses them all. Inputs are
 assumed to lie on the hyperboloid (use :func:`project`); off it, these formulas
 and the textbook ones differ by the distance to the hyperboloid.
+
+Precision far from the origin: a point at distance :math:`r` has coordinates of
+size :math:`e^r/(2\sqrt c)`, and a tangent vector :math:`u` there has
+:math:`\|u\|_L^2 = \|u_{1:}\|^2 - u_0^2` cancelling by a factor
+:math:`\approx x_0^2`. Rounded to fp16/bf16 (fp32), a tangent vector is tangent
+only to about :math:`\epsilon x_0` of its size, so :func:`expmap`, :func:`norm`
+and :func:`transp` lose meaning beyond distance ~3 (~8) from the origin and may
+overflow; fp64 holds to ~8 (the tests use these bounds). Distances and the maps
+between points (:func:`dist`, :func:`logmap`, :func:`geodesic`) do not suffer this.
 """
 
 from __future__ import annotations

@@ -60,14 +60,14 @@ def devices() -> list[DeviceInfo]:
 
 def _cupy_info(i: int) -> DeviceInfo:
     rt = cupy.cuda.runtime
+    attributes = cupy.cuda.Device(i).attributes  # name (no cudaDevAttr prefix) -> value
 
     def attr(name: str, optional: bool = False) -> int:
-        try:
-            return rt.deviceGetAttribute(getattr(rt, f"cudaDevAttr{name}"), i)
-        except (rt.CUDARuntimeError, AttributeError):
-            if optional:  # clocks are deprecated attributes in CUDA 13: 0 when a runtime drops them
-                return 0
-            raise
+        if name in attributes:
+            return int(attributes[name])
+        if optional:  # clocks are deprecated attributes in CUDA 13: 0 when a runtime drops them
+            return 0
+        raise KeyError(f"CUDA device attribute {name} is not reported by this CuPy/CUDA")
 
     props = rt.getDeviceProperties(i)
     major, minor = attr("ComputeCapabilityMajor"), attr("ComputeCapabilityMinor")

@@ -117,6 +117,7 @@ class CapturedGraph:
                     with cp.cuda.Device(self.device), capture_stream.cupy:
                         self.outputs = fn(*self.inputs)
             except RuntimeError as e:  # a CUDA call the capture refused (a host sync, say)
+                _reset_rng_after_failed_capture(self.device)
                 if isinstance(e, XpuStoneError) or not (hasattr(e, "error_code") or "CUDA" in str(e)):
                     raise
                 raise cuda_error(e, "CUDA-graph capture") from e
@@ -150,6 +151,18 @@ class CapturedGraph:
                         cupy.copyto(static, x)
             self.graph.replay()
         return self.outputs
+
+
+def _reset_rng_after_failed_capture(device: int) -> None:
+    """A capture that fails part-way leaves torch's CUDA generator marked as
+    capturing, and every later random op on the device then fails ("Offset
+    increment outside graph capture"). Give the generator a fresh state with
+    the same seed and offset."""
+    gen = torch.cuda.default_generators[device]
+    try:
+        gen.graphsafe_set_state(gen.clone_state())
+    except (AttributeError, RuntimeError):  # a torch without graph-safe generator states
+        pass
 
 
 def capture(fn, *example_inputs, warmup: int = 2, pool=None) -> CapturedGraph:

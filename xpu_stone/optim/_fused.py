@@ -1,0 +1,132 @@
+"""Launches of the fused multi-tensor steps of ``cuda_src/optim.cu``.
+
+One launch per (device, dtype, optimizer kind) updates every tensor of the set:
+the host packs one 24-field record per tensor (:data:`_META_FIELDS`, mirroring
+``xs_opt_meta``) into a pinned buffer, copies it to the device on the current
+stream, and launches one warp per row of all tensors together.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import InvalidArgumentError
+from ..kernels import REGISTRY
+from ..kernels.launch import get_function, launch_kernel
+from ..kernels.registry import CXX_TYPE, KernelList
+from ._math import EUCLIDEAN, StepConfig
+
+_META_FIELDS = (
+    *("param", "grad", "buf", "v", "vmax", "idx", "row_start", "rows", "D", "numel", "kind", "flags", "step"),
+    *("c", "ball_eps", "lr", "wd", "beta1", "beta2", "eps", "bc1", "bc2", "pad0", "pad1"),
+)
+_INT_FIELDS = 13
+assert len(_META_FIELDS) == 24
+_F = {name: i for i, name in enumerate(_META_FIELDS)}
+
+AMSGRAD, NESTEROV, RETR, MOMENTUM, FIRST_STEP = 1, 2, 4, 8, 16
+EUCLIDEAN_ROW = 1024  # elements per warp for Euclidean tensors
+BLOCK = 256
+_CAPTURED: list = []  # metadata of steps captured into CUDA graphs (see fused_step)
+_META_CACHE: dict = {}  # (device, record bytes) -> device copy, for steps that repeat their records
+_META_CACHE_SIZE = 16
+
+TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
+                torch.bfloat16: "bfloat16"}  # fmt: skip
+
+KERNELS = REGISTRY.register(
+    KernelList(
+        "riemannian_optim",
+        "optim.cu",
+        kernels=tuple(
+            (dtype, f"xs_riemannian_step<{CXX_TYPE[dtype]}, {mode}>")
+            for dtype in ("float32", "float64", "float16", "bfloat16")
+            for mode in (0, 1)
+        ),
+    )
+)
+
+
+def _flags(h: StepConfig) -> int:
+    return (
+        AMSGRAD * h.amsgrad
+        + NESTEROV * h.nesterov
+        + RETR * h.retr
+        + MOMENTUM * h.momentum
+        + FIRST_STEP * h.first_step
+    )
+
+
+def _device_meta(ints: np.ndarray, device) -> torch.Tensor:
+    """The records on ``device``: a cached copy when a recent step had the same records
+    (SGD with gradients at stable addresses: no copy at all, which also lets the step be
+    captured in a CUDA graph), else a copy from pinned memory on the current stream."""
+    key = (device, ints.tobytes())
+    meta = _META_CACHE.get(key)
+    if meta is None:
+        meta = torch.from_numpy(ints).pin_memory().to(device, non_blocking=True)
+        if len(_META_CACHE) >= _META_CACHE_SIZE:
+            _META_CACHE.pop(next(iter(_META_CACHE)))
+        _META_CACHE[key] = meta
+    return meta
+
+
+def _ptr(t) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def fused_step(items: list, adam: bool) -> None:
+    """``items``: ``(h, param, grad, buf, v, vmax)`` with CUDA tensors of one device and
+    dtype, contiguous; ``grad`` dense (same shape) or sparse COO over the first dim of a
+    2-D parameter. Updates them all with one kernel launch."""
+    if not items:
+        return
+    param0 = items[0][1]
+    dtype = TORCH_DTYPES.get(param0.dtype)
+    if dtype is None:
+        raise InvalidArgumentError(f"fused Riemannian step: unsupported dtype {param0.dtype}")
+    device = param0.device
+    ints = np.zeros((len(items), len(_META_FIELDS)), dtype=np.int64)
+    floats = ints.view(np.float64)
+    keep = []  # coalesced sparse gradients: alive until the launch is queued (then stream-ordered)
+    start = 0
+    for i, (h, param, grad, buf, v, vmax) in enumerate(items):
+        numel = param.numel()
+        if grad.is_sparse:
+            grad = grad.coalesce()
+            idx, values = grad.indices()[0].contiguous(), grad.values().contiguous()
+            keep += [idx, values]
+            d = param.shape[-1]
+            rows = idx.numel()
+            gptr, iptr = values.data_ptr(), idx.data_ptr()
+        else:
+            d = param.shape[-1] if (h.kind != EUCLIDEAN and param.dim() > 0) else EUCLIDEAN_ROW
+            rows = -(-numel // d)
+            gptr, iptr = grad.data_ptr(), 0
+        ints[i, :_INT_FIELDS] = (
+            param.data_ptr(), gptr, _ptr(buf), _ptr(v), _ptr(vmax), iptr,
+            start, rows, d, numel, h.kind, _flags(h), 0,
+        )  # fmt: skip
+        floats[i, _INT_FIELDS:22] = (h.c, h.ball_eps, h.lr, h.wd, h.beta1, h.beta2, h.eps, h.bc1, h.bc2)
+        start += rows
+    if start == 0:
+        return
+    meta = _device_meta(ints, device)
+    if torch.cuda.is_current_stream_capturing():
+        _CAPTURED.append((meta, *keep))  # a CUDA graph reads these at every replay
+    name = KERNELS.name(dtype, 1 if adam else 0)
+    fn = get_function(KERNELS.source, name, device.index, KERNELS.defines(dtype))
+    stream = torch.cuda.current_stream(device).cuda_stream
+    grid = -(-start * 32 // BLOCK)
+    launch_kernel(
+        fn,
+        grid,
+        BLOCK,
+        (np.uint64(meta.data_ptr()), np.int32(len(items)), np.int64(start)),
+        stream,
+        device.index,
+        op="riemannian_optim",
+        shape=(len(items), start),
+        dtype=dtype,
+    )

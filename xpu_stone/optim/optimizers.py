@@ -1,0 +1,272 @@
+r"""Riemannian SGD and Adam for parameters on the Poincaré ball, the hyperboloid or
+flat space (:mod:`xpu_stone.manifolds`).
+
+A parameter's manifold is :func:`xpu_stone.manifolds.manifold_of` (a
+:class:`~xpu_stone.manifolds.ManifoldParameter`, or a geoopt ManifoldParameter);
+other parameters get the ordinary Euclidean update, exactly as ``torch.optim.SGD`` /
+``Adam`` (L2 weight decay) would give them. The formulas are in
+:mod:`xpu_stone.optim._math`. Every step ends with the stabilising projection
+onto the manifold (rows of the ball kept at norm :math:`\le (1-\epsilon)/\sqrt c`,
+hyperboloid points get :math:`x_0 = \sqrt{1/c + \|x_{1:}\|^2}`).
+
+On CUDA (with CuPy installed) all parameters of one device and dtype are updated
+by one fused kernel launch; elsewhere, or with ``fused=False``, by torch ops with
+the same formulas. Sparse gradients (``nn.Embedding(sparse=True)``) update only
+the rows they name (Adam's moments of other rows are left as they are, like
+``torch.optim.SparseAdam``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+
+from .._deps import cupy
+from ..errors import InvalidArgumentError
+from ..manifolds import Euclidean, Lorentz, PoincareBall, manifold_of
+from . import _fused
+from ._math import EUCLIDEAN, LORENTZ, POINCARE, StepConfig, torch_step
+
+__all__ = ["RiemannianSGD", "RiemannianAdam"]
+
+_RETRACTIONS = ("expmap", "retr")
+
+
+def _geometry(p) -> tuple[int, float, float]:
+    m = manifold_of(p)
+    if m is None or isinstance(m, Euclidean):
+        return EUCLIDEAN, 1.0, 0.0
+    if isinstance(m, PoincareBall):
+        return POINCARE, m.c, m.boundary_eps(p.dtype)
+    if isinstance(m, Lorentz):
+        return LORENTZ, m.c, 0.0
+    raise InvalidArgumentError(f"no Riemannian update for manifold {m!r}")
+
+
+def _check(name, value, low=0.0, high=None):
+    if (
+        not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < low
+        or (high is not None and value >= high)
+    ):
+        bound = f"[{low}, {high})" if high is not None else f">= {low}"
+        raise InvalidArgumentError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+class _Riemannian(torch.optim.Optimizer):
+    _adam = False
+
+    def __init__(self, params, defaults, fused):
+        if defaults["retraction"] not in _RETRACTIONS:
+            raise InvalidArgumentError(
+                f"retraction must be one of {_RETRACTIONS}, got {defaults['retraction']!r}"
+            )
+        if fused not in (None, True, False):
+            raise InvalidArgumentError(f"fused must be None, True or False, got {fused!r}")
+        self.fused = fused
+        super().__init__(params, defaults)
+
+    def _fusable(self, p, grad) -> bool:
+        if self.fused is False or not p.is_cuda:
+            ok = False
+        else:
+            ok = (
+                cupy is not None
+                and p.dtype in _fused.TORCH_DTYPES
+                and p.is_contiguous()
+                and grad.dtype == p.dtype
+                and (grad.is_sparse or (grad.is_contiguous() and grad.shape == p.shape))
+            )
+        if self.fused is True and not ok:
+            raise InvalidArgumentError(
+                "fused=True needs contiguous CUDA parameters of float32/float64/float16/bfloat16 with "
+                f"gradients of the same dtype and CuPy installed; got a {p.dtype} parameter on {p.device}"
+            )
+        return ok
+
+    def _init_state(self, state, p, kind, group) -> None:
+        raise NotImplementedError
+
+    def _config(self, group, state, kind, c, ball_eps) -> StepConfig:
+        raise NotImplementedError
+
+    def _state_tensors(self, state):
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient; returns ``closure()``'s loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        fused = defaultdict(list)
+        for group in self.param_groups:
+            for p in group["params"]:
+                grad = p.grad
+                if grad is None:
+                    continue
+                if grad.is_sparse and p.dim() != 2:
+                    raise InvalidArgumentError(
+                        f"sparse gradients are supported for 2-D parameters (embeddings), got shape "
+                        f"{tuple(p.shape)}"
+                    )
+                kind, c, ball_eps = _geometry(p)
+                state = self.state[p]
+                if not state:
+                    self._init_state(state, p, kind, group)
+                state["step"] += 1
+                h = self._config(group, state, kind, c, ball_eps)
+                buf, v, vmax = self._state_tensors(state)
+                if self._fusable(p, grad):
+                    fused[(p.device, p.dtype)].append((h, p, grad, buf, v, vmax))
+                else:
+                    torch_step(h, p, grad, buf, v, vmax)
+        for items in fused.values():
+            _fused.fused_step(items, self._adam)
+        return loss
+
+
+class RiemannianSGD(_Riemannian):
+    r"""Riemannian SGD (Bonnabel 2013) with momentum (transported along each step),
+    dampening, Nesterov momentum and L2 weight decay:
+
+    .. math::
+        b_t = \mu\,P_{x_{t-1}\to x_t}(b_{t-1}) + (1-\tau)\,\operatorname{grad} f(x_t),\qquad
+        x_{t+1} = \operatorname{proj}\big(\exp_{x_t}(-\eta\,b_t)\big)
+
+    (:math:`b_1 = \operatorname{grad} f(x_1)`; Nesterov steps along
+    :math:`\operatorname{grad} f + \mu b_t`). ``retraction="retr"`` replaces
+    :math:`\exp_x(u)` by :math:`\operatorname{proj}(x + u)` (Nickel & Kiela's update,
+    and geoopt's). ``fused``: ``None`` uses the CUDA kernels where possible,
+    ``True`` requires them, ``False`` uses torch ops."""
+
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        retraction: str = "expmap",
+        *,
+        fused: bool | None = None,
+    ):
+        _check("lr", lr)
+        _check("momentum", momentum)
+        _check("dampening", dampening, high=1.0 + 1e-12)
+        _check("weight_decay", weight_decay)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise InvalidArgumentError("nesterov momentum needs momentum > 0 and dampening = 0")
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            retraction=retraction,
+        )
+        super().__init__(params, defaults, fused)
+
+    def _init_state(self, state, p, kind, group):
+        state["step"] = 0
+        if group["momentum"] > 0:
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+
+    def _state_tensors(self, state):
+        return state.get("momentum_buffer"), None, None
+
+    def _config(self, group, state, kind, c, ball_eps):
+        has_momentum = "momentum_buffer" in state
+        return StepConfig(
+            adam=False,
+            kind=kind,
+            c=c,
+            ball_eps=ball_eps,
+            lr=group["lr"],
+            wd=group["weight_decay"],
+            beta1=group["momentum"],
+            beta2=group["dampening"],
+            nesterov=group["nesterov"],
+            retr=group["retraction"] == "retr",
+            momentum=has_momentum,
+            first_step=has_momentum and state["step"] == 1,
+        )
+
+
+class RiemannianAdam(_Riemannian):
+    r"""Riemannian Adam (Bécigneul & Ganea, *Riemannian Adaptive Optimization
+    Methods*, ICLR 2019), with AMSGrad and L2 weight decay; on manifold rows the
+    second moment is the per-row squared Riemannian norm :math:`\|\operatorname{grad}\|_x^2`
+    (as in geoopt) and the first moment is transported along each step:
+
+    .. math::
+        m_t = \beta_1 P(m_{t-1}) + (1-\beta_1) r_t,\quad v_t = \beta_2 v_{t-1} + (1-\beta_2)\|r_t\|_x^2,
+        \quad x_{t+1} = \operatorname{proj}\Big(\exp_{x_t}\Big(-\eta\,\frac{m_t/(1-\beta_1^t)}
+        {\sqrt{v_t/(1-\beta_2^t)}+\epsilon}\Big)\Big).
+
+    Euclidean parameters get ``torch.optim.Adam``'s update. ``retraction`` and
+    ``fused`` as in :class:`RiemannianSGD`."""
+
+    _adam = True
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        retraction: str = "expmap",
+        *,
+        fused: bool | None = None,
+    ):
+        _check("lr", lr)
+        _check("betas[0]", betas[0], high=1.0)
+        _check("betas[1]", betas[1], high=1.0)
+        _check("eps", eps)
+        _check("weight_decay", weight_decay)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            retraction=retraction,
+        )
+        super().__init__(params, defaults, fused)
+
+    def _init_state(self, state, p, kind, group):
+        state["step"] = 0
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        shape = p.shape if kind == EUCLIDEAN else (*p.shape[:-1], 1)
+        state["exp_avg_sq"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+        if group["amsgrad"]:
+            state["max_exp_avg_sq"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+
+    def _state_tensors(self, state):
+        return state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq")
+
+    def _config(self, group, state, kind, c, ball_eps):
+        beta1, beta2 = group["betas"]
+        t = state["step"]
+        return StepConfig(
+            adam=True,
+            kind=kind,
+            c=c,
+            ball_eps=ball_eps,
+            lr=group["lr"],
+            wd=group["weight_decay"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            amsgrad=group["amsgrad"] and "max_exp_avg_sq" in state,
+            retr=group["retraction"] == "retr",
+            bc1=1.0 - beta1**t,
+            bc2=1.0 - beta2**t,
+        )
