@@ -39,7 +39,7 @@ def _inputs(n, gen, ball, far=False):
         z = torch.randn(6, 5, dtype=torch.float64, generator=gen)
         if i < 2 or n == 1:  # points (the third argument of transp is a tangent vector)
             z = z / z.norm(dim=-1, keepdim=True) * torch.rand(6, 1, dtype=torch.float64, generator=gen)
-            z = z * (1.2 if far else 0.9) / ball.c**0.5
+            z = z * (1.2 if far else 0.9) / float(ball.c) ** 0.5
         out.append(z.requires_grad_())
     return out
 

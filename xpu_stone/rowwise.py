@@ -16,6 +16,7 @@ torch exactly as the C++ one is. From these this module gives
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +74,11 @@ class RowOp:
     @property
     def kernels(self) -> OpKernels:
         return REGISTRY.get(self.qualname)
+
+    @functools.cached_property
+    def labels(self) -> dict[str, str]:
+        """Profiler names of the forward and backward launches."""
+        return {d: f"{self.qualname}.{d}" for d in ("fwd", "bwd")}
 
     @property
     def shifted(self) -> bool:
@@ -459,13 +465,19 @@ def _launch(
     grid, block = _grid(choice, rows), choice.config.block
     if _PROFILES:
         profiler.record_launch(
-            f"{op.qualname}.{direction}",
+            op.labels[direction],
             choice.variant,
             (rows, d),
             dtype,
             dev,
             stream,
-            lambda: launch_row(fn, grid, block, fields, stream, dev),
+            launch_row,
+            fn,
+            grid,
+            block,
+            fields,
+            stream,
+            dev,
         )
     else:
         launch_row(fn, grid, block, fields, stream, dev)

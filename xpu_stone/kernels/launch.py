@@ -140,7 +140,14 @@ def launch_kernel(
             dtype,
             device_id,
             stream_ptr,
-            lambda: _launch_kernel(fn, grid, block, args, stream_ptr, device_id, shared_mem),
+            _launch_kernel,
+            fn,
+            grid,
+            block,
+            args,
+            stream_ptr,
+            device_id,
+            shared_mem,
         )
     else:
         _launch_kernel(fn, grid, block, args, stream_ptr, device_id, shared_mem)
