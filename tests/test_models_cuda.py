@@ -176,7 +176,10 @@ def test_opcheck_cuda(case):
 
 
 def test_strided_broadcast_and_batched_inputs_of_shifted_ops():
-    y = model_args("convert", "lorentz_to_poincare", 4 * 6, 9, 2.0, torch.float32, seed=1, device="cuda")[0]
+    # well inside (round trips through fp32 ball points near the boundary lose digits by design)
+    y = model_args(
+        "convert", "lorentz_to_poincare", 4 * 6, 9, 2.0, torch.float32, seed=1, device="cuda", nice=True
+    )[0]
     y = y.reshape(4, 6, 9)
     wide = torch.stack((y, y), -1)[..., 0]  # element stride 2
     for fn in (C.lorentz_to_poincare, C.lorentz_to_klein):

@@ -59,31 +59,24 @@ def devices() -> list[DeviceInfo]:
 
 
 def _cupy_info(i: int) -> DeviceInfo:
+    """From cudaGetDeviceProperties (CuPy returns its fields by their C names);
+    the clock fields left CUDA 13's struct, so they read 0 where absent."""
     rt = cupy.cuda.runtime
-    attributes = cupy.cuda.Device(i).attributes  # name (no cudaDevAttr prefix) -> value
-
-    def attr(name: str, optional: bool = False) -> int:
-        if name in attributes:
-            return int(attributes[name])
-        if optional:  # clocks are deprecated attributes in CUDA 13: 0 when a runtime drops them
-            return 0
-        raise KeyError(f"CUDA device attribute {name} is not reported by this CuPy/CUDA")
-
     props = rt.getDeviceProperties(i)
-    major, minor = attr("ComputeCapabilityMajor"), attr("ComputeCapabilityMinor")
+    major, minor = int(props["major"]), int(props["minor"])
     name = props["name"]
     return DeviceInfo(
         index=i,
         name=name.decode() if isinstance(name, bytes) else str(name),
         compute_capability=(major, minor),
-        sm_count=attr("MultiProcessorCount"),
+        sm_count=int(props["multiProcessorCount"]),
         total_memory=int(props["totalGlobalMem"]),
-        l2_cache_size=attr("L2CacheSize"),
-        shared_memory_per_block=attr("MaxSharedMemoryPerBlock"),
-        shared_memory_per_block_optin=attr("MaxSharedMemoryPerBlockOptin"),
-        clock_rate_khz=attr("ClockRate", optional=True),
-        memory_clock_rate_khz=attr("MemoryClockRate", optional=True),
-        memory_bus_width=attr("GlobalMemoryBusWidth", optional=True),
+        l2_cache_size=int(props.get("l2CacheSize", 0)),
+        shared_memory_per_block=int(props.get("sharedMemPerBlock", 0)),
+        shared_memory_per_block_optin=int(props.get("sharedMemPerBlockOptin", 0)),
+        clock_rate_khz=int(props.get("clockRate", 0)),
+        memory_clock_rate_khz=int(props.get("memoryClockRate", 0)),
+        memory_bus_width=int(props.get("memoryBusWidth", 0)),
         driver_version=rt.driverGetVersion(),
         runtime_version=rt.runtimeGetVersion(),
         **tensor_core_flags(major, minor),
