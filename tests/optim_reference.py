@@ -78,6 +78,18 @@ class Oracle:
         self.x[sel], self.buf[sel], self.v[sel], self.vmax[sel] = y, buf, v, vmax
 
 
+def grad_scale(m, x):
+    r"""Per-row factor that gives a random test gradient at ``x`` the size a real loss
+    gives it: 1, except on the hyperboloid, where it is :math:`1/x_0`. There a unit-normal
+    Euclidean gradient has a Riemannian norm that grows with :math:`x_0`, so plain SGD takes
+    steps of length ~100 and carries points to :math:`\cosh(\text{distance})` beyond float
+    range within two steps (the oracle to inf / NaN), whereas the gradient of a loss of
+    distances falls like :math:`1/x_0` in hyperboloid coordinates."""
+    if not isinstance(m, Lorentz):
+        return torch.ones((*x.shape[:-1], 1), dtype=torch.float64)
+    return 1.0 / x[..., :1].double()
+
+
 def random_point(manifold, shape, gen, dtype=torch.float64, device="cpu"):
     z = torch.randn(shape, dtype=torch.float64, generator=gen)
     if isinstance(manifold, PoincareBall):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
-from optim_reference import CASES, MANIFOLDS, Oracle, random_point
+from optim_reference import CASES, MANIFOLDS, Oracle, grad_scale, random_point
 
+from xpu_stone.errors import UnsupportedOperationError
 from xpu_stone.manifolds import Euclidean, Lorentz, PoincareBall
 from xpu_stone.optim import RiemannianAdam, RiemannianSGD
 
@@ -31,7 +34,7 @@ def _setup(opt, hp, retraction, dtype, seed, steps=2):
     optim = OPTS[opt](params, retraction=retraction, fused=True, **hp)
     for _ in range(steps):
         for p, o in zip(params, oracles, strict=True):
-            g = torch.randn(p.shape, dtype=torch.float64, generator=gen).to(dtype)
+            g = (torch.randn(p.shape, dtype=torch.float64, generator=gen) * grad_scale(o.m, o.x)).to(dtype)
             p.grad = g.cuda()
             o.step(g)
         optim.step()
@@ -72,7 +75,7 @@ def test_sparse_embedding_gradients(manifold, opt, hp):
     optim = OPTS[opt](emb.parameters(), fused=True, **hp)
     for _ in range(3):
         idx = torch.randint(0, 300, (500,), generator=gen)
-        w = torch.randn(500, 10, dtype=torch.float64, generator=gen)
+        w = torch.randn(500, 10, dtype=torch.float64, generator=gen) * grad_scale(manifold, oracle.x[idx])
         optim.zero_grad()
         (emb(idx.cuda()) * w.float().cuda()).sum().backward()
         optim.step()
@@ -109,7 +112,9 @@ def test_cuda_graph_capture():
     opt.step()  # state exists before capture
     ref = type(p)(p.detach().clone(), p.manifold)
     ref_opt = RiemannianSGD([ref], lr=0.1, momentum=0.9, fused=False)
-    ref_opt.load_state_dict(opt.state_dict())
+    # a copy: load_state_dict keeps same-device tensors by reference, and a shared momentum
+    # buffer would be advanced by both optimizers
+    ref_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
     graph = torch.cuda.CUDAGraph()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -124,3 +129,15 @@ def test_cuda_graph_capture():
     ref_opt.step()
     torch.cuda.synchronize()
     torch.testing.assert_close(p.detach(), ref.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_adam_step_refuses_graph_capture():
+    gen = torch.Generator().manual_seed(10)
+    p = random_point(PoincareBall(1.0), (8, 4), gen, torch.float32, "cuda")
+    opt = RiemannianAdam([p], lr=0.01, fused=True)
+    p.grad = torch.randn(8, 4, generator=gen).cuda()
+    opt.step()
+    graph = torch.cuda.CUDAGraph()
+    # the bias corrections are per-step host scalars: a replay would reuse the captured ones
+    with torch.cuda.graph(graph), pytest.raises(UnsupportedOperationError, match="CUDA graph"):
+        opt.step()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, UnsupportedOperationError
 from ..kernels import REGISTRY
 from ..kernels.launch import get_function, launch_kernel
 from ..kernels.registry import CXX_TYPE, KernelList
@@ -58,18 +58,20 @@ def _flags(h: StepConfig) -> int:
     )
 
 
-def _device_meta(ints: np.ndarray, device) -> torch.Tensor:
-    """The records on ``device``: a cached copy when a recent step had the same records
-    (SGD with gradients at stable addresses: no copy at all, which also lets the step be
-    captured in a CUDA graph), else a copy from pinned memory on the current stream."""
+def _device_meta(ints: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The records on ``device`` and the pinned host buffer they are copied from: a cached
+    copy (host ``None``) when a recent step had the same records (SGD with gradients at
+    stable addresses: no copy at all), else a copy from pinned memory on the current stream."""
     key = (device, ints.tobytes())
     meta = _META_CACHE.get(key)
-    if meta is None:
-        meta = torch.from_numpy(ints).pin_memory().to(device, non_blocking=True)
-        if len(_META_CACHE) >= _META_CACHE_SIZE:
-            _META_CACHE.pop(next(iter(_META_CACHE)))
-        _META_CACHE[key] = meta
-    return meta
+    if meta is not None:
+        return meta, None
+    host = torch.from_numpy(ints).pin_memory()
+    meta = host.to(device, non_blocking=True)
+    if len(_META_CACHE) >= _META_CACHE_SIZE:
+        _META_CACHE.pop(next(iter(_META_CACHE)))
+    _META_CACHE[key] = meta
+    return meta, host
 
 
 def _ptr(t) -> int:
@@ -112,9 +114,18 @@ def fused_step(items: list, adam: bool) -> None:
         start += rows
     if start == 0:
         return
-    meta = _device_meta(ints, device)
-    if torch.cuda.is_current_stream_capturing():
-        _CAPTURED.append((meta, *keep))  # a CUDA graph reads these at every replay
+    capturing = torch.cuda.is_current_stream_capturing()
+    if capturing and (adam or any(item[0].first_step for item in items)):
+        # a graph replays the records of the captured step: Adam's bias corrections
+        # 1 - beta^t (and SGD's first step, which starts the buffer) would never advance
+        raise UnsupportedOperationError(
+            "a RiemannianAdam step, or the first step of RiemannianSGD with momentum, cannot be "
+            "captured in a CUDA graph (its per-step scalars would be replayed unchanged); capture "
+            "RiemannianSGD after one eager step"
+        )
+    meta, host = _device_meta(ints, device)
+    if capturing:
+        _CAPTURED.append((meta, host, *keep))  # a CUDA graph reads these at every replay
     name = KERNELS.name(dtype, 1 if adam else 0)
     fn = get_function(KERNELS.source, name, device.index, KERNELS.defines(dtype))
     stream = torch.cuda.current_stream(device).cuda_stream
