@@ -6,7 +6,7 @@
 set -u
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
-export PYTHONPATH=.
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 PY=${PYTHON:-python}
 if [ "${QUICK:-0}" = 1 ]; then EPOCHS=100; TENSORS=100; else EPOCHS=300; TENSORS=200; fi
 step() { echo "=== $1 ($(date +%T))"; }
