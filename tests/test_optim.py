@@ -178,3 +178,71 @@ def test_invalid_arguments():
     with pytest.raises(InvalidArgumentError, match="sparse"):
         RiemannianSGD([q], lr=0.1).step()
     assert torch.equal(p.detach(), before)
+
+
+@pytest.mark.parametrize("adam", (False, True))
+def test_replayed_step_writes_the_records_of_a_full_step(monkeypatch, adam):
+    """From the second step on, a fused step replays the previous records with new
+    gradient pointers and per-step scalars; they must equal what a full step
+    builds (CPU: the launch is replaced by a recorder)."""
+    import numpy as np
+
+    from xpu_stone.optim import _fused
+    from xpu_stone.optim import optimizers as O
+
+    launched = []
+
+    class Ring:
+        def __init__(self, nbytes):
+            pass
+
+        def to_device(self, records, device):
+            return records.copy()
+
+    monkeypatch.setattr(O._Riemannian, "_fusable", lambda self, p, g: True)
+    monkeypatch.setattr(_fused, "_device_meta", lambda ints, device: (ints.copy(), None))
+    monkeypatch.setattr(_fused, "PinnedRing", Ring)
+    monkeypatch.setattr(_fused, "launch_records", lambda meta, *a: launched.append(np.array(meta)))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+
+    def make():
+        gen = torch.Generator().manual_seed(0)
+        ps = [
+            ManifoldParameter(torch.rand(5, 4, generator=gen) * 0.1, PoincareBall(0.7)),
+            ManifoldParameter(torch.rand(3, 6, generator=gen), Lorentz(1.3)),
+            torch.nn.Parameter(torch.rand(7, generator=gen)),
+        ]
+        if adam:
+            opt = RiemannianAdam([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.05}], lr=0.01, amsgrad=True)
+        else:
+            opt = RiemannianSGD([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.05}], lr=0.01, momentum=0.9)
+        return ps, opt
+
+    replays = []
+    replay = O._ReplayPlan.replay
+    monkeypatch.setattr(
+        O._ReplayPlan, "replay", lambda self, opt: replays.append(replay(self, opt)) or replays[-1]
+    )
+    (pa, a), (pb, b) = make(), make()
+    sched = torch.optim.lr_scheduler.StepLR(a, step_size=1, gamma=0.5)
+    sched_b = torch.optim.lr_scheduler.StepLR(b, step_size=1, gamma=0.5)
+    pointer_cols = [_fused._F[k] for k in ("param", "grad", "buf", "v", "vmax", "idx")]
+    for step in range(4):
+        for p, q in zip(pa, pb):
+            p.grad = torch.rand_like(p)  # fresh tensors: new pointers every step
+            q.grad = p.grad.clone()
+        launched.clear()
+        a.step()
+        b._plan = None
+        b.step()
+        ra, rb = launched
+        assert np.array_equal(np.delete(ra, pointer_cols, axis=1), np.delete(rb, pointer_cols, axis=1)), step
+        assert list(ra[:, _fused._F["grad"]]) == [p.grad.data_ptr() for p in pa]
+        sched.step()
+        sched_b.step()
+    assert replays == [True, True, True]  # steps 2-4 were replays
+    assert [a.state[p]["step"] for p in pa] == [4, 4, 4]
+    pa[0].grad = None  # a parameter without a gradient: a full step again
+    launched.clear()
+    a.step()
+    assert replays[-1] is False and len(launched) == 1 and launched[0].shape[0] == 2

@@ -20,7 +20,7 @@ TOL = {torch.float64: (1e-9, 1e-10), torch.float32: (2e-5, 5e-6), torch.bfloat16
        torch.float16: (5e-3, 5e-3)}  # fmt: skip
 
 
-def _setup(opt, hp, retraction, dtype, seed, steps=2):
+def _setup(opt, hp, retraction, dtype, seed, steps=3):
     gen = torch.Generator().manual_seed(seed)
     params, oracles = [], []
     for i, manifold in enumerate(MANIFOLDS):

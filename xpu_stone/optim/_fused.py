@@ -78,20 +78,13 @@ def _ptr(t) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-def fused_step(items: list, adam: bool) -> None:
-    """``items``: ``(h, param, grad, buf, v, vmax)`` with CUDA tensors of one device and
-    dtype, contiguous; ``grad`` dense (same shape) or sparse COO over the first dim of a
-    2-D parameter. Updates them all with one kernel launch."""
-    if not items:
-        return
-    param0 = items[0][1]
-    dtype = TORCH_DTYPES.get(param0.dtype)
-    if dtype is None:
-        raise InvalidArgumentError(f"fused Riemannian step: unsupported dtype {param0.dtype}")
-    device = param0.device
+def build_records(items: list) -> tuple[np.ndarray, list, int]:
+    """``(records, keep, rows)``: one ``xs_opt_meta`` record per item (see
+    :func:`fused_step`), the coalesced sparse-gradient tensors the records point
+    into (alive until the launch is queued), and the total number of rows."""
     ints = np.zeros((len(items), len(_META_FIELDS)), dtype=np.int64)
     floats = ints.view(np.float64)
-    keep = []  # coalesced sparse gradients: alive until the launch is queued (then stream-ordered)
+    keep = []
     start = 0
     for i, (h, param, grad, buf, v, vmax) in enumerate(items):
         numel = param.numel()
@@ -112,6 +105,21 @@ def fused_step(items: list, adam: bool) -> None:
         )  # fmt: skip
         floats[i, _INT_FIELDS:22] = (h.c, h.ball_eps, h.lr, h.wd, h.beta1, h.beta2, h.eps, h.bc1, h.bc2)
         start += rows
+    return ints, keep, start
+
+
+def fused_step(items: list, adam: bool) -> None:
+    """``items``: ``(h, param, grad, buf, v, vmax)`` with CUDA tensors of one device and
+    dtype, contiguous; ``grad`` dense (same shape) or sparse COO over the first dim of a
+    2-D parameter. Updates them all with one kernel launch."""
+    if not items:
+        return
+    param0 = items[0][1]
+    dtype = TORCH_DTYPES.get(param0.dtype)
+    if dtype is None:
+        raise InvalidArgumentError(f"fused Riemannian step: unsupported dtype {param0.dtype}")
+    device = param0.device
+    ints, keep, start = build_records(items)
     if start == 0:
         return
     capturing = torch.cuda.is_current_stream_capturing()
@@ -126,18 +134,46 @@ def fused_step(items: list, adam: bool) -> None:
     meta, host = _device_meta(ints, device)
     if capturing:
         _CAPTURED.append((meta, host, *keep))  # a CUDA graph reads these at every replay
+    launch_records(meta, len(items), start, device, dtype, adam)
+
+
+def launch_records(meta: torch.Tensor, count: int, rows: int, device, dtype: str, adam: bool) -> None:
+    """One launch of the fused step over ``count`` records (on ``device``) covering ``rows`` rows."""
     name = KERNELS.name(dtype, 1 if adam else 0)
     fn = get_function(KERNELS.source, name, device.index, KERNELS.defines(dtype))
     stream = torch.cuda.current_stream(device).cuda_stream
-    grid = -(-start * 32 // BLOCK)
+    grid = -(-rows * 32 // BLOCK)
     launch_kernel(
         fn,
         grid,
         BLOCK,
-        (np.uint64(meta.data_ptr()), np.int32(len(items)), np.int64(start)),
+        (np.uint64(meta.data_ptr()), np.int32(count), np.int64(rows)),
         stream,
         device.index,
         op="riemannian_optim",
-        shape=(len(items), start),
+        shape=(count, rows),
         dtype=dtype,
     )
+
+
+class PinnedRing:
+    """Pinned host buffers that a repeated step stages its records in, each
+    reused only after its previous copy to the device has completed (an event
+    per buffer), so no step pays for pinning fresh memory."""
+
+    def __init__(self, nbytes: int, count: int = 4):
+        self.buffers = [torch.empty(nbytes, dtype=torch.uint8, pin_memory=True) for _ in range(count)]
+        self.events: list = [None] * count
+        self.next = 0
+
+    def to_device(self, records: np.ndarray, device) -> torch.Tensor:
+        i = self.next
+        self.next = (i + 1) % len(self.buffers)
+        if self.events[i] is not None:
+            self.events[i].synchronize()  # long done in practice: a step or more ago
+        buf = self.buffers[i]
+        buf.numpy()[:] = records.reshape(-1).view(np.uint8)
+        meta = buf.to(device, non_blocking=True).view(torch.int64)
+        ev = self.events[i] = self.events[i] or torch.cuda.Event()
+        ev.record(torch.cuda.current_stream(device))
+        return meta
