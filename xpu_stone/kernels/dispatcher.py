@@ -1,9 +1,11 @@
 """Picks the kernel variant and launch configuration for each call.
 
 Order of authority: the active :class:`~xpu_stone.policies.KernelPolicy`, then a
-per-GPU tuned table (:func:`set_tuned_table`; the tuning scripts write them),
-then the heuristic below. The answer is cached per (op, dtype, D, alignment,
-device, policy), so the per-call cost is one dict lookup.
+per-GPU tuned table, then the heuristic below. The tuned table is, unless
+:func:`set_tuned_table` installs another, :class:`xpu_stone.kernels.tuning.AutoTable`:
+the shipped table of the current GPU plus a user table (``XPU_STONE_TUNED_TABLE``),
+read on the first dispatch on each device. The answer is cached per (op, dtype,
+D, alignment, device, policy), so the per-call cost is one dict lookup.
 """
 
 from __future__ import annotations
@@ -20,20 +22,33 @@ class Choice:
     variant: str
     config: LaunchConfig
     reason: str  # "policy", "table" or "heuristic" (with a note when a policy could not apply)
+    detail: str = ""  # for "table": which table and cell
+
+
+@dataclass(frozen=True)
+class TableChoice:
+    """A tuned table's answer: the variant, optionally its launch configuration
+    (used when it is valid for the call, else the variant's smallest
+    configuration that takes the input), and where the answer comes from."""
+
+    variant: str
+    config: LaunchConfig | None = None
+    source: str = ""
 
 
 class TunedTable:
-    """Per-GPU tuned choices: ``lookup`` returns a variant name or None.
+    """Per-GPU tuned choices: ``lookup`` returns a variant name, a
+    :class:`TableChoice`, or None (not covered: the heuristic decides).
 
-    The plug-in point for tables written by the tuning scripts; the empty table
-    leaves every choice to the heuristic.
+    The plug-in point for tables written by ``scripts/tune_kernels.py``; the
+    empty table leaves every choice to the heuristic.
     """
 
-    def lookup(self, op: str, dtype: str, d: int, device) -> str | None:
+    def lookup(self, op: str, dtype: str, d: int, device) -> str | TableChoice | None:
         return None
 
 
-_table: TunedTable = TunedTable()
+_table: TunedTable | None = None  # None: the automatic table, made on the first dispatch
 _cache: dict[tuple, Choice] = {}
 _generation = [0]
 
@@ -43,11 +58,23 @@ def generation() -> int:
     return _generation[0]
 
 
-def set_tuned_table(table: TunedTable) -> None:
+def set_tuned_table(table: TunedTable | None) -> None:
+    """Installs ``table`` for every device; None goes back to the automatic
+    table (shipped tables and ``XPU_STONE_TUNED_TABLE``, read again lazily)."""
     global _table
     _table = table
     _cache.clear()
     _generation[0] += 1
+
+
+def tuned_table() -> TunedTable:
+    """The table in use (made on first use: reading it touches no GPU)."""
+    global _table
+    if _table is None:
+        from .tuning import AutoTable
+
+        _table = AutoTable()
+    return _table
 
 
 def heuristic(kernels, dtype: str, d: int, aligned: bool) -> tuple[str, LaunchConfig]:
@@ -69,6 +96,11 @@ def heuristic(kernels, dtype: str, d: int, aligned: bool) -> tuple[str, LaunchCo
     return "generic", kernels.variant("generic").pick(dtype, d, aligned)
 
 
+def fits(variant, cfg: LaunchConfig, dtype: str, d: int, aligned: bool) -> bool:
+    """Whether ``cfg``, a configuration of ``variant`` for ``dtype``, takes rows of ``d``."""
+    return (aligned or not variant.vectorized) and cfg in variant.configs(dtype) and cfg.covers(d)
+
+
 def select(op: str, dtype: str, d: int, aligned: bool, device=0) -> Choice:
     key = (op, dtype, d, aligned, device, policies.policy_token())
     choice = _cache.get(key)
@@ -87,11 +119,16 @@ def _select(op: str, dtype: str, d: int, aligned: bool, device) -> Choice:
         if cfg is not None:
             return Choice(op, wanted, cfg, "policy")
         note = f" (policy asked for {wanted!r}, which cannot take this input)"
-    tuned = _table.lookup(op, dtype, d, device)
+    tuned = tuned_table().lookup(op, dtype, d, device)
     if tuned is not None:
-        cfg = kernels.variant(tuned).pick(dtype, d, aligned)
+        if isinstance(tuned, str):
+            tuned = TableChoice(tuned)
+        variant = kernels.variant(tuned.variant)
+        cfg = tuned.config
+        if cfg is None or not fits(variant, cfg, dtype, d, aligned):
+            cfg = variant.pick(dtype, d, aligned)
         if cfg is not None:
-            return Choice(op, tuned, cfg, "table" + note)
+            return Choice(op, tuned.variant, cfg, "table" + note, tuned.source)
     name, cfg = heuristic(kernels, dtype, d, aligned)
     return Choice(op, name, cfg, "heuristic" + note)
 
@@ -103,5 +140,5 @@ def explain(op: str, d: int, dtype: str = "float32", aligned: bool = True, devic
     return (
         f"{op} [{dtype}, D={d}, {'aligned' if aligned else 'unaligned'}]: {c.variant} "
         f"(threads/row={cfg.threads}, iters={cfg.iters}, vec={cfg.vec}, block={cfg.block}) "
-        f"chosen by {c.reason}"
+        f"chosen by {c.reason}" + (f" [{c.detail}]" if c.detail else "")
     )
