@@ -31,7 +31,7 @@ import zlib
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import xpu_stone  # noqa: E402  (registers the ops)
+import xpu_stone  # noqa: E402,F401  (registers the ops)
 from xpu_stone import config, rowwise  # noqa: E402
 from xpu_stone.constants import BOUNDARY_EPS  # noqa: E402
 from xpu_stone.kernels import REGISTRY, dispatcher, tuning  # noqa: E402

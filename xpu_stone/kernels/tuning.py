@@ -49,7 +49,7 @@ from pathlib import Path
 
 from ..errors import InvalidArgumentError
 from . import dispatcher
-from .registry import REGISTRY, LaunchConfig, OpKernels
+from .registry import REGISTRY, VEC_WIDTH, LaunchConfig, OpKernels
 
 FORMAT = "xpu_stone.TunedTable/1"
 CACHE_FORMAT = "xpu_stone.TuneCache/1"
@@ -157,7 +157,9 @@ class Entry:
             "fwd_ms": self.fwd_ms,
             "bwd_ms": self.bwd_ms,
             "heuristic_variant": self.heuristic_variant,
-            "heuristic_config": None if self.heuristic_config is None else _config_list(self.heuristic_config),
+            "heuristic_config": None
+            if self.heuristic_config is None
+            else _config_list(self.heuristic_config),
             "heuristic_ms": self.heuristic_ms,
             "margin": self.margin,
         }
@@ -315,7 +317,7 @@ class AutoTable(dispatcher.TunedTable):
 
     ``paths``: user tables (tried first, in order); ``env``: also those of
     ``XPU_STONE_TUNED_TABLE``; ``shipped``: the package's ``tables/*.json``.
-    ``identify(device)`` gives the GPU's identity (:func:`device_identity`).
+    ``identify(device)`` gives the GPU's identity (default :func:`device_identity`).
     """
 
     def __init__(
@@ -325,7 +327,7 @@ class AutoTable(dispatcher.TunedTable):
         env: bool = True,
         shipped: bool = True,
         tables_dir: str | Path = TABLES_DIR,
-        identify: Callable[[object], dict | None] = device_identity,
+        identify: Callable[[object], dict | None] | None = None,
     ):
         self.paths = [Path(p) for p in paths]
         raw = os.environ.get(ENV_VAR, "").strip() if env else ""
@@ -351,7 +353,7 @@ class AutoTable(dispatcher.TunedTable):
     def _resolve(self, device) -> list[TableFile]:
         if self.off or (not self.paths and not self.shipped):
             return []
-        identity = self.identify(device)
+        identity = (self.identify or device_identity)(device)
         if identity is None:
             if self.paths:
                 _warn(f"tuned tables {[str(p) for p in self.paths]} ignored: no CUDA GPU to match them to")
@@ -457,7 +459,8 @@ def plan(
     row_width: Callable[[str, int], tuple[int, bool]] | None = None,
 ) -> list[Cell]:
     """The cells of a run. ``row_width(op, d)`` gives the dispatcher's row length
-    and alignment for inputs of ``d`` features (default ``(d, True)``)."""
+    and whether contiguous inputs of ``d`` features can be aligned (default
+    ``(d, True)``); rows whose length is not a multiple of the vector width never are."""
     cells = []
     for op in ops:
         kernels = REGISTRY.get(op)
@@ -466,6 +469,7 @@ def plan(
         for dtype in dtypes:
             for d in buckets:
                 width, aligned = row_width(op, d) if row_width else (d, True)
+                aligned = aligned and width % VEC_WIDTH[dtype] == 0  # as rowwise._prepare finds it
                 heur = dispatcher.heuristic(kernels, dtype, width, aligned)
                 cands = candidates(kernels, dtype, width, aligned)
                 if heur not in cands:
@@ -623,7 +627,9 @@ def summary(table: TableFile) -> str:
     """Cells, tuned cells, geometric-mean speed-up over the heuristic, the worst cell, failures."""
     margins = [e.margin for e in table.entries.values() if e.margin is not None]
     changed = sum(
-        1 for e in table.entries.values() if (e.variant, e.config) != (e.heuristic_variant, e.heuristic_config)
+        1
+        for e in table.entries.values()
+        if (e.variant, e.config) != (e.heuristic_variant, e.heuristic_config)
     )
     geo = math.exp(sum(math.log1p(m) for m in margins) / len(margins)) - 1 if margins else 0.0
     worst = min(margins, default=0.0)
@@ -631,5 +637,6 @@ def summary(table: TableFile) -> str:
     return (
         f"{len(table.entries)} cells, {changed} differ from the heuristic; geometric-mean speed-up over "
         f"the heuristic {geo:+.1%}, worst cell {worst:+.1%}; {len(table.failed)} configurations failed "
-        f"or were wrong" + (f"; in {no_heur} cells the heuristic's own configuration failed" if no_heur else "")
+        f"or were wrong"
+        + (f"; in {no_heur} cells the heuristic's own configuration failed" if no_heur else "")
     )

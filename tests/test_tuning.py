@@ -1,0 +1,345 @@
+"""Tuned tables and the tuner's bookkeeping, on CPU: selection replayed from a
+recorded cache, table validation and fallback, explain, and the benchmark report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+import xpu_stone  # noqa: F401  (registers the ops)
+from xpu_stone.errors import InvalidArgumentError
+from xpu_stone.kernels import dispatcher, explain, tuning
+from xpu_stone.kernels.registry import LaunchConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+GPU = {"gpu_name": "NVIDIA Test GPU", "compute_capability": "9.0", "driver": 13000}
+PROBLEM = {"target_bytes": 1000, "warmup": 1, "reps": 2}
+OP = "poincare_dist"
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _restore_table():
+    yield
+    dispatcher.set_tuned_table(None)
+
+
+def _cells():
+    return tuning.plan([OP], ["float32"], [16, 1024])
+
+
+def _header():
+    return {"gpu_name": GPU["gpu_name"], "problem": PROBLEM}
+
+
+def _record(cell, variant, cfg, status="ok", fwd=1.0, bwd=2.0):
+    rec = {"cell": cell.key, "variant": variant, "config": [cfg.threads, cfg.iters, cfg.vec, cfg.block]}
+    if status == "ok":
+        return {**rec, "status": "ok", "fwd_ms": fwd, "bwd_ms": bwd}
+    return {**rec, "status": status, "error": "max error fwd 0.5, bwd 0.5"}
+
+
+def _write_cache(path, cells):
+    """A recorded run: in the D=16 cell a non-heuristic configuration is 20 %
+    faster, and a wrong one faster still; in the D=1024 cell the best beats the
+    heuristic by 1 % only. The last line was cut by an interruption."""
+    small, large = cells
+    lines = [json.dumps({"format": tuning.CACHE_FORMAT, **_header()})]
+    for cell, win_factor in ((small, 0.8), (large, 0.99)):
+        others = [c for c in cell.candidates if c != cell.heuristic]
+        lines.append(json.dumps(_record(cell, *cell.heuristic, fwd=1.0, bwd=2.0)))
+        lines.append(json.dumps(_record(cell, *others[0], fwd=win_factor, bwd=2 * win_factor)))
+        lines.append(json.dumps(_record(cell, *others[1], status="wrong")))
+        for c in others[2:]:
+            lines.append(json.dumps(_record(cell, *c, fwd=5.0, bwd=5.0)))
+    lines[-1] = lines[-1][: len(lines[-1]) // 2]  # interrupted mid-write
+    path.write_text("\n".join(lines) + "\n")
+    return others
+
+
+def test_replayed_cache_picks_checked_winners_and_resumes(tmp_path):
+    cells = _cells()
+    small, large = cells
+    path = tmp_path / "cache.jsonl"
+    others_large = _write_cache(path, cells)
+    cache = tuning.TuneCache(path, _header())
+    # the cut line is not a record: that configuration is measured again on resume
+    missing = [c for cell in cells for c in cell.candidates if cache.get(cell, *c) is None]
+    assert missing == [others_large[-1]]
+    table = tuning.build_table(cells, cache, GPU, PROBLEM, min_margin=0.03, date="2026-01-01")
+    e_small = table.entries[(OP, "float32", 16)]
+    others_small = [c for c in small.candidates if c != small.heuristic]
+    assert (e_small.variant, e_small.config) == others_small[0]  # 20 % faster, checked
+    assert e_small.margin == pytest.approx(3.0 / 2.4 - 1)
+    e_large = table.entries[(OP, "float32", 1024)]
+    assert (e_large.variant, e_large.config) == large.heuristic  # 1 % is noise: heuristic kept
+    assert e_large.margin == 0
+    wrong = [f for f in table.failed if f["status"] == "wrong"]
+    assert {f["bucket"] for f in wrong} == {16, 1024}
+    assert all(
+        (f["variant"], LaunchConfig(*f["config"])) != (e.variant, e.config)
+        for f in wrong
+        for e in (e_small, e_large)
+    )
+    assert "2 cells, 1 differ from the heuristic" in tuning.summary(table)
+    # appending resumes the file; a cache of another problem is moved aside
+    cache.add(large, *missing[0], status="ok", fwd_ms=9.0, bwd_ms=9.0)
+    assert tuning.TuneCache(path, _header()).get(large, *missing[0])["fwd_ms"] == 9.0
+    other = tuning.TuneCache(path, {**_header(), "problem": {"target_bytes": 1}})
+    assert other.records == {} and path.with_suffix(".jsonl.old").exists()
+
+
+def test_candidates_are_valid_and_include_the_heuristic():
+    for cell in tuning.plan(
+        [OP, "convert_poincare_to_lorentz"], ["float32", "float16", "float64"], [16, 4096]
+    ):
+        assert cell.heuristic in cell.candidates
+        kernels = xpu_stone.kernels.REGISTRY.get(cell.op)
+        for name, cfg in cell.candidates:
+            assert dispatcher.fits(kernels.variant(name), cfg, cell.dtype, cell.width, cell.aligned)
+    with pytest.raises(InvalidArgumentError, match="not a row-wise op"):
+        tuning.plan(["pairwise_cdist"], ["float32"], [16])
+
+
+def test_bucket_of_is_nearest_in_log2():
+    b = tuning.DEFAULT_BUCKETS
+    assert [tuning.bucket_of(d, b) for d in (1, 16, 31, 32, 33, 100, 5000, 10**6)] == [
+        16, 16, 16, 64, 64, 64, 4096, 4096,
+    ]  # fmt: skip
+
+
+def _table(**overrides) -> tuning.TableFile:
+    cells = _cells()
+    small = cells[0]
+    winner = next(c for c in small.candidates if c != small.heuristic and c[0] == "generic")
+    entry = tuning.Entry(OP, "float32", 16, *winner, 0.5, 1.0, *small.heuristic, 3.0)
+    fields = dict(
+        gpu_name=GPU["gpu_name"],
+        compute_capability=GPU["compute_capability"],
+        driver=GPU["driver"],
+        library_version=tuning.library_version(),
+        date="2026-01-01",
+        buckets=(16, 1024),
+        variants={OP: [v.name for v in xpu_stone.kernels.REGISTRY.get(OP).variants]},
+        entries={(OP, "float32", 16): entry},
+        problem=PROBLEM,
+    )
+    fields.update(overrides)
+    return tuning.TableFile(**fields)
+
+
+def _auto(tmp_path, table=None, shipped=(), identity=GPU, env=False):
+    paths = []
+    if table is not None:
+        paths.append(tmp_path / "user.json")
+        table.save(paths[0])
+    ship = tmp_path / "shipped"
+    ship.mkdir(exist_ok=True)
+    for i, t in enumerate(shipped):
+        t.save(ship / f"t{i}.json")
+    return tuning.AutoTable(paths, env=env, tables_dir=ship, identify=lambda device: identity)
+
+
+def test_table_round_trip_and_explain_says_table(tmp_path):
+    table = _table()
+    table.save(tmp_path / "t.json")
+    loaded = tuning.TableFile.load(tmp_path / "t.json")
+    assert loaded.to_dict() == table.to_dict()
+    entry = table.entries[(OP, "float32", 16)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dispatcher.set_tuned_table(_auto(tmp_path, shipped=[table]))
+        c = dispatcher.select(OP, "float32", 16, True)
+    assert (c.variant, c.config, c.reason) == (entry.variant, entry.config, "table")
+    text = explain(OP, 16)
+    assert "chosen by table" in text and "bucket D=16" in text and "+100.0% vs heuristic" in text
+    # D=20 is in the same bucket; no entry for float64 or D=1024: the heuristic decides
+    assert dispatcher.select(OP, "float32", 20, True).reason == "table"
+    assert dispatcher.select(OP, "float64", 16, True).reason == "heuristic"
+    assert dispatcher.select(OP, "float32", 1024, True).reason == "heuristic"
+
+
+def test_table_config_that_does_not_fit_falls_back(tmp_path):
+    cfg = LaunchConfig(4, 1, 4, 256)  # rows_per_warp: aligned rows of at most 16 only
+    entry = tuning.Entry(OP, "float32", 16, "rows_per_warp", cfg, 0.5, 1.0, None, None, None)
+    dispatcher.set_tuned_table(_auto(tmp_path, shipped=[_table(entries={(OP, "float32", 16): entry})]))
+    assert dispatcher.select(OP, "float32", 16, True).config == cfg
+    wider = dispatcher.select(OP, "float32", 24, True)  # same bucket, row too long for cfg
+    assert (wider.variant, wider.reason) == ("rows_per_warp", "table") and wider.config.covers(24)
+    unaligned = dispatcher.select(OP, "float32", 15, False)  # a vectorized variant cannot take it
+    assert unaligned.reason == "heuristic" and unaligned.variant == "generic"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"gpu_name": "NVIDIA Other"}, "made on 'NVIDIA Other'"),
+        ({"compute_capability": "8.0"}, "compute capability 8.0"),
+        ({"library_version": "0.0.1"}, "made by xpu_stone 0.0.1"),
+        ({"variants": {OP: ["rows_per_warp", "generic"]}}, "was tuned over variants"),
+        ({"variants": {"poincare_nope": ["generic"]}}, "not a registered row-wise op"),
+    ],
+)
+def test_mismatched_user_table_is_ignored_with_a_warning(tmp_path, change, message):
+    dispatcher.set_tuned_table(_auto(tmp_path, _table(**change)))
+    with pytest.warns(tuning.TunedTableWarning, match=message):
+        c = dispatcher.select(OP, "float32", 16, True)
+    assert c.reason == "heuristic"
+
+
+def test_unknown_variant_or_config_in_entries_is_rejected(tmp_path):
+    bad_variant = tuning.Entry(OP, "float32", 16, "fastest", LaunchConfig(4, 1, 4, 256), 1, 1)
+    bad_config = tuning.Entry(OP, "float32", 16, "generic", LaunchConfig(64, 0, 1, 256), 1, 1)
+    for entry, message in ((bad_variant, "unknown variant"), (bad_config, "no configuration")):
+        dispatcher.set_tuned_table(_auto(tmp_path, _table(entries={(OP, "float32", 16): entry})))
+        with pytest.warns(tuning.TunedTableWarning, match=message):
+            assert dispatcher.select(OP, "float32", 16, True).reason == "heuristic"
+
+
+def test_shipped_tables_of_other_gpus_are_skipped_silently_stale_ones_warn(tmp_path):
+    other = _table(gpu_name="NVIDIA Other")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dispatcher.set_tuned_table(_auto(tmp_path, shipped=[other]))
+        assert dispatcher.select(OP, "float32", 16, True).reason == "heuristic"
+    dispatcher.set_tuned_table(_auto(tmp_path, shipped=[_table(library_version="0.0.1")]))
+    with pytest.warns(tuning.TunedTableWarning, match="shipped tuned table t0.json ignored"):
+        assert dispatcher.select(OP, "float32", 16, True).reason == "heuristic"
+
+
+def test_malformed_table_and_no_gpu_warn(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    dispatcher.set_tuned_table(tuning.AutoTable([bad], env=False, shipped=False, identify=lambda d: GPU))
+    with pytest.warns(tuning.TunedTableWarning, match="cannot read tuned table"):
+        assert dispatcher.select(OP, "float32", 16, True).reason == "heuristic"
+    dispatcher.set_tuned_table(_auto(tmp_path, _table(), identity=None))
+    with pytest.warns(tuning.TunedTableWarning, match="no CUDA GPU"):
+        assert dispatcher.select(OP, "float32", 16, True).reason == "heuristic"
+    with pytest.raises(InvalidArgumentError, match="not a tuned table"):
+        tuning.TableFile.from_dict({"format": "other"})
+
+
+def test_env_var_names_a_table_or_switches_tables_off(tmp_path, monkeypatch):
+    table = _table()
+    table.save(tmp_path / "env.json")
+    monkeypatch.setenv(tuning.ENV_VAR, str(tmp_path / "env.json"))
+    auto = tuning.AutoTable(shipped=False, identify=lambda d: GPU)
+    assert auto.lookup(OP, "float32", 16, 0).variant == table.entries[(OP, "float32", 16)].variant
+    monkeypatch.setenv(tuning.ENV_VAR, "none")
+    ship = tmp_path / "ship"
+    ship.mkdir()
+    table.save(ship / "gpu.json")
+    auto = tuning.AutoTable(tables_dir=ship, identify=lambda d: pytest.fail("tables are off"))
+    assert auto.lookup(OP, "float32", 16, 0) is None
+
+
+def test_tables_load_lazily_not_at_import(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    code = (
+        "import warnings; warnings.simplefilter('error')\n"
+        "import xpu_stone\n"
+        "from xpu_stone.kernels import dispatcher, tuning\n"
+        "assert dispatcher._table is None\n"
+        "tuning.device_identity = lambda d: {'gpu_name': 'x', 'compute_capability': '9.0', 'driver': 1}\n"
+        "try:\n"
+        "    dispatcher.select('poincare_dist', 'float32', 16, True)\n"
+        "except tuning.TunedTableWarning as e:\n"
+        "    print('WARNED', e)\n"
+    )
+    env = {**os.environ, tuning.ENV_VAR: str(bad), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("WARNED") and "not a tuned table" in out.stdout
+
+
+def test_tuner_dry_run_prints_plan_and_estimate(capsys):
+    tuner = _script("tune_kernels")
+    assert tuner.main(["--dry-run", "--ops", OP, "--dtypes", "float32", "--buckets", "16", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "2 cells" in out and "estimate" in out
+    # every op has inputs of its own arity
+    for op in tuner.row_ops().values():
+        assert len(tuner.arg_kinds(op)) == len(op.vectors)
+
+
+def test_tuner_check_rejects_a_missing_element():
+    torch = pytest.importorskip("torch")
+    tuner = _script("tune_kernels")
+    ref = torch.rand(8, 64, dtype=torch.float64) + 0.5
+    good = ref.to(torch.bfloat16)
+    assert tuner.elementwise_error(good, ref, "bfloat16", torch) <= tuner.FWD_TOL["bfloat16"]
+    bad = good.clone()
+    bad[3, 17] = 0
+    assert tuner.elementwise_error(bad, ref, "bfloat16", torch) > tuner.FWD_TOL["bfloat16"]
+    bad[3, 17] = float("nan")
+    assert tuner.elementwise_error(bad, ref, "bfloat16", torch) == float("inf")
+
+
+def _bench_json(path, name, rows, copy=3000.0):
+    meta = {
+        "gpu": "Fake GPU",
+        "date": path.name.split("-", 2)[2][:10],
+        "torch": "x",
+        "cupy": "y",
+        "cuda": "z",
+    }
+    path.write_text(json.dumps({"meta": meta, "copy_gbps": copy, "rows": rows}))
+
+
+def _row(op, impl, mode, d, ms, gbps, dtype="float32"):
+    return {"op": op, "impl": impl, "mode": mode, "dtype": dtype, "shape": [1000, d], "bytes": 1, "ms": ms,
+            "gbps": gbps, "pct_copy": gbps / 30, "note": ""}  # fmt: skip
+
+
+def test_bench_report_plots_a_tiny_synthetic_run(tmp_path):
+    pytest.importorskip("matplotlib")
+    report = _script("bench_report")
+    rows = [
+        _row("host_overhead_64x64", impl, "fwd", 64, us / 1000, 0)
+        for impl, us in (("torch.add", 7), ("xpu_stone", 15))
+    ]
+    for d in (16, 256, 4096):
+        for mode in ("fwd", "fwd+bwd"):
+            rows += [
+                _row("mobius_add", "xpu_stone", mode, d, 1.0, 2500),
+                _row("mobius_add", "torch_eager", mode, d, 4.0, 600),
+            ]
+    _bench_json(tmp_path / "poincare-Fake_GPU-2026-01-01.json", "poincare", rows)
+    newer = [_row("mobius_add", "xpu_stone", "fwd+bwd", 4096, 0.5, 2900)]
+    _bench_json(tmp_path / "poincare-Fake_GPU-2026-01-02.json", "poincare", newer)
+    session = {
+        "meta": {"gpu": "Fake GPU", "date": "2026-01-02"},
+        "session": {"speedup": 10.0, "eager_host_us": 900.0},
+    }
+    (tmp_path / "session-Fake_GPU-2026-01-02.json").write_text(json.dumps(session))
+    md = tmp_path / "snippet.md"
+    assert report.main(["--results", str(tmp_path), "--markdown", str(md)]) == 0
+    combined = json.loads((tmp_path / "Fake_GPU-2026-01-02.json").read_text())
+    merged = combined["benches"]["poincare"]["rows"]
+    assert len(merged) == len(rows)  # the newer file's row replaced the older one
+    assert [
+        r["ms"]
+        for r in merged
+        if r["mode"] == "fwd+bwd" and r["shape"][-1] == 4096 and r["impl"] == "xpu_stone"
+    ] == [0.5]
+    pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert "speedup-rowwise.png" in pngs and "host-overhead.png" in pngs and "speedup-end-to-end.png" in pngs
+    assert "bandwidth-poincare-fwd_bwd-float32.png" in pngs
+    assert all((tmp_path / "plots" / p).stat().st_size < 150_000 for p in pngs)
+    text = md.read_text()
+    assert "![speedup-rowwise]" in text and "| mobius_add | 4096 | 2900 |" in text and "8.0x" in text

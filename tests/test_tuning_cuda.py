@@ -1,0 +1,58 @@
+"""GPU smoke run of the tuner (skipped without a CUDA GPU): one op, one dtype,
+two buckets; the table it writes serves the dispatcher, and a second run
+resumes from the cache without measuring again."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from xpu_stone import poincare
+from xpu_stone.kernels import dispatcher, tuning
+from xpu_stone.reference import poincare as R
+
+pytestmark = pytest.mark.gpu
+ROOT = Path(__file__).resolve().parent.parent
+OP = "poincare_dist"
+
+
+def _tuner():
+    spec = importlib.util.spec_from_file_location("tune_kernels", ROOT / "scripts" / "tune_kernels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tuner_smoke_run_writes_a_table_the_dispatcher_uses(tmp_path):
+    tuner = _tuner()
+    out = tmp_path / "table.json"
+    args = ["--ops", OP, "--dtypes", "float32", "--buckets", "64", "1024", "--target-mb", "32",
+            "--warmup", "2", "--reps", "5", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]  # fmt: skip
+    try:
+        assert tuner.main(args) == 0
+        table = tuning.TableFile.load(out)
+        identity = tuning.device_identity(0)
+        assert table.problems(identity) == []
+        assert sorted(table.entries) == [(OP, "float32", 64), (OP, "float32", 1024)]
+        for e in table.entries.values():
+            assert e.fwd_ms > 0 and e.bwd_ms > 0 and e.margin is not None and e.margin >= 0
+        assert not [f for f in table.failed if f["status"] == "wrong"], table.failed
+        cache_files = list((tmp_path / "cache").glob("*.jsonl"))
+        lines = cache_files[0].read_text().count("\n")
+        assert tuner.main(args) == 0  # resumed: nothing measured again
+        assert cache_files[0].read_text().count("\n") == lines
+
+        tuning.use_table(out)
+        for d in (64, 1024):
+            choice = dispatcher.select(OP, "float32", d, True, 0)
+            e = table.entries[(OP, "float32", d)]
+            assert (choice.variant, choice.config, choice.reason) == (e.variant, e.config, "table")
+            gen = torch.Generator(device="cuda").manual_seed(d)
+            x, y = (torch.rand(1001, d, device="cuda", generator=gen) * 0.8 / d**0.5 for _ in range(2))
+            ref = R.dist(x.double(), y.double())
+            assert torch.allclose(poincare.dist(x, y).double(), ref, rtol=1e-5, atol=1e-6)
+    finally:
+        dispatcher.set_tuned_table(None)
