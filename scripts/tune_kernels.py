@@ -201,6 +201,16 @@ def parse(argv):
     return p.parse_args(argv)
 
 
+def summary_lines(table) -> str:
+    """One line per tuned cell: op, dtype, bucket, winner and its margin over the heuristic."""
+    lines = []
+    for e in sorted(table.entries.values(), key=lambda e: (e.op, e.dtype, e.bucket)):
+        margin = "heuristic failed" if e.margin is None else f"{e.margin:+.1%}"
+        cfg = str(tuple(tuning._config_list(e.config)))
+        lines.append(f"{e.op:32s} {e.dtype:9s} D={e.bucket:<5d} {e.variant:22s} {cfg:22s} {margin}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     ops_by_name = row_ops()
@@ -282,9 +292,7 @@ def main(argv=None) -> int:
     table = tuning.build_table(cells, cache, identity, problem, args.min_margin)
     out = args.out or str(tuning.TABLES_DIR / f"{tuning.slug(identity['gpu_name'])}.json")
     table.save(out)
-    for e in sorted(table.entries.values(), key=lambda e: (e.op, e.dtype, e.bucket)):
-        margin = "heuristic failed" if e.margin is None else f"{e.margin:+.1%}"
-        print(f"{e.op:32s} {e.dtype:9s} D={e.bucket:<5d} {e.variant:22s} {tuple(e.config)!s:22s} {margin}")
+    print(summary_lines(table))
     wrong_heuristics = [c.key for c in cells if _heuristic_not_ok(c, cache)]
     if wrong_heuristics:
         print(f"WARNING: the heuristic's configuration did not pass in {wrong_heuristics}")

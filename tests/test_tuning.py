@@ -95,6 +95,8 @@ def test_replayed_cache_picks_checked_winners_and_resumes(tmp_path):
         for e in (e_small, e_large)
     )
     assert "2 cells, 1 differ from the heuristic" in tuning.summary(table)
+    lines = _script("tune_kernels").summary_lines(table).splitlines()  # the tuner's closing report
+    assert len(lines) == 2 and "+25.0%" in lines[0] and "+0.0%" in lines[1]
     # appending resumes the file; a cache of another problem is moved aside
     cache.add(large, *missing[0], status="ok", fwd_ms=9.0, bwd_ms=9.0)
     assert tuning.TuneCache(path, _header()).get(large, *missing[0])["fwd_ms"] == 9.0
