@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.harness import host_time_us
 from xpu_stone import poincare as P
 from xpu_stone.profiler import profile
 from xpu_stone.runtime import InferenceSession
@@ -77,21 +78,6 @@ def latency_us(fn, args, reps: int) -> float:
     return statistics.median(samples)
 
 
-def steady_host_us(fn, args, calls: int = 2000) -> float:
-    """Median host time per call with no synchronisation in between (µs)."""
-    for _ in range(50):
-        fn(*args)
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn(*args)
-        samples.append((time.perf_counter() - t0) / calls * 1e6)
-        torch.cuda.synchronize()
-    return statistics.median(samples)
-
-
 def bench_session(reps: int) -> dict:
     model, x = mlp_and_input()
     session = InferenceSession(model, (x,), engine="cuda_graph")
@@ -114,8 +100,8 @@ def bench_session(reps: int) -> dict:
         "eager_latency_us": eager_lat,
         "cuda_graph_latency_us": graph_lat,
         "speedup": eager_lat / graph_lat,
-        "eager_host_us": steady_host_us(eager, (x,)),
-        "cuda_graph_host_us": steady_host_us(session.run, (x,)),
+        "eager_host_us": host_time_us(eager, (x,)),
+        "cuda_graph_host_us": host_time_us(session.run, (x,)),
         "bit_identical": bool(torch.equal(out, ref) and torch.equal(out2, ref2)),
         "max_abs_diff": max((out - ref).abs().max().item(), (out2 - ref2).abs().max().item()),
         "session": session.describe(),
@@ -127,16 +113,16 @@ def bench_profiler() -> dict:
     a = P.expmap0(torch.randn(64, 64, device="cuda", generator=gen) * 0.1)
     b = P.expmap0(torch.randn(64, 64, device="cuda", generator=gen) * 0.1)
     args = (a, b)
-    rows = {"off": steady_host_us(P.mobius_add, args)}
+    rows = {"off": host_time_us(P.mobius_add, args)}
     for name, kwargs in (
         ("on_no_nvtx", {"nvtx": False}),
         ("on", {}),
         ("on_gpu_time", {"gpu_time": True}),
     ):
         with profile(**kwargs) as p:
-            rows[name] = steady_host_us(P.mobius_add, args, calls=1000)
+            rows[name] = host_time_us(P.mobius_add, args, calls=1000)
         rows[f"{name}_records"] = len(p.records)
-    rows["off_again"] = steady_host_us(P.mobius_add, args)
+    rows["off_again"] = host_time_us(P.mobius_add, args)
     base = min(rows["off"], rows["off_again"])
     for name in ("on_no_nvtx", "on", "on_gpu_time"):
         rows[f"{name}_extra_us"] = rows[name] - base

@@ -11,24 +11,16 @@ import pytest
 import torch
 from helpers import ball_points, rel_err
 
-from xpu_stone import config
 from xpu_stone import linear as L
 from xpu_stone import nn as hnn
 from xpu_stone.reference import linear as RL
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poisoned_outputs")]
 
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 SHAPES = ((1, 1, 1), (7, 3, 5), (4099, 17, 33), (300, 512, 512), (64, 1000, 10), (0, 8, 8))
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 3e-2}
 GTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 5e-2, torch.bfloat16: 5e-2}
-
-
-@pytest.fixture(autouse=True)
-def _poison():
-    config.poison_outputs = True
-    yield
-    config.poison_outputs = False
 
 
 def _inputs(rows, din, dout, c, dtype, seed):

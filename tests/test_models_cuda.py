@@ -14,10 +14,10 @@ import pytest
 import torch
 from helpers import DTYPE_NAME, FWD_TOL, GRAD_TOL, MODEL_OPS, model_args, rel_err
 
-from xpu_stone import config, rowwise
 from xpu_stone import convert as C
 from xpu_stone import klein as K
 from xpu_stone import lorentz as L
+from xpu_stone import rowwise
 from xpu_stone.constants import BOUNDARY_EPS
 from xpu_stone.ops import convert as OC
 from xpu_stone.ops import klein as OK
@@ -27,7 +27,7 @@ from xpu_stone.reference import klein as RK
 from xpu_stone.reference import lorentz as RL
 from xpu_stone.torch_ops import OPS as TORCH_OPS
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poisoned_outputs")]
 
 MODULES = {"lorentz": L, "klein": K, "convert": C}
 REFERENCES = {"lorentz": RL, "klein": RK, "convert": RC}
@@ -35,13 +35,6 @@ DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 DIMS = (1, 3, 16, 17, 64, 100, 127, 256, 1000, 1024, 4096, 4097)
 ROWS = (0, 1, 7, 4099)
 CURVATURES = (1e-3, 1.0, 1e3)
-
-
-@pytest.fixture(autouse=True)
-def _poison():
-    config.poison_outputs = True
-    yield
-    config.poison_outputs = False
 
 
 def _ids(case):

@@ -16,19 +16,12 @@ from xpu_stone import config
 from xpu_stone import pairwise as PW
 from xpu_stone.reference import pairwise as RP
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poisoned_outputs")]
 
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 SHAPES = ((1, 1, 1), (7, 5, 3), (64, 128, 16), (100, 333, 17), (513, 1000, 128), (0, 9, 4), (9, 0, 4))
 MODELS = ("poincare", "lorentz")
 TOL = {torch.float64: 1e-10, torch.float32: 3e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
-
-
-@pytest.fixture(autouse=True)
-def _poison():
-    config.poison_outputs = True
-    yield
-    config.poison_outputs = False
 
 
 def _points(model, shape, c, dtype, seed):

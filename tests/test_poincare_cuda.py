@@ -30,19 +30,12 @@ from xpu_stone.constants import BOUNDARY_EPS
 from xpu_stone.reference import poincare as R
 from xpu_stone.torch_ops import OPS as TORCH_OPS
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poisoned_outputs")]
 
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 DIMS = (1, 3, 16, 17, 64, 100, 127, 256, 1000, 1024, 4096, 4097)
 ROWS = (0, 1, 7, 4099)
 CURVATURES = (1e-3, 1.0, 1e3)
-
-
-@pytest.fixture(autouse=True)
-def _poison():
-    config.poison_outputs = True
-    yield
-    config.poison_outputs = False
 
 
 def _call(fn, name, args, c, dtype):

@@ -45,6 +45,7 @@ from .constants import MIN_DENOM
 from .errors import InvalidArgumentError, InvalidCurvatureError, ShapeMismatchError
 from .kernels.launch import get_function, launch_kernel
 from .kernels.registry import CXX_TYPE, DTYPES, REGISTRY, KernelList
+from .rowwise import TORCH_DTYPES
 
 __all__ = ["cdist", "knn"]
 
@@ -151,17 +152,6 @@ def _check_pair(x, y):
         raise ShapeMismatchError(
             f"batch dims of x {tuple(x.shape[:-2])} and y {tuple(y.shape[:-2])} do not broadcast"
         ) from None
-
-
-if torch is not None:
-    TORCH_DTYPES = {
-        torch.float32: "float32",
-        torch.float64: "float64",
-        torch.float16: "float16",
-        torch.bfloat16: "bfloat16",
-    }
-else:  # pragma: no cover - the CuPy-only installation
-    TORCH_DTYPES = {}
 
 
 def compute_dtype(dtype):

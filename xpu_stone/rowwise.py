@@ -38,7 +38,9 @@ if torch is not None:
         torch.float16: "float16",
         torch.bfloat16: "bfloat16",
     }
-    TORCH_OF = {v: k for k, v in TORCH_DTYPES.items()}
+else:  # the CuPy-only installation
+    TORCH_DTYPES = {}
+TORCH_OF = {v: k for k, v in TORCH_DTYPES.items()}
 CUPY_DTYPES = {"float32": "float32", "float64": "float64", "float16": "float16"}
 
 

@@ -15,6 +15,7 @@ from ..errors import InvalidArgumentError, UnsupportedOperationError
 from ..kernels import REGISTRY
 from ..kernels.launch import get_function, launch_kernel
 from ..kernels.registry import CXX_TYPE, KernelList
+from ..rowwise import TORCH_DTYPES
 from ._math import EUCLIDEAN, StepConfig
 
 _META_FIELDS = (
@@ -32,8 +33,6 @@ _CAPTURED: list = []  # metadata of steps captured into CUDA graphs (see fused_s
 _META_CACHE: dict = {}  # (device, record bytes) -> device copy, for steps that repeat their records
 _META_CACHE_SIZE = 16
 
-TORCH_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
-                torch.bfloat16: "bfloat16"}  # fmt: skip
 
 KERNELS = REGISTRY.register(
     KernelList(
