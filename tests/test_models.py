@@ -173,6 +173,8 @@ def test_inputs_are_not_modified_and_batch_shapes():
 def test_bad_input_raises_typed_errors():
     with pytest.raises(ShapeMismatchError, match="time coordinate"):
         C.lorentz_to_poincare(torch.ones(3, 1))
+    with pytest.raises(ShapeMismatchError, match="space coordinate"):
+        L.dist(torch.ones(3, 1), torch.ones(3, 1))
     with pytest.raises(ShapeMismatchError, match="features"):
         L.dist(torch.ones(3, 4), torch.ones(3, 5))
     with pytest.raises(InvalidArgumentError, match="feature dim"):

@@ -162,3 +162,10 @@ def test_digits_short_run():
     assert total == 450 and correct == round(acc * total)
     assert acc >= 0.9
     assert any(isinstance(p, ManifoldParameter) for p in model.parameters())
+
+
+def test_hyp_linear_bias_lives_on_the_layers_ball():
+    from xpu_stone.manifolds import manifold_of
+
+    for c, want in ((0.7, 0.7), (hnn.Curvature(2.0, learnable=False), 2.0), (hnn.Curvature(3.0), 3.0)):
+        assert manifold_of(hnn.HypLinear(4, 3, c=c).bias).c == pytest.approx(want)

@@ -468,3 +468,10 @@ def test_gpu_timing_skips_host_work():
     with profile(gpu_time=True) as p:
         profiler.record_launch("session.run", "eager", (2,), "float32", -1, 0, lambda: None)
     assert p.records[0].gpu_ns is None and profiler._gpu_events is None
+
+
+def test_table_of_an_empty_profile():
+    with xpu_stone.profile() as p:
+        pass
+    lines = p.table().splitlines()
+    assert len(lines) == 2 and lines[0].split()[:2] == ["op", "variant"]

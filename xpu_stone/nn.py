@@ -153,8 +153,11 @@ class HypLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if bias:
-            ball = PoincareBall(c=float(_value(self.c)) if not isinstance(self.c, Curvature) else 1.0)
-            self.bias = ManifoldParameter(torch.zeros(out_features), ball)
+            # the ball the Riemannian optimizer keeps the bias on; with a learnable
+            # curvature that is the initial one (forward projects with the current c)
+            with torch.no_grad():
+                c0 = float(self.c()) if isinstance(self.c, Curvature) else float(_value(self.c))
+            self.bias = ManifoldParameter(torch.zeros(out_features), PoincareBall(c=c0))
         else:
             self.register_parameter("bias", None)
 

@@ -312,7 +312,7 @@ class Profile:
                     us(row["gpu_median_us"]),
                 )
             )
-        widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+        widths = [max([len(h), *(len(line[i]) for line in lines)]) for i, h in enumerate(head)]
         fmt = "  ".join(f"{{:{'<' if i < 5 else '>'}{w}}}" for i, w in enumerate(widths))
         out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
         out += [fmt.format(*line) for line in lines]

@@ -68,6 +68,7 @@ class RowOp:
     uses_eps: bool = False
     in_shift: int = 0
     out_shift: int = 0
+    min_features: int = 1  # 2 for hyperboloid points: the time coordinate and a space one
 
     @property
     def qualname(self) -> str:
@@ -134,8 +135,8 @@ def _check_scalar_tensor(s, name: str, like, positive: bool):
 
 def _too_short(op: RowOp, shape):
     raise ShapeMismatchError(
-        f"{op.vectors[0]} is a hyperboloid point: it needs the time coordinate and at least one "
-        f"space coordinate ({op.out_shift + 1} or more features), got shape {tuple(shape)}"
+        f"{op.vectors[0]} is a Lorentz vector (time coordinate first): it needs at least one space "
+        f"coordinate too ({max(op.min_features, op.out_shift + 1)} or more features), got shape {tuple(shape)}"
     )
 
 
@@ -162,7 +163,7 @@ def validate_torch(op: RowOp, vecs: tuple, c, t):
     d = xshape[-1]
     if d == 0:
         raise ShapeMismatchError(f"{names[0]} has an empty feature dim (shape {tuple(xshape)})")
-    if d <= op.out_shift:
+    if d < op.min_features or d <= op.out_shift:
         _too_short(op, xshape)
     same = True
     for name, v in zip(names[1:], vecs[1:]):
@@ -522,7 +523,7 @@ def call_cupy(op: RowOp, vecs, c, t, eps):
         raise InvalidArgumentError(f"{op.vectors[0]} must be float16, float32 or float64, got {x.dtype}")
     if x.shape[-1] == 0:
         raise ShapeMismatchError(f"{op.vectors[0]} has an empty feature dim (shape {x.shape})")
-    if x.shape[-1] <= op.out_shift:
+    if x.shape[-1] < op.min_features or x.shape[-1] <= op.out_shift:
         _too_short(op, x.shape)
     pd = "float64" if dtype == "float64" else "float32"
     scal = []

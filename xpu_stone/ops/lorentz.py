@@ -82,7 +82,7 @@ def _geodesic(dot, c, t, eps):
 
 
 def _op(name, struct, vectors, terms, dots, out, coeffs, **kw) -> RowOp:
-    return RowOp("lorentz", name, struct, vectors, terms, dots, out, coeffs, **kw).register()
+    return RowOp("lorentz", name, struct, vectors, terms, dots, out, coeffs, min_features=2, **kw).register()
 
 
 _E0 = (E0, ALONE)

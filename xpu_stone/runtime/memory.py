@@ -112,8 +112,11 @@ def empty_cache() -> None:
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
     if cupy is not None:
-        cupy.get_default_memory_pool().free_all_blocks()
-        cupy.get_default_pinned_memory_pool().free_all_blocks()
+        try:
+            cupy.get_default_memory_pool().free_all_blocks()
+            cupy.get_default_pinned_memory_pool().free_all_blocks()
+        except cupy.cuda.runtime.CUDARuntimeError:
+            pass  # no usable device: nothing is cached
 
 
 def pinned_empty(shape, dtype=None):
