@@ -107,12 +107,13 @@ def build_records(items: list) -> tuple[np.ndarray, list, int]:
     return ints, keep, start
 
 
-def fused_step(items: list, adam: bool) -> None:
+def fused_step(items: list, adam: bool) -> tuple[np.ndarray, int] | None:
     """``items``: ``(h, param, grad, buf, v, vmax)`` with CUDA tensors of one device and
     dtype, contiguous; ``grad`` dense (same shape) or sparse COO over the first dim of a
-    2-D parameter. Updates them all with one kernel launch."""
+    2-D parameter. Updates them all with one kernel launch and returns the records
+    launched and their row count (None when there was nothing to launch)."""
     if not items:
-        return
+        return None
     param0 = items[0][1]
     dtype = TORCH_DTYPES.get(param0.dtype)
     if dtype is None:
@@ -120,7 +121,7 @@ def fused_step(items: list, adam: bool) -> None:
     device = param0.device
     ints, keep, start = build_records(items)
     if start == 0:
-        return
+        return None
     capturing = torch.cuda.is_current_stream_capturing()
     if capturing and (adam or any(item[0].first_step for item in items)):
         # a graph replays the records of the captured step: Adam's bias corrections
@@ -134,6 +135,7 @@ def fused_step(items: list, adam: bool) -> None:
     if capturing:
         _CAPTURED.append((meta, host, *keep))  # a CUDA graph reads these at every replay
     launch_records(meta, len(items), start, device, dtype, adam)
+    return ints, start
 
 
 def launch_records(meta: torch.Tensor, count: int, rows: int, device, dtype: str, adam: bool) -> None:

@@ -138,16 +138,16 @@ class _Riemannian(torch.optim.Optimizer):
                     fused[(p.device, p.dtype)].append((h, p, grad, buf, v, vmax))
                 else:
                     torch_step(h, p, grad, buf, v, vmax)
-        for items in fused.values():
-            _fused.fused_step(items, self._adam)
+        launched = {key: _fused.fused_step(items, self._adam) for key, items in fused.items()}
         if (
             fused
+            and all(r is not None for r in launched.values())
             and not torch.cuda.is_current_stream_capturing()  # no pinned buffers while capturing
             and not any(g.is_sparse for items in fused.values() for (_, _, g, *_r) in items)
             and sum(len(items) for items in fused.values())
             == sum(p.grad is not None for group in self.param_groups for p in group["params"])
         ):
-            self._plan = _ReplayPlan(self, fused)
+            self._plan = _ReplayPlan(self, fused, launched)
         return loss
 
 
@@ -304,7 +304,9 @@ class _ReplayPlan:
 
     _F = _fused._F
 
-    def __init__(self, opt: _Riemannian, fused: dict):
+    def __init__(self, opt: _Riemannian, fused: dict, launched: dict):
+        """``fused``: the step's items per (device, dtype); ``launched``: the records
+        and row count :func:`_fused.fused_step` launched for each."""
         gindex = {id(p): gi for gi, group in enumerate(opt.param_groups) for p in group["params"]}
         self.order = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
         where = {id(p): i for i, p in enumerate(self.order)}
@@ -312,7 +314,7 @@ class _ReplayPlan:
         self.sets = []
         for (device, dtype), items in fused.items():
             params = [it[1] for it in items]
-            records, _, rows = _fused.build_records(items)
+            records, rows = launched[(device, dtype)]
             groups = np.array([gindex[id(p)] for p in params])
             states = [opt.state[p] for p in params]
             self.sets.append(
