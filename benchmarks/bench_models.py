@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from benchmarks.harness import Report, bench_impls, environment, measure_copy, rotations
+from benchmarks.harness import Report, bench_impls, environment, finish, measure_copy, rotations, sweep
 from xpu_stone import convert, klein, lorentz
 from xpu_stone.reference import convert as RC
 from xpu_stone.reference import klein as RK
@@ -130,15 +130,8 @@ def main(argv=None):
     report = Report("models", meta=environment())
     report.copy_gbps = measure_copy()
     print(f"copy: {report.copy_gbps:.0f} GB/s", file=sys.stderr)
-    for qual in args.ops:
-        for dt in args.dtypes:
-            for d in args.dims:
-                compare = qual in COMPARE_OPS and d in args.compare_dims
-                bench_op(report, qual, getattr(torch, dt), d, args.target_gb * 1e9, compare)
-                print(f"{qual} {dt} D={d} done", file=sys.stderr, flush=True)
-    js, md = report.write(args.out)
-    print(report.markdown())
-    print(f"wrote {js} and {md}", file=sys.stderr)
+    sweep(report, args.ops, args.dtypes, args.dims, COMPARE_OPS, args.compare_dims, args.target_gb, bench_op)
+    finish(report, args.out)
 
 
 if __name__ == "__main__":

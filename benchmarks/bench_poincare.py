@@ -14,7 +14,17 @@ import sys
 
 import torch
 
-from benchmarks.harness import Report, Row, bench_impls, environment, host_time_us, measure_copy, rotations
+from benchmarks.harness import (
+    Report,
+    Row,
+    bench_impls,
+    environment,
+    finish,
+    host_time_us,
+    measure_copy,
+    rotations,
+    sweep,
+)
 from xpu_stone import poincare as P
 from xpu_stone.reference import poincare as R
 
@@ -153,15 +163,8 @@ def main(argv=None):
     report.copy_gbps = measure_copy()
     print(f"copy: {report.copy_gbps:.0f} GB/s", file=sys.stderr)
     bench_host_overhead(report)
-    for name in args.ops:
-        for dt in args.dtypes:
-            for d in args.dims:
-                compare = name in COMPARE_OPS and d in args.compare_dims
-                bench_op(report, name, getattr(torch, dt), d, args.target_gb * 1e9, compare)
-                print(f"{name} {dt} D={d} done", file=sys.stderr, flush=True)
-    js, md = report.write(args.out)
-    print(report.markdown())
-    print(f"wrote {js} and {md}", file=sys.stderr)
+    sweep(report, args.ops, args.dtypes, args.dims, COMPARE_OPS, args.compare_dims, args.target_gb, bench_op)
+    finish(report, args.out)
 
 
 if __name__ == "__main__":

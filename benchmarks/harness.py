@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import platform
 import statistics
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -178,3 +179,21 @@ def bench_impls(report, op, impls, sets, fwd_bytes, bwd_bytes, dtype_name, shape
                 report.add(
                     Row(op, impl, mode, dtype_name, shape, nbytes, 0.0, note=f"failed: {type(e).__name__}")
                 )
+
+
+def sweep(report, ops, dtypes, dims, compare_ops, compare_dims, target_gb, bench_op) -> None:
+    """``bench_op(report, op, dtype, d, target_bytes, compare)`` over every op x dtype x D,
+    comparing against the alternatives for ``compare_ops`` at ``compare_dims``."""
+    for op in ops:
+        for dt in dtypes:
+            for d in dims:
+                compare = op in compare_ops and d in compare_dims
+                bench_op(report, op, getattr(torch, dt), d, target_gb * 1e9, compare)
+                print(f"{op} {dt} D={d} done", file=sys.stderr, flush=True)
+
+
+def finish(report, out: str) -> None:
+    """Writes the report's JSON and markdown to ``out`` and prints the table."""
+    js, md = report.write(out)
+    print(report.markdown())
+    print(f"wrote {js} and {md}", file=sys.stderr)
