@@ -17,8 +17,10 @@ newer date winning for a row measured in both. Writes
   other implementation (geometric mean over the sizes compared);
 * ``speedup-end-to-end.png``: layers, optimizer step, embedding training, inference session;
 * ``host-overhead.png``: host time of one small call;
+* ``tuning-speedup.png``: from the tuner's ``tuning-<gpu>-<date>.json`` reports (every
+  GPU), the verified speed-up of the tuned table over the heuristic per dtype and D;
 
-and a markdown snippet embedding them (``--markdown``).
+and a markdown snippet embedding them (``--markdown``), with the tuning summary.
 """
 
 from __future__ import annotations
@@ -118,6 +120,16 @@ def run_benchmarks(names, results: Path) -> list[str]:
     return failed
 
 
+def find_tuning(folder: Path) -> list[dict]:
+    """The newest tuner report (``scripts/tune_kernels.py``) of each GPU."""
+    newest = {}
+    for path in folder.glob("tuning-*.json"):
+        m = NAME.match(path.name)
+        if m and m["bench"] == "tuning" and (m["gpu"] not in newest or m["date"] > newest[m["gpu"]][0]):
+            newest[m["gpu"]] = (m["date"], path)
+    return [json.loads(path.read_text()) for _, (_, path) in sorted(newest.items())]
+
+
 # ----------------------------------------------------------------- tables
 def feature_size(r: dict) -> int:
     return int(r["shape"][-1])
@@ -181,6 +193,32 @@ def markdown(doc: dict, plots: list[Path], rel: str) -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def tuning_markdown(reports: list[dict]) -> str:
+    """Per GPU and dtype: cells, cells the table changes, the verified speed-up of the
+    table over the heuristic, and how close the heuristic's forward already is to a copy."""
+    if not reports:
+        return ""
+    lines = [
+        "| GPU | date | dtype | cells | tuned | speed-up over heuristic (geomean, verified) | worst cell "
+        "| heuristic forward, % of copy (geomean) | cells at >= 95 % of copy |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for rep in reports:
+        for dtype, r in rep["per_dtype"].items():
+            lines.append(
+                f"| {rep['gpu_name']} | {rep['date']} | {dtype} | {r['cells']} | {r['changed']} | "
+                f"{r['verified_geomean']:+.1%} | {r['verified_worst']:+.1%} | "
+                f"{r['heuristic_fwd_of_copy_geomean']:.0%} | {r['heuristic_fwd_at_95pct_copy']} |"
+            )
+        gains = [c["verified_margin"] for c in rep["cells"] if c["verified_margin"] is not None]
+        lines.append(f"| {rep['gpu_name']} | | all | {len(rep['cells'])} | | {_gain(gains):+.1%} | | | |")
+    return "\n".join(lines + [""])
+
+
+def _gain(margins) -> float:
+    return _geomean([1 + m for m in margins]) - 1 if margins else 0.0
 
 
 # ----------------------------------------------------------------- plots
@@ -341,11 +379,32 @@ def plot_host(doc: dict, folder: Path, plt) -> Path | None:
     return _save(fig, folder / "host-overhead.png", plt)
 
 
+def plot_tuning(reports: list[dict], folder: Path, plt) -> Path | None:
+    if not reports:
+        return None
+    fig, axes = plt.subplots(1, len(reports), figsize=(5.5 * len(reports), 4), squeeze=False, sharey=True)
+    for ax, rep in zip(axes[0], reports):
+        by = defaultdict(lambda: defaultdict(list))  # dtype -> D -> margins
+        for c in rep["cells"]:
+            if c["verified_margin"] is not None:
+                by[c["dtype"]][c["bucket"]].append(c["verified_margin"])
+        for dtype, per_d in sorted(by.items()):
+            ds = sorted(per_d)
+            ax.plot(ds, [100 * _gain(per_d[d]) for d in ds], marker="o", label=dtype)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{rep['gpu_name']} ({rep['date']}), geomean over ops", fontsize=9)
+        ax.set_xlabel("feature size D")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("tuned vs heuristic: % faster, fwd+bwd")
+    axes[0][0].legend(fontsize=8)
+    return _save(fig, folder / "tuning-speedup.png", plt)
+
+
 def _geomean(vals) -> float:
     return math.exp(sum(math.log(v) for v in vals) / len(vals))
 
 
-def render(doc: dict, folder: Path) -> list[Path]:
+def render(doc: dict, folder: Path, reports: list[dict] = ()) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -355,7 +414,8 @@ def render(doc: dict, folder: Path) -> list[Path]:
     plots = plot_bandwidth(doc, folder, plt)
     plots += [p for p in (plot_speedups(doc, folder, plt), plot_end_to_end(doc, folder, plt)) if p]
     host = plot_host(doc, folder, plt)
-    return plots + ([host] if host else [])
+    tuned = plot_tuning(list(reports), folder, plt)
+    return plots + [p for p in (host, tuned) if p]
 
 
 def main(argv=None) -> int:
@@ -375,10 +435,14 @@ def main(argv=None) -> int:
     doc = combine(by_bench)
     combined = results / f"{gpu}-{doc['date']}.json"
     combined.write_text(json.dumps(doc, indent=1))
-    plots = render(doc, Path(args.plots) if args.plots else results / "plots")
+    reports = find_tuning(results)
+    plots = render(doc, Path(args.plots) if args.plots else results / "plots", reports)
     for path in plots:
         print(f"{path} ({path.stat().st_size // 1024} KB)")
-    text = markdown(doc, plots, args.readme_path)
+    text = markdown(doc, [p for p in plots if p.stem != "tuning-speedup"], args.readme_path)
+    if reports:
+        text += f"\n### Tuned tables\n\n![tuning-speedup]({args.readme_path}/tuning-speedup.png)\n\n"
+        text += tuning_markdown(reports)
     if args.markdown:
         Path(args.markdown).write_text(text)
         print(f"wrote {args.markdown}")

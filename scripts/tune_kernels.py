@@ -22,14 +22,19 @@ interrupted run resumes where it stopped. The table goes to
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
 import math
 import os
+import statistics
 import sys
 import time
 import zlib
+from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 import xpu_stone  # noqa: E402,F401  (registers the ops)
 from xpu_stone import config, rowwise  # noqa: E402
@@ -135,7 +140,7 @@ class CellBench:
         self.check = (grad.cuda(dev), *(v.cuda(dev) for v in vecs))
         self.check_rows = rows
         # timing: one forward moves about target_bytes
-        per_row = (nv * d + (1 if op.scalar_out else op.out_width(d))) * ITEMSIZE[cell.dtype]
+        per_row = row_bytes(op, cell)
         self.rows = max(1, int(target_bytes // per_row))
         gpu_gen = torch.Generator(device=f"cuda:{dev}").manual_seed(0)
         self.sets = []
@@ -157,13 +162,24 @@ class CellBench:
             self.op, grad, vecs, None, C_VAL, None, T_VAL, self.eps, self.cell.dtype, batch, self.needs
         )
 
+    def force(self, variant: str, cfg) -> bool:
+        """Routes the op's dispatches to one configuration; False if the dispatcher refuses it."""
+        dispatcher.set_tuned_table(Forced(self.cell.op, variant, cfg))
+        got = dispatcher.select(self.cell.op, self.cell.dtype, self.cell.width, self.cell.aligned, self.dev)
+        return (got.variant, got.config) == (variant, cfg)
+
+    def time(self, warmup: int, reps: int) -> tuple[float, float]:
+        """Forward and backward ms of the forced configuration."""
+        with self.torch.no_grad():
+            fwd_ms = self.harness.time_calls(self.forward, self.sets, warmup, reps)
+            bwd_ms = self.harness.time_calls(self.backward, self.sets, warmup, reps)
+        return fwd_ms, bwd_ms
+
     def run(self, variant: str, cfg, warmup: int, reps: int) -> dict:
         """Checks, then times, one configuration; the cache record's fields."""
         torch, cell = self.torch, self.cell
-        dispatcher.set_tuned_table(Forced(cell.op, variant, cfg))
-        got = dispatcher.select(cell.op, cell.dtype, cell.width, cell.aligned, self.dev)
-        if (got.variant, got.config) != (variant, cfg):
-            return {"status": "failed", "error": f"the dispatcher ran {got.variant} {got.config} instead"}
+        if not self.force(variant, cfg):
+            return {"status": "failed", "error": "the dispatcher ran another configuration"}
         try:
             config.poison_outputs = True
             out = self.forward(*self.check)
@@ -179,10 +195,96 @@ class CellBench:
         errs["bwd_err"] = bwd_err if math.isfinite(bwd_err) else None
         if not (fwd_err <= FWD_TOL[cell.dtype] and bwd_err <= BWD_TOL[cell.dtype]):
             return {"status": "wrong", "error": f"max error fwd {fwd_err:.3g}, bwd {bwd_err:.3g}", **errs}
-        with torch.no_grad():
-            fwd_ms = self.harness.time_calls(self.forward, self.sets, warmup, reps)
-            bwd_ms = self.harness.time_calls(self.backward, self.sets, warmup, reps)
+        fwd_ms, bwd_ms = self.time(warmup, reps)
         return {"status": "ok", "fwd_ms": fwd_ms, "bwd_ms": bwd_ms, **errs}
+
+    def verify(self, entry, warmup: int, reps: int, rounds: int = 3) -> tuple[float, float]:
+        """(winner ms, heuristic ms), forward + backward: each the median of ``rounds``
+        timings, the two configurations alternating."""
+        times = {"winner": [], "heuristic": []}
+        pair = {"winner": (entry.variant, entry.config),
+                "heuristic": (entry.heuristic_variant, entry.heuristic_config)}  # fmt: skip
+        for _ in range(rounds):
+            for name, (variant, cfg) in pair.items():
+                self.force(variant, cfg)
+                times[name].append(sum(self.time(warmup, reps)))
+        return statistics.median(times["winner"]), statistics.median(times["heuristic"])
+
+
+def row_bytes(op, cell) -> int:
+    """Bytes a forward call reads and writes for one row of the cell."""
+    d = cell.bucket
+    return (len(op.vectors) * d + (1 if op.scalar_out else op.out_width(d))) * ITEMSIZE[cell.dtype]
+
+
+def verify_table(table, cells, cache, bench_of, warmup: int, reps: int) -> list[str]:
+    """Times every changed cell's winner against the heuristic again (in place); a
+    winner not faster there gives way to the heuristic. The timings go to the cache,
+    so a resumed run takes the same decisions. Returns the cells reverted."""
+    import torch
+    from tqdm import tqdm
+
+    reverted = []
+    changed = [c for c in cells if (e := table.entries.get((c.op, c.dtype, c.bucket))) and e.changed]
+    for cell in tqdm(changed, desc="verifying", unit="cell"):
+        key = (cell.op, cell.dtype, cell.bucket)
+        entry = table.entries[key]
+        if entry.heuristic_ms is None:
+            continue  # the heuristic's own configuration failed: nothing to compare with
+        rec = cache.get_verified(cell, entry.variant, entry.config)
+        if rec is None:
+            rec = cache.add_verified(
+                cell, entry.variant, entry.config, *bench_of(cell).verify(entry, warmup, reps)
+            )
+        win_ms, heur_ms = rec["winner_ms"], rec["heuristic_ms"]
+        if win_ms < heur_ms:
+            table.entries[key] = dataclasses.replace(entry, verified_ms=win_ms, verified_heuristic_ms=heur_ms)
+        else:
+            reverted.append(f"{cell.key} ({heur_ms / win_ms - 1:+.1%})")
+            rec = cache.get(cell, *cell.heuristic)
+            table.entries[key] = dataclasses.replace(
+                entry, variant=cell.heuristic[0], config=cell.heuristic[1], fwd_ms=rec["fwd_ms"],
+                bwd_ms=rec["bwd_ms"], verified_ms=None, verified_heuristic_ms=None,
+            )  # fmt: skip
+        torch.cuda.empty_cache()
+    return reverted
+
+
+def report(table, cells, cache, ops_by_name, target_bytes: float, copy_gbps: float) -> dict:
+    """Per cell: heuristic and tuned configuration, times, margins, and the heuristic
+    forward's bandwidth against the device copy; per dtype: their summary."""
+    rows = []
+    for cell in cells:
+        e = table.entries.get((cell.op, cell.dtype, cell.bucket))
+        rec = cache.get(cell, *cell.heuristic)
+        per_row = row_bytes(ops_by_name[cell.op], cell)
+        nbytes = max(1, int(target_bytes // per_row)) * per_row
+        heur_gbps = nbytes / (rec["fwd_ms"] * 1e-3) / 1e9 if rec and rec["status"] == "ok" else None
+        rows.append({
+            "op": cell.op, "dtype": cell.dtype, "bucket": cell.bucket,
+            "heuristic": [cell.heuristic[0], tuning._config_list(cell.heuristic[1])],
+            "tuned": None if e is None else [e.variant, tuning._config_list(e.config)],
+            "heuristic_ms": None if e is None else e.heuristic_ms, "tuned_ms": None if e is None else e.ms,
+            "margin": None if e is None else e.margin,
+            "verified_margin": None if e is None else e.verified_margin,
+            "heuristic_fwd_gbps": heur_gbps,
+            "heuristic_fwd_of_copy": None if heur_gbps is None else heur_gbps / copy_gbps,
+        })  # fmt: skip
+    per_dtype = {}
+    for dtype in sorted({r["dtype"] for r in rows}):
+        mine = [r for r in rows if r["dtype"] == dtype]
+        verified = [r["verified_margin"] for r in mine if r["verified_margin"] is not None]
+        of_copy = [r["heuristic_fwd_of_copy"] for r in mine if r["heuristic_fwd_of_copy"] is not None]
+        per_dtype[dtype] = {
+            "cells": len(mine),
+            "changed": sum(1 for r in mine if r["tuned"] and r["tuned"] != r["heuristic"]),
+            "verified_geomean": tuning.geomean_gain(verified),
+            "verified_worst": min(verified, default=0.0),
+            "heuristic_fwd_of_copy_geomean": math.exp(sum(map(math.log, of_copy)) / len(of_copy)) if of_copy else None,
+            "heuristic_fwd_at_95pct_copy": sum(1 for f in of_copy if f >= 0.95),
+        }  # fmt: skip
+    return {"gpu_name": table.gpu_name, "date": table.date, "copy_gbps": copy_gbps, "per_dtype": per_dtype,
+            "cells": rows}  # fmt: skip
 
 
 def parse(argv):
@@ -197,6 +299,12 @@ def parse(argv):
     p.add_argument("--cache-dir", default=str(tuning.default_cache_dir()))
     p.add_argument("--out", default=None, help="default: xpu_stone/kernels/tables/<gpu>.json")
     p.add_argument("--device", type=int, default=0)
+    p.add_argument("--no-verify", action="store_true", help="skip timing the changed cells a second time")
+    p.add_argument(
+        "--report",
+        default=None,
+        help="per-cell report JSON (default: benchmarks/results/tuning-<gpu>-<date>.json; '' for none)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan and estimate, run nothing")
     return p.parse_args(argv)
 
@@ -290,9 +398,39 @@ def main(argv=None) -> int:
         dispatcher.set_tuned_table(None)
 
     table = tuning.build_table(cells, cache, identity, problem, args.min_margin)
+    if not args.no_verify:
+
+        def bench_of(cell):
+            return CellBench(ops_by_name[cell.op], cell, args.target_mb * 1e6, torch, harness, dev)
+
+        try:
+            reverted = verify_table(table, cells, cache, bench_of, args.warmup, args.reps)
+        finally:
+            dispatcher.set_tuned_table(None)
+        if reverted:
+            print(f"verification: {len(reverted)} winners were not faster again and gave way to the heuristic: "
+                  + ", ".join(reverted))  # fmt: skip
     out = args.out or str(tuning.TABLES_DIR / f"{tuning.slug(identity['gpu_name'])}.json")
     table.save(out)
     print(summary_lines(table))
+    if args.report != "":
+        copy_gbps = harness.measure_copy()
+        rep = report(table, cells, cache, ops_by_name, args.target_mb * 1e6, copy_gbps)
+        path = Path(
+            args.report
+            or ROOT
+            / "benchmarks"
+            / "results"
+            / f"tuning-{identity['gpu_name'].replace(' ', '_')}-{table.date}.json"
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rep, indent=1) + "\n")
+        print(f"device copy {copy_gbps:.0f} GB/s; per dtype:")
+        for dtype, r in rep["per_dtype"].items():
+            print(f"  {dtype:9s} {r['cells']} cells, {r['changed']} tuned, verified geomean {r['verified_geomean']:+.1%}, "
+                  f"worst {r['verified_worst']:+.1%}; heuristic forward at {r['heuristic_fwd_of_copy_geomean']:.0%} of copy "
+                  f"(geomean), {r['heuristic_fwd_at_95pct_copy']} cells at >= 95%")  # fmt: skip
+        print(f"wrote {path}")
     wrong_heuristics = [c.key for c in cells if _heuristic_not_ok(c, cache)]
     if wrong_heuristics:
         print(f"WARNING: the heuristic's configuration did not pass in {wrong_heuristics}")

@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 import xpu_stone  # noqa: F401  (registers the ops)
 from xpu_stone.errors import InvalidArgumentError
@@ -104,6 +105,57 @@ def test_replayed_cache_picks_checked_winners_and_resumes(tmp_path):
     assert other.records == {} and path.with_suffix(".jsonl.old").exists()
 
 
+class _FakeBench:
+    """Stands in for the tuner's CellBench: the verification timings of a cell."""
+
+    def __init__(self, win_ms, heur_ms):
+        self.times = (win_ms, heur_ms)
+
+    def verify(self, entry, warmup, reps):
+        return self.times
+
+
+def test_verification_keeps_confirmed_winners_and_reverts_the_others(tmp_path):
+    tuner = _script("tune_kernels")
+    cells = tuning.plan([OP], ["float32"], [16, 64])
+    lines = [json.dumps({"format": tuning.CACHE_FORMAT, **_header()})]
+    for cell in cells:  # in both cells the sweep saw a configuration 25 % faster
+        other = next(c for c in cell.candidates if c != cell.heuristic)
+        lines += [
+            json.dumps(_record(cell, *cell.heuristic)),
+            json.dumps(_record(cell, *other, fwd=0.8, bwd=1.6)),
+        ]
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
+    cache = tuning.TuneCache(tmp_path / "c.jsonl", _header())
+    table = tuning.build_table(cells, cache, GPU, PROBLEM, date="2026-01-01")
+    assert all(e.changed and e.verified_margin is None for e in table.entries.values())
+    # timed again: the D=16 winner holds (10 % faster), the D=64 one does not
+    again = {16: _FakeBench(2.0, 2.2), 64: _FakeBench(2.0, 1.9)}
+    reverted = tuner.verify_table(table, cells, cache, lambda cell: again[cell.bucket], 1, 1)
+    assert reverted == [f"{OP}|float32|64 (-5.0%)"]
+    kept, back = table.entries[(OP, "float32", 16)], table.entries[(OP, "float32", 64)]
+    assert kept.changed and kept.verified_margin == pytest.approx(0.1)
+    assert not back.changed and back.verified_margin == 0 and (back.fwd_ms, back.bwd_ms) == (1.0, 2.0)
+    assert "verification pass over 2 cells: +4.9%, worst cell +0.0%" in tuning.summary(table)
+    # a resumed run reuses the verification timings: same decisions, nothing timed
+    resumed = tuning.build_table(cells, tuning.TuneCache(tmp_path / "c.jsonl", _header()), GPU, PROBLEM,
+                                 date="2026-01-01")  # fmt: skip
+    assert tuner.verify_table(
+        resumed, cells, tuning.TuneCache(tmp_path / "c.jsonl", _header()), None, 1, 1
+    ) == [f"{OP}|float32|64 (-5.0%)"]
+    assert resumed.to_dict() == table.to_dict()
+    table.save(tmp_path / "t.json")
+    assert tuning.TableFile.load(tmp_path / "t.json").to_dict() == table.to_dict()
+    ops = tuner.row_ops()
+    rep = tuner.report(table, cells, cache, ops, 1e6, copy_gbps=2000.0)
+    row = rep["cells"][0]
+    per_row = (2 * 16 + 1) * 4  # two float32 vectors in, one distance out
+    assert row["heuristic_fwd_gbps"] == pytest.approx((int(1e6) // per_row) * per_row / 1e-3 / 1e9)
+    assert row["heuristic_fwd_of_copy"] == pytest.approx(row["heuristic_fwd_gbps"] / 2000.0)
+    assert rep["per_dtype"]["float32"]["changed"] == 1
+    assert rep["per_dtype"]["float32"]["verified_geomean"] == pytest.approx(1.1**0.5 - 1)
+
+
 def test_candidates_are_valid_and_include_the_heuristic():
     for cell in tuning.plan(
         [OP, "convert_poincare_to_lorentz"], ["float32", "float16", "float64"], [16, 4096]
@@ -172,6 +224,29 @@ def test_table_round_trip_and_explain_says_table(tmp_path):
     assert dispatcher.select(OP, "float32", 20, True).reason == "table"
     assert dispatcher.select(OP, "float64", 16, True).reason == "heuristic"
     assert dispatcher.select(OP, "float32", 1024, True).reason == "heuristic"
+
+
+def test_explain_takes_a_shape_and_any_dtype_spelling(tmp_path):
+    dispatcher.set_tuned_table(_auto(tmp_path, shipped=[_table()]))
+    # a tensor's shape: the table cell of its last dimension (the row length) decides
+    text = explain(OP, (8192, 3, 16), torch.float32)
+    assert "[float32, D=16, aligned]" in text and "chosen by table" in text
+    assert explain(OP, torch.Size([4, 16]), "float32") == text
+    assert "[float64, D=16" in explain(OP, [16], torch.float64)
+    with pytest.raises(InvalidArgumentError, match="sequence of ints"):
+        explain(OP, (8, 1.5))
+    with pytest.raises(InvalidArgumentError, match=">= 1"):
+        explain(OP, (8, 0))
+    with pytest.raises(InvalidArgumentError, match="dtype must be"):
+        explain(OP, 16, torch.int32)
+
+
+def test_explain_quotes_the_verified_margin(tmp_path):
+    cfg, heur = LaunchConfig(4, 1, 4, 256), LaunchConfig(32, 1, 4, 256)
+    entry = tuning.Entry(OP, "float32", 16, "rows_per_warp", cfg, 0.5, 0.5, "warp_per_row", heur, 3.0,
+                         verified_ms=1.0, verified_heuristic_ms=1.5)  # fmt: skip
+    dispatcher.set_tuned_table(_auto(tmp_path, shipped=[_table(entries={(OP, "float32", 16): entry})]))
+    assert "+50.0% vs heuristic (verified)" in explain(OP, (3, 16))
 
 
 def test_table_config_that_does_not_fit_falls_back(tmp_path):
@@ -247,6 +322,9 @@ def test_env_var_names_a_table_or_switches_tables_off(tmp_path, monkeypatch):
     table.save(ship / "gpu.json")
     auto = tuning.AutoTable(tables_dir=ship, identify=lambda d: pytest.fail("tables are off"))
     assert auto.lookup(OP, "float32", 16, 0) is None
+    # a table named in code still serves (use_table): only the automatic ones are off
+    auto = tuning.AutoTable([tmp_path / "env.json"], tables_dir=ship, identify=lambda d: GPU)
+    assert auto.lookup(OP, "float32", 16, 0).variant == table.entries[(OP, "float32", 16)].variant
 
 
 def test_tables_load_lazily_not_at_import(tmp_path):
@@ -329,6 +407,11 @@ def test_bench_report_plots_a_tiny_synthetic_run(tmp_path):
         "session": {"speedup": 10.0, "eager_host_us": 900.0},
     }
     (tmp_path / "session-Fake_GPU-2026-01-02.json").write_text(json.dumps(session))
+    cells = [{"dtype": "float16", "bucket": d, "verified_margin": m} for d, m in ((16, 0.0), (1024, 0.21))]
+    tuned = {"gpu_name": "Fake GPU", "date": "2026-01-02", "copy_gbps": 3000.0, "cells": cells,
+             "per_dtype": {"float16": {"cells": 2, "changed": 1, "verified_geomean": 0.1, "verified_worst": 0.0,
+                                       "heuristic_fwd_of_copy_geomean": 0.5, "heuristic_fwd_at_95pct_copy": 0}}}  # fmt: skip
+    (tmp_path / "tuning-Fake_GPU-2026-01-02.json").write_text(json.dumps(tuned))
     md = tmp_path / "snippet.md"
     assert report.main(["--results", str(tmp_path), "--markdown", str(md)]) == 0
     combined = json.loads((tmp_path / "Fake_GPU-2026-01-02.json").read_text())
@@ -345,3 +428,8 @@ def test_bench_report_plots_a_tiny_synthetic_run(tmp_path):
     assert all((tmp_path / "plots" / p).stat().st_size < 150_000 for p in pngs)
     text = md.read_text()
     assert "![speedup-rowwise]" in text and "| mobius_add | 4096 | 2900 |" in text and "8.0x" in text
+    assert (
+        "tuning-speedup.png" in pngs
+        and "| Fake GPU | 2026-01-02 | float16 | 2 | 1 | +10.0% | +0.0% | 50% | 0 |" in text
+    )
+    assert "| Fake GPU | | all | 2 | | +10.0% |" in text

@@ -5,6 +5,7 @@ resumes from the cache without measuring again."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,8 @@ def test_tuner_smoke_run_writes_a_table_the_dispatcher_uses(tmp_path):
     tuner = _tuner()
     out = tmp_path / "table.json"
     args = ["--ops", OP, "--dtypes", "float32", "--buckets", "64", "1024", "--target-mb", "32",
-            "--warmup", "2", "--reps", "5", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]  # fmt: skip
+            "--warmup", "2", "--reps", "5", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+            "--report", str(tmp_path / "report.json")]  # fmt: skip
     try:
         assert tuner.main(args) == 0
         table = tuning.TableFile.load(out)
@@ -39,11 +41,16 @@ def test_tuner_smoke_run_writes_a_table_the_dispatcher_uses(tmp_path):
         assert sorted(table.entries) == [(OP, "float32", 64), (OP, "float32", 1024)]
         for e in table.entries.values():
             assert e.fwd_ms > 0 and e.bwd_ms > 0 and e.margin is not None and e.margin >= 0
+            assert not e.changed or e.verified_margin > 0  # timed again, still faster
+        report = json.loads((tmp_path / "report.json").read_text())
+        assert report["copy_gbps"] > 100 and len(report["cells"]) == 2
+        assert all(0.05 < c["heuristic_fwd_of_copy"] < 1.5 for c in report["cells"])
         assert not [f for f in table.failed if f["status"] == "wrong"], table.failed
         cache_files = list((tmp_path / "cache").glob("*.jsonl"))
         lines = cache_files[0].read_text().count("\n")
         assert tuner.main(args) == 0  # resumed: nothing measured again
         assert cache_files[0].read_text().count("\n") == lines
+        assert tuning.TableFile.load(out).entries == table.entries  # and the same decisions
 
         tuning.use_table(out)
         for d in (64, 1024):

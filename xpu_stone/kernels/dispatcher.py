@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import policies
+from ..errors import InvalidArgumentError
 from .registry import REGISTRY, LaunchConfig
 
 
@@ -133,8 +134,16 @@ def _select(op: str, dtype: str, d: int, aligned: bool, device) -> Choice:
     return Choice(op, name, cfg, "heuristic" + note)
 
 
-def explain(op: str, d: int, dtype: str = "float32", aligned: bool = True, device=0) -> str:
-    """Which variant runs ``op`` on rows of ``d`` elements of ``dtype``, and why."""
+def explain(op: str, shape, dtype="float32", aligned: bool = True, device=0) -> str:
+    """Which variant runs ``op`` on an input of ``shape`` and ``dtype``, and why.
+
+    ``shape`` is the input's shape (the kernels work on its last dimension, the
+    row length D) or D itself; ``dtype`` a name (``"float16"``) or a torch, NumPy
+    or CuPy dtype.
+    """
+    d = _row_length(shape)
+    dtype = _dtype_name(dtype)
+    REGISTRY.get(op)  # unknown op: the registry's error, before anything else
     c = select(op, dtype, d, aligned, device)
     cfg = c.config
     return (
@@ -142,3 +151,27 @@ def explain(op: str, d: int, dtype: str = "float32", aligned: bool = True, devic
         f"(threads/row={cfg.threads}, iters={cfg.iters}, vec={cfg.vec}, block={cfg.block}) "
         f"chosen by {c.reason}" + (f" [{c.detail}]" if c.detail else "")
     )
+
+
+def _row_length(shape) -> int:
+    """D of ``shape``: its last entry, or ``shape`` itself when it is an int."""
+    dims = (shape,) if isinstance(shape, int) else tuple(shape) if hasattr(shape, "__iter__") else ()
+    if not dims or not all(isinstance(n, int) and not isinstance(n, bool) for n in dims):
+        raise InvalidArgumentError(f"explain: shape must be an int or a sequence of ints, got {shape!r}")
+    if dims[-1] < 1:
+        raise InvalidArgumentError(f"explain: the row length (last dimension) must be >= 1, got {dims[-1]}")
+    return dims[-1]
+
+
+def _dtype_name(dtype) -> str:
+    """``"float16"`` for ``"float16"``, ``torch.float16``, ``numpy.float16`` or ``numpy.dtype("float16")``."""
+    if isinstance(dtype, str):
+        name = dtype
+    else:
+        name = getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or str(dtype)
+        name = name.removeprefix("torch.")
+    if name not in ("float16", "bfloat16", "float32", "float64"):
+        raise InvalidArgumentError(
+            f"explain: dtype must be float16, bfloat16, float32 or float64, got {dtype!r}"
+        )
+    return name

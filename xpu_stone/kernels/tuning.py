@@ -7,7 +7,10 @@ its time, and its margin over the dispatcher's heuristic choice,
 
 .. math:: \\text{margin} = t_\\text{heuristic} / t_\\text{winner} - 1,
 
-with t the forward plus backward kernel time. JSON, format ``xpu_stone.TunedTable/1``::
+with t the forward plus backward kernel time. A cell whose winner is not the
+heuristic's configuration is timed again, both configurations alternating, after
+the sweep (``verified_*``): the sweep's own times favour whichever configuration
+was lucky, and a winner slower than the heuristic there is dropped. JSON, format ``xpu_stone.TunedTable/1``::
 
     {"format": "xpu_stone.TunedTable/1",
      "gpu_name": "NVIDIA H200", "compute_capability": "9.0", "driver": 13000,
@@ -18,7 +21,8 @@ with t the forward plus backward kernel time. JSON, format ``xpu_stone.TunedTabl
      "entries": [{"op": "poincare_dist", "dtype": "float32", "bucket": 64,
                   "variant": "warp_per_row", "config": [32, 1, 4, 256],   # threads, iters, vec, block
                   "fwd_ms": ..., "bwd_ms": ..., "heuristic_variant": ..., "heuristic_config": [...],
-                  "heuristic_ms": ..., "margin": 0.07}, ...],
+                  "heuristic_ms": ..., "margin": 0.07,
+                  "verified_ms": ..., "verified_heuristic_ms": ...}, ...],   # second timing
      "failed": [{"op": ..., "dtype": ..., "bucket": ..., "variant": ..., "config": [...],
                  "status": "wrong" or "failed", "error": ...}, ...]}
 
@@ -26,7 +30,8 @@ The dispatcher's :class:`AutoTable` finds, on the first dispatch on a device,
 the shipped table of that GPU (``xpu_stone/kernels/tables/*.json``, matched by
 GPU name and compute capability) and the user tables named by
 ``XPU_STONE_TUNED_TABLE`` (paths separated by ``os.pathsep``; ``none`` switches
-tuned tables off, shipped ones included); user tables come first. A table made
+the automatic tables off, shipped ones included, leaving only a table given to
+:func:`use_table`); user tables come first. A table made
 on another GPU, by another library version, or over another set of ops and
 variants than the registry's is ignored with a :class:`TunedTableWarning`
 (shipped tables of other GPUs are skipped silently). A call of feature size D
@@ -123,6 +128,10 @@ def _config_list(cfg: LaunchConfig) -> list[int]:
 
 
 # --------------------------------------------------------------- the format
+def _float_or_none(value) -> float | None:
+    return None if value is None else float(value)
+
+
 @dataclass(frozen=True)
 class Entry:
     """The winner of one (op, dtype, bucket) cell."""
@@ -137,6 +146,10 @@ class Entry:
     heuristic_variant: str | None = None
     heuristic_config: LaunchConfig | None = None
     heuristic_ms: float | None = None  # None when the heuristic's configuration failed its check
+    # a second, independent timing of the winner and the heuristic (the tuner's
+    # verification pass): the selection's own times favour whichever was lucky
+    verified_ms: float | None = None
+    verified_heuristic_ms: float | None = None
 
     @property
     def ms(self) -> float:
@@ -146,6 +159,20 @@ class Entry:
     def margin(self) -> float | None:
         """heuristic time / winner time - 1 (forward + backward)."""
         return None if self.heuristic_ms is None else self.heuristic_ms / self.ms - 1
+
+    @property
+    def changed(self) -> bool:
+        """Whether the winner is not the heuristic's own configuration."""
+        return (self.variant, self.config) != (self.heuristic_variant, self.heuristic_config)
+
+    @property
+    def verified_margin(self) -> float | None:
+        """The margin of the verification pass; 0 for a cell the heuristic kept."""
+        if not self.changed:
+            return 0.0
+        if self.verified_ms is None or self.verified_heuristic_ms is None:
+            return None
+        return self.verified_heuristic_ms / self.verified_ms - 1
 
     def to_dict(self) -> dict:
         return {
@@ -162,6 +189,8 @@ class Entry:
             else _config_list(self.heuristic_config),
             "heuristic_ms": self.heuristic_ms,
             "margin": self.margin,
+            "verified_ms": self.verified_ms,
+            "verified_heuristic_ms": self.verified_heuristic_ms,
         }
 
     @classmethod
@@ -178,7 +207,9 @@ class Entry:
                 bwd_ms=float(e["bwd_ms"]),
                 heuristic_variant=e.get("heuristic_variant"),
                 heuristic_config=None if hc is None else _config(hc, "heuristic_config"),
-                heuristic_ms=None if e.get("heuristic_ms") is None else float(e["heuristic_ms"]),
+                heuristic_ms=_float_or_none(e.get("heuristic_ms")),
+                verified_ms=_float_or_none(e.get("verified_ms")),
+                verified_heuristic_ms=_float_or_none(e.get("verified_heuristic_ms")),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise InvalidArgumentError(f"bad tuned-table entry {e!r}: {err}") from None
@@ -316,7 +347,8 @@ class AutoTable(dispatcher.TunedTable):
     """The tables that serve each device, found on its first dispatch.
 
     ``paths``: user tables (tried first, in order); ``env``: also those of
-    ``XPU_STONE_TUNED_TABLE``; ``shipped``: the package's ``tables/*.json``.
+    ``XPU_STONE_TUNED_TABLE`` (whose ``none`` turns the shipped tables off, not the
+    ``paths`` given here); ``shipped``: the package's ``tables/*.json``.
     ``identify(device)`` gives the GPU's identity (default :func:`device_identity`).
     """
 
@@ -351,7 +383,7 @@ class AutoTable(dispatcher.TunedTable):
         return found
 
     def _resolve(self, device) -> list[TableFile]:
-        if self.off or (not self.paths and not self.shipped):
+        if not self.paths and not self.shipped:
             return []
         identity = (self.identify or device_identity)(device)
         if identity is None:
@@ -387,7 +419,10 @@ class AutoTable(dispatcher.TunedTable):
         for table in self.tables(device):
             e = table.lookup(op, dtype, d)
             if e is not None:
-                margin = "" if e.margin is None else f", {e.margin:+.1%} vs heuristic"
+                if e.changed and e.verified_margin is not None:
+                    margin = f", {e.verified_margin:+.1%} vs heuristic (verified)"
+                else:
+                    margin = "" if e.margin is None else f", {e.margin:+.1%} vs heuristic"
                 source = f"{table.label()}, bucket D={e.bucket}{margin}"
                 return dispatcher.TableChoice(e.variant, e.config, source)
         return None
@@ -500,13 +535,17 @@ class TuneCache:
     device and problem; a file made for another one is moved aside.
 
     A record: ``{"cell", "variant", "config", "status": "ok" | "wrong" | "failed",
-    "fwd_ms", "bwd_ms", "fwd_err", "bwd_err", "error"}``.
+    "fwd_ms", "bwd_ms", "fwd_err", "bwd_err", "error"}``. A verification record
+    (a cell's winner timed again against the heuristic, see :meth:`add_verified`)
+    has ``"kind": "verify"`` and ``"winner_ms", "heuristic_ms"``; a resumed run
+    reuses it, so it writes the same table.
     """
 
     def __init__(self, path: str | Path, header: dict):
         self.path = Path(path)
         self.header = {"format": CACHE_FORMAT, **header}
         self.records: dict[str, dict] = {}
+        self.verified: dict[str, dict] = {}
         lines = self.path.read_text().splitlines() if self.path.exists() else []
         if lines and _parse(lines[0]) != self.header:
             self.path.replace(self.path.with_suffix(self.path.suffix + ".old"))
@@ -514,7 +553,8 @@ class TuneCache:
         for line in lines[1:]:
             rec = _parse(line)  # a line cut by an interruption parses to None
             if isinstance(rec, dict) and "cell" in rec:
-                self.records[record_key(rec["cell"], rec["variant"], LaunchConfig(*rec["config"]))] = rec
+                key = record_key(rec["cell"], rec["variant"], LaunchConfig(*rec["config"]))
+                (self.verified if rec.get("kind") == "verify" else self.records)[key] = rec
         if not lines:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(json.dumps(self.header) + "\n")
@@ -525,9 +565,25 @@ class TuneCache:
     def add(self, cell: Cell, variant: str, cfg: LaunchConfig, **result) -> dict:
         rec = {"cell": cell.key, "variant": variant, "config": _config_list(cfg), **result}
         self.records[record_key(cell.key, variant, cfg)] = rec
+        self._append(rec)
+        return rec
+
+    def get_verified(self, cell: Cell, variant: str, cfg: LaunchConfig) -> dict | None:
+        """The verification record of the cell's winner ``(variant, cfg)``, if made."""
+        return self.verified.get(record_key(cell.key, variant, cfg))
+
+    def add_verified(
+        self, cell: Cell, variant: str, cfg: LaunchConfig, winner_ms: float, heuristic_ms: float
+    ) -> dict:
+        rec = {"cell": cell.key, "variant": variant, "config": _config_list(cfg), "kind": "verify",
+               "winner_ms": winner_ms, "heuristic_ms": heuristic_ms}  # fmt: skip
+        self.verified[record_key(cell.key, variant, cfg)] = rec
+        self._append(rec)
+        return rec
+
+    def _append(self, rec: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
-        return rec
 
 
 def _parse(line: str):
@@ -624,19 +680,30 @@ def build_table(
 
 
 def summary(table: TableFile) -> str:
-    """Cells, tuned cells, geometric-mean speed-up over the heuristic, the worst cell, failures."""
-    margins = [e.margin for e in table.entries.values() if e.margin is not None]
-    changed = sum(
-        1
-        for e in table.entries.values()
-        if (e.variant, e.config) != (e.heuristic_variant, e.heuristic_config)
+    """Cells, tuned cells, geometric-mean speed-up over the heuristic (of the
+    selection's timings, and of the verification pass where it ran), the worst
+    cell, failures."""
+    entries = list(table.entries.values())
+    margins = [e.margin for e in entries if e.margin is not None]
+    changed = sum(1 for e in entries if e.changed)
+    no_heur = sum(1 for e in entries if e.heuristic_ms is None)
+    text = (
+        f"{len(entries)} cells, {changed} differ from the heuristic; geometric-mean speed-up over "
+        f"the heuristic {geomean_gain(margins):+.1%}, worst cell {min(margins, default=0.0):+.1%}"
     )
-    geo = math.exp(sum(math.log1p(m) for m in margins) / len(margins)) - 1 if margins else 0.0
-    worst = min(margins, default=0.0)
-    no_heur = sum(1 for e in table.entries.values() if e.heuristic_ms is None)
-    return (
-        f"{len(table.entries)} cells, {changed} differ from the heuristic; geometric-mean speed-up over "
-        f"the heuristic {geo:+.1%}, worst cell {worst:+.1%}; {len(table.failed)} configurations failed "
-        f"or were wrong"
-        + (f"; in {no_heur} cells the heuristic's own configuration failed" if no_heur else "")
-    )
+    verified = [e.verified_margin for e in entries if e.verified_margin is not None]
+    if any(e.changed and e.verified_ms is not None for e in entries):
+        text += (
+            f"; verification pass over {len(verified)} cells: {geomean_gain(verified):+.1%}, "
+            f"worst cell {min(verified, default=0.0):+.1%}"
+        )
+    text += f"; {len(table.failed)} configurations failed or were wrong"
+    if no_heur:
+        text += f"; in {no_heur} cells the heuristic's own configuration failed"
+    return text
+
+
+def geomean_gain(margins: Iterable[float]) -> float:
+    """exp(mean(log(1 + m))) - 1 of speed-up margins ``m`` (0 for none)."""
+    logs = [math.log1p(m) for m in margins]
+    return math.exp(sum(logs) / len(logs)) - 1 if logs else 0.0
