@@ -177,6 +177,19 @@ def test_tiny_hierarchy_is_embedded_exactly():
     assert (t.weight.detach().norm(dim=-1) < 1).all()
 
 
+def test_learning_rate_milestones():
+    assert [pe.lr_scale(ep, [3, 5], 0.1) for ep in range(7)] == pytest.approx([1, 1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert pe.lr_scale(100, [], 0.1) == 1.0
+    h = pe.Hierarchy(*_tree(depth=1, arity=4), torch.device("cpu"))
+    t = pe.Trainer(h, dim=2, batch=2, negatives=2, lr=0.2, burnin_factor=10.0, seed=0)
+    t.epoch(burnin=True, scale=0.5)
+    assert t.opt.param_groups[0]["lr"] == pytest.approx(0.01)
+    t.epoch(burnin=False, scale=0.5)
+    assert t.opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    with pytest.raises(SystemExit):  # argparse's error: gamma must be positive
+        pe.parser().parse_args(["--lr-gamma", "0"])
+
+
 def test_short_cpu_training_run(tmp_path):
     names, edges = load_closure("mammals")
     # the closure below canine.n.02 (dogs, wolves, foxes...): a few hundred edges
@@ -188,7 +201,7 @@ def test_short_cpu_training_run(tmp_path):
     out = tmp_path / "run"
     res = pe.train(pe.parser().parse_args(
         ["--data", str(path), "--dim", "2", "--epochs", "20", "--burnin", "5", "--batch", "64", "--lr", "0.15",
-         "--negatives", "20", "--out", str(out), "--plot", "--quiet", "--log-every", "1"]))  # fmt: skip
+         "--negatives", "20", "--lr-milestones", "15", "--out", str(out), "--plot", "--quiet", "--log-every", "1"]))  # fmt: skip
     assert res["edges"] == len(sub) and res["loss_history"][-1][1] < 0.85 * res["loss_history"][0][1]
     assert res["map"] > 0.1 and res["mean_rank"] < 60  # random placement: MAP ~0.03, mean rank ~110
     saved = torch.load(out / "poincare_canines_2d.pt")
@@ -196,3 +209,28 @@ def test_short_cpu_training_run(tmp_path):
     assert json.loads((out / "poincare_canines_2d.json").read_text())["map"] == res["map"]
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "poincare_canines_2d.png").stat().st_size > 1000
+
+
+def test_training_stops_at_the_time_limit_and_resumes(tmp_path):
+    names, edges = _tree(depth=2, arity=3)
+    path = tmp_path / "tree.tsv"
+    write_closure(path, [(names[u], names[v]) for u, v in edges])
+    common = ["--data", str(path), "--dim", "3", "--batch", "8", "--negatives", "5", "--burnin", "2",
+              "--lr-milestones", "6", "--quiet", "--log-every", "1", "--out", str(tmp_path / "run")]  # fmt: skip
+    first = pe.train(pe.parser().parse_args([*common, "--epochs", "10", "--time-limit", "1e-9"]))
+    assert first["epochs"] == 1 and first["epochs_planned"] == 10 and len(first["legs"]) == 1
+    ckpt = tmp_path / "run" / "poincare_tree_3d.pt"
+    rest = pe.train(pe.parser().parse_args([*common, "--epochs", "10", "--resume", str(ckpt)]))
+    assert rest["epochs"] == 10 and [leg["epochs"] for leg in rest["legs"]] == [[0, 1], [1, 10]]
+    assert [ep for ep, _ in rest["loss_history"]] == list(range(10))
+    assert rest["train_seconds"] == pytest.approx(sum(leg["seconds"] for leg in rest["legs"]))
+    with pytest.raises(InvalidArgumentError, match="already 10 epochs"):
+        pe.train(pe.parser().parse_args([*common, "--epochs", "10", "--resume", str(ckpt)]))
+    with pytest.raises(InvalidArgumentError, match="embeddings"):
+        pe.train(pe.parser().parse_args([*common, "--epochs", "20", "--dim", "4", "--resume", str(ckpt)]))
+    other = tmp_path / "other.tsv"
+    write_closure(other, [("a.n.01", "b.n.01")])
+    with pytest.raises(InvalidArgumentError, match="other data"):
+        pe.train(
+            pe.parser().parse_args([*common, "--epochs", "20", "--data", str(other), "--resume", str(ckpt)])
+        )

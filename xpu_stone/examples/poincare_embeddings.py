@@ -3,6 +3,8 @@ r"""Poincaré embeddings of the WordNet noun hierarchy (Nickel & Kiela, NeurIPS 
     python -m xpu_stone.examples.poincare_embeddings                      # mammals, dim 10
     python -m xpu_stone.examples.poincare_embeddings --dim 2 --plot       # disk plot (PNG)
     python -m xpu_stone.examples.poincare_embeddings --data nouns         # after scripts/build_wordnet_closure.py
+    python -m xpu_stone.examples.poincare_embeddings --data nouns --epochs 3000 --time-limit 600 \
+        --resume poincare_out/poincare_noun_closure_10d.pt                # a long run in legs
 
 Model: one point :math:`\theta_u` of the Poincaré ball per synset. For a closure edge
 :math:`(u, v)` (``v`` an ancestor of ``u``) and ``K`` sampled negatives
@@ -47,6 +49,7 @@ import torch
 
 from .. import poincare
 from ..data import load_closure
+from ..errors import InvalidArgumentError
 from ..manifolds import ManifoldParameter, PoincareBall
 from ..optim import RiemannianAdam, RiemannianSGD
 
@@ -153,16 +156,20 @@ class Trainer:
             self.opt.step()
             self.total += loss.detach()
 
-    def epoch(self, burnin: bool) -> torch.Tensor:
-        """One pass over the edges in random batches; returns the mean loss an edge (a
-        device scalar: reading it synchronises)."""
+    def epoch(self, burnin: bool, scale: float = 1.0) -> torch.Tensor:
+        """One pass over the edges in random batches at ``scale`` times the learning rate;
+        returns the mean loss an edge (a device scalar: reading it synchronises)."""
+        lr = self.lr * scale / self.burnin_factor if burnin else self.lr * scale
         for group in self.opt.param_groups:
-            group["lr"] = self.lr / self.burnin_factor if burnin else self.lr
+            group["lr"] = lr
+        key = (burnin, lr)  # a captured epoch holds its learning rate
         if not self.graphs:
             self._epoch_body(burnin)
-        elif burnin not in self._graph:
-            # eager epochs on a side stream compile and load every kernel and create the
-            # gradient; the capture records the next epoch, replayed from then on
+        elif key not in self._graph:
+            self._graph.clear()  # the phase or the rate moved on: free the old capture
+            # this epoch runs eagerly on a side stream (compiling and loading every kernel
+            # and creating the gradient); the capture then records the next one, which
+            # is only replayed from the next call on
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
@@ -172,15 +179,13 @@ class Trainer:
             try:
                 with torch.cuda.graph(graph):
                     self._epoch_body(burnin)
-            except RuntimeError as e:  # an op that cannot be captured: train eagerly instead
+            except RuntimeError as e:  # an op that cannot be captured: train eagerly from now on
                 print(f"CUDA graph capture failed ({e}); continuing without graphs", file=sys.stderr)
                 self.graphs = False
-                self._epoch_body(burnin)
                 return self.total / (self.steps * self.batch)
-            self._graph[burnin] = graph
-            graph.replay()
+            self._graph[key] = graph
         else:
-            self._graph[burnin].replay()
+            self._graph[key].replay()
         return self.total / (self.steps * self.batch)
 
 
@@ -235,6 +240,32 @@ def _progress(total, enabled):
         return Plain()
 
 
+def lr_scale(epoch: int, milestones, gamma: float) -> float:
+    """``gamma ** k`` with ``k`` the milestones reached by ``epoch`` (as MultiStepLR)."""
+    return gamma ** sum(1 for m in milestones if epoch >= m)
+
+
+def _resume(path, names: list[str], t: Trainer, args) -> dict:
+    """The result record of the checkpoint ``path`` (a ``.pt`` this script saved), its
+    embeddings copied into the trainer; typed errors if it belongs to another run."""
+    ck = torch.load(path, map_location="cpu")
+    done = ck["result"]
+    if ck["names"] != names:
+        raise InvalidArgumentError(f"--resume {path}: made on other data ({done['data']})")
+    if tuple(ck["embeddings"].shape) != tuple(t.weight.shape) or ck["c"] != args.c:
+        raise InvalidArgumentError(
+            f"--resume {path}: embeddings {tuple(ck['embeddings'].shape)} with c={ck['c']}, "
+            f"this run has {tuple(t.weight.shape)} with c={args.c}"
+        )
+    if done["epochs"] >= args.epochs:
+        raise InvalidArgumentError(
+            f"--resume {path}: already {done['epochs']} epochs; --epochs is {args.epochs}"
+        )
+    with torch.no_grad():
+        t.weight.copy_(ck["embeddings"].to(t.weight.device, t.weight.dtype))
+    return done
+
+
 def train(args) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(args.seed)
@@ -242,33 +273,50 @@ def train(args) -> dict:
     h = Hierarchy(names, edges, device)
     t = Trainer(h, args.dim, args.c, args.batch, args.negatives, args.lr, args.burnin_factor, args.optimizer,
                 graphs=None if args.graphs is None else args.graphs, seed=args.seed)  # fmt: skip
-    history = []
+    done = (
+        _resume(args.resume, names, t, args) if args.resume else {"epochs": 0, "loss_history": [], "legs": []}
+    )
+    history = [tuple(x) for x in done["loss_history"]]
     bar = _progress(args.epochs, not args.quiet)
+    bar.update(done["epochs"])
     start = time.perf_counter()
-    for ep in range(args.epochs):
-        loss = t.epoch(burnin=ep < args.burnin)
+    ep = done["epochs"]
+    while ep < args.epochs:
+        loss = t.epoch(burnin=ep < args.burnin, scale=lr_scale(ep, args.lr_milestones, args.lr_gamma))
         bar.update(1)
-        if ep % args.log_every == 0 or ep == args.epochs - 1:
+        stop = args.time_limit is not None and time.perf_counter() - start > args.time_limit
+        if ep % args.log_every == 0 or ep == args.epochs - 1 or stop:
             value = float(loss)
             history.append((ep, value))
             bar.set_postfix(loss=f"{value:.4f}")
-        if args.eval_every and (ep + 1) % args.eval_every == 0 and ep + 1 < args.epochs:
+        ep += 1
+        if args.eval_every and ep % args.eval_every == 0 and ep < args.epochs:
             mr, mp = reconstruction(t.weight, h, args.c)
-            print(f"epoch {ep + 1}: mean rank {mr:.3f}  MAP {mp:.4f}", flush=True)
+            print(f"epoch {ep}: mean rank {mr:.3f}  MAP {mp:.4f}", flush=True)
+        if stop:
+            print(f"--time-limit reached after epoch {ep}; resume with --resume <out>/<name>.pt", flush=True)
+            break
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - start
     bar.close()
     mean_rank, mean_ap = reconstruction(t.weight, h, args.c)
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    legs = done["legs"] + [{"epochs": [done["epochs"], ep], "seconds": wall, "device": dev_name,
+                            "date": time.strftime("%Y-%m-%d"), "batch": args.batch, "lr": args.lr, "lr_milestones": args.lr_milestones,
+                            "lr_gamma": args.lr_gamma, "mean_rank": mean_rank, "map": mean_ap}]  # fmt: skip
+    train_seconds = sum(leg["seconds"] for leg in legs)
     result = {
-        "data": args.data, "nodes": h.n, "edges": h.u.numel(), "dim": args.dim, "epochs": args.epochs,
-        "batch": args.batch, "negatives": args.negatives, "lr": args.lr, "optimizer": args.optimizer,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "graphs": t.graphs, "train_seconds": wall, "ms_per_epoch": 1e3 * wall / max(args.epochs, 1),
-        "mean_rank": mean_rank, "map": mean_ap, "loss_history": history,
+        "data": args.data, "nodes": h.n, "edges": h.u.numel(), "dim": args.dim, "epochs": ep,
+        "epochs_planned": args.epochs, "batch": args.batch, "negatives": args.negatives, "lr": args.lr,
+        "lr_milestones": args.lr_milestones, "lr_gamma": args.lr_gamma, "optimizer": args.optimizer,
+        "device": dev_name, "graphs": t.graphs, "train_seconds": train_seconds,
+        "ms_per_epoch": 1e3 * train_seconds / max(ep, 1), "mean_rank": mean_rank, "map": mean_ap,
+        "loss_history": history, "legs": legs,
     }  # fmt: skip
     print(f"{h.n} nodes, {h.u.numel()} edges, dim {args.dim}: mean rank {mean_rank:.3f}, MAP {mean_ap:.4f} "
-          f"after {args.epochs} epochs in {wall:.1f} s ({result['ms_per_epoch']:.2f} ms/epoch)")  # fmt: skip
+          f"after {ep} epochs in {train_seconds:.1f} s ({result['ms_per_epoch']:.2f} ms/epoch"
+          f"{f', {len(legs)} legs' if len(legs) > 1 else ''})")  # fmt: skip
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -288,6 +336,13 @@ def train(args) -> dict:
     return result
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Poincaré embeddings of a WordNet closure")
     p.add_argument(
@@ -301,6 +356,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=512, help="edges a step")
     p.add_argument("--negatives", type=int, default=50)
     p.add_argument("--lr", type=float, default=0.15, help="learning rate (loss summed over the batch)")
+    p.add_argument("--lr-milestones", type=int, nargs="*", default=[],
+                   help="epochs at which the learning rate is multiplied by --lr-gamma")  # fmt: skip
+    p.add_argument("--lr-gamma", type=_positive, default=0.1, help="factor at each milestone (> 0)")
     p.add_argument("--optimizer", choices=("rsgd", "radam"), default="rsgd")
     p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="capture epochs in CUDA graphs (default: on for CUDA with rsgd)")  # fmt: skip
@@ -308,6 +366,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=0, help="print reconstruction every N epochs")
     p.add_argument("--log-every", type=int, default=10, help="read the loss every N epochs (a sync)")
+    p.add_argument("--resume", default=None, help="a .pt this script saved: continue that run up to --epochs")
+    p.add_argument("--time-limit", type=_positive, default=None,
+                   help="stop after the epoch that passes this many seconds, evaluate and save (resumable)")  # fmt: skip
     p.add_argument("--out", default="poincare_out", help="folder for embeddings, JSON and PNG ('' for none)")
     p.add_argument("--plot", action="store_true", help="write a PNG of the disk (use with --dim 2)")
     p.add_argument("--quiet", action="store_true")
