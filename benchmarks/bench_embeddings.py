@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from benchmarks.harness import environment  # noqa: E402
+from benchmarks.harness import environment, result_stem  # noqa: E402
 from xpu_stone.data import load_closure  # noqa: E402
 from xpu_stone.examples.poincare_embeddings import Hierarchy, Trainer, reconstruction  # noqa: E402
 
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        stem = f"embeddings-{result['meta']['gpu'].replace(' ', '_')}-{result['meta']['date']}"
+        stem = result_stem("embeddings", result["meta"]["gpu"], result["meta"]["date"])
         (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
         (out / f"{stem}.md").write_text(md)
         print(f"wrote {out / stem}.json and .md")

@@ -162,7 +162,7 @@ def markdown(meta: dict, s: dict, p: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from benchmarks.harness import environment
+    from benchmarks.harness import environment, result_stem
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/results")
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     p = bench_profiler()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"session-{meta['gpu'].replace(' ', '_')}-{meta['date']}"
+    stem = result_stem("session", meta["gpu"], meta["date"])
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "session": s, "profiler": p}, indent=1))
     md = markdown(meta, s, p)
     (out / f"{stem}.md").write_text(md)

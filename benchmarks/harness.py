@@ -20,6 +20,12 @@ from pathlib import Path
 import torch
 
 
+def result_stem(bench: str, gpu: str, date: str) -> str:
+    """``<bench>-<gpu with underscores>-<date>``: the name of a result file under
+    ``benchmarks/results/`` (what ``scripts/bench_report.py`` reads back)."""
+    return f"{bench}-{gpu.replace(' ', '_')}-{date}"
+
+
 @dataclass
 class Row:
     op: str
@@ -50,8 +56,7 @@ class Report:
     def write(self, folder: str | Path) -> tuple[Path, Path]:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        gpu = self.meta.get("gpu", "cpu").replace(" ", "_")
-        stem = f"{self.name}-{gpu}-{self.meta.get('date', 'undated')}"
+        stem = result_stem(self.name, self.meta.get("gpu", "cpu"), self.meta.get("date", "undated"))
         js = folder / f"{stem}.json"
         js.write_text(
             json.dumps(

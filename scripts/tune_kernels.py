@@ -374,6 +374,9 @@ def main(argv=None) -> int:
         build(ops, args.dtypes, progress=progress, workers=os.cpu_count())
     print(f"kernels ready in {time.perf_counter() - start:.0f} s", flush=True)
 
+    def bench_of(cell):
+        return CellBench(ops_by_name[cell.op], cell, args.target_mb * 1e6, torch, harness, dev)
+
     done = sum(1 for c in cells for v, cfg in c.candidates if cache.get(c, v, cfg) is not None)
     try:
         with tqdm(total=n, initial=done, desc="tuning", unit="config") as bar:
@@ -382,7 +385,7 @@ def main(argv=None) -> int:
                 if not todo:
                     continue
                 bar.set_postfix_str(cell.key)
-                bench = CellBench(ops_by_name[cell.op], cell, args.target_mb * 1e6, torch, harness, dev)
+                bench = bench_of(cell)
                 for variant, cfg in todo:
                     rec = bench.run(variant, cfg, args.warmup, args.reps)
                     if rec["status"] == "failed" and not _context_alive(torch, dev):
@@ -399,10 +402,6 @@ def main(argv=None) -> int:
 
     table = tuning.build_table(cells, cache, identity, problem, args.min_margin)
     if not args.no_verify:
-
-        def bench_of(cell):
-            return CellBench(ops_by_name[cell.op], cell, args.target_mb * 1e6, torch, harness, dev)
-
         try:
             reverted = verify_table(table, cells, cache, bench_of, args.warmup, args.reps)
         finally:
@@ -416,13 +415,8 @@ def main(argv=None) -> int:
     if args.report != "":
         copy_gbps = harness.measure_copy()
         rep = report(table, cells, cache, ops_by_name, args.target_mb * 1e6, copy_gbps)
-        path = Path(
-            args.report
-            or ROOT
-            / "benchmarks"
-            / "results"
-            / f"tuning-{identity['gpu_name'].replace(' ', '_')}-{table.date}.json"
-        )
+        stem = harness.result_stem("tuning", identity["gpu_name"], table.date)
+        path = Path(args.report or ROOT / "benchmarks" / "results" / f"{stem}.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(rep, indent=1) + "\n")
         print(f"device copy {copy_gbps:.0f} GB/s; per dtype:")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .. import policies
 from ..errors import InvalidArgumentError
-from .registry import REGISTRY, LaunchConfig
+from .registry import DTYPES, REGISTRY, LaunchConfig
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,6 @@ def explain(op: str, shape, dtype="float32", aligned: bool = True, device=0) -> 
     """
     d = _row_length(shape)
     dtype = _dtype_name(dtype)
-    REGISTRY.get(op)  # unknown op: the registry's error, before anything else
     c = select(op, dtype, d, aligned, device)
     cfg = c.config
     return (
@@ -170,8 +169,6 @@ def _dtype_name(dtype) -> str:
     else:
         name = getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or str(dtype)
         name = name.removeprefix("torch.")
-    if name not in ("float16", "bfloat16", "float32", "float64"):
-        raise InvalidArgumentError(
-            f"explain: dtype must be float16, bfloat16, float32 or float64, got {dtype!r}"
-        )
+    if name not in DTYPES:
+        raise InvalidArgumentError(f"explain: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     return name
