@@ -190,6 +190,20 @@ def test_learning_rate_milestones():
         pe.parser().parse_args(["--lr-gamma", "0"])
 
 
+def test_float64_with_a_small_boundary_margin():
+    h = pe.Hierarchy(*_tree(depth=2, arity=3), torch.device("cpu"))
+    t = pe.Trainer(h, dim=3, batch=4, negatives=5, lr=5.0, seed=0, dtype=torch.float64, boundary_eps=1e-8)
+    for ep in range(30):
+        t.epoch(burnin=ep < 2)
+    w = t.weight.detach()
+    assert w.dtype == torch.float64 and t.weight.manifold.boundary_eps(w.dtype) == 1e-8
+    norm = w.norm(dim=-1)
+    assert norm.max() > 1 - 1e-5  # past the default margin: the leaves use the room
+    assert norm.max() <= 1 - 1e-8 + 1e-15
+    with pytest.raises(InvalidArgumentError, match="rounds to 1"):
+        pe.Trainer(h, dim=3, dtype=torch.float32, boundary_eps=1e-8)
+
+
 def test_short_cpu_training_run(tmp_path):
     names, edges = load_closure("mammals")
     # the closure below canine.n.02 (dogs, wolves, foxes...): a few hundred edges
@@ -223,6 +237,9 @@ def test_training_stops_at_the_time_limit_and_resumes(tmp_path):
     rest = pe.train(pe.parser().parse_args([*common, "--epochs", "10", "--resume", str(ckpt)]))
     assert rest["epochs"] == 10 and [leg["epochs"] for leg in rest["legs"]] == [[0, 1], [1, 10]]
     assert [ep for ep, _ in rest["loss_history"]] == list(range(10))
+    assert [ev[0] for ev in rest["evaluations"]] == [1, 10] and rest["evaluations"][-1][1] == rest[
+        "mean_rank"
+    ]
     assert rest["train_seconds"] == pytest.approx(sum(leg["seconds"] for leg in rest["legs"]))
     with pytest.raises(InvalidArgumentError, match="already 10 epochs"):
         pe.train(pe.parser().parse_args([*common, "--epochs", "10", "--resume", str(ckpt)]))
