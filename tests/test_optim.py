@@ -180,6 +180,18 @@ def test_invalid_arguments():
     assert torch.equal(p.detach(), before)
 
 
+def test_boundary_margin_must_fit_the_dtype():
+    ball = PoincareBall(eps=1e-8)
+    assert ball.boundary_eps(torch.float64) == 1e-8
+    with pytest.raises(InvalidArgumentError, match="rounds to 1"):
+        ball.boundary_eps(torch.float32)
+    p = ManifoldParameter(torch.zeros(3, 2), ball)
+    p.grad = torch.ones(3, 2)
+    with pytest.raises(InvalidArgumentError, match="rounds to 1"):
+        RiemannianSGD([p], lr=0.1).step()
+    assert torch.equal(p.detach(), torch.zeros(3, 2))
+
+
 @pytest.mark.parametrize("adam", (False, True))
 def test_replayed_step_writes_the_records_of_a_full_step(monkeypatch, adam):
     """From the second step on, a fused step replays the previous records with new

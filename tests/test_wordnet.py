@@ -237,9 +237,8 @@ def test_training_stops_at_the_time_limit_and_resumes(tmp_path):
     rest = pe.train(pe.parser().parse_args([*common, "--epochs", "10", "--resume", str(ckpt)]))
     assert rest["epochs"] == 10 and [leg["epochs"] for leg in rest["legs"]] == [[0, 1], [1, 10]]
     assert [ep for ep, _ in rest["loss_history"]] == list(range(10))
-    assert [ev[0] for ev in rest["evaluations"]] == [1, 10] and rest["evaluations"][-1][1] == rest[
-        "mean_rank"
-    ]
+    assert [ev[0] for ev in rest["evaluations"]] == [1, 10]
+    assert rest["evaluations"][-1][1] == rest["mean_rank"]
     assert rest["train_seconds"] == pytest.approx(sum(leg["seconds"] for leg in rest["legs"]))
     with pytest.raises(InvalidArgumentError, match="already 10 epochs"):
         pe.train(pe.parser().parse_args([*common, "--epochs", "10", "--resume", str(ckpt)]))

@@ -34,6 +34,7 @@ silently getting Euclidean updates.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from dataclasses import dataclass
@@ -124,6 +125,13 @@ class Euclidean(Manifold):
         return v
 
 
+@functools.cache
+def _below_one(eps: float, dtype: torch.dtype) -> bool:
+    """Whether ``1 - eps`` stays below 1 once rounded to ``dtype`` (cached: the
+    optimizers ask on every step)."""
+    return float(torch.tensor(1.0 - eps, dtype=dtype)) < 1.0
+
+
 @dataclass(frozen=True)
 class PoincareBall(Manifold):
     r"""Poincaré ball of curvature :math:`-c`, radius :math:`1/\sqrt c` (geoopt's ``PoincareBall(c)``).
@@ -141,9 +149,16 @@ class PoincareBall(Manifold):
             raise InvalidArgumentError(f"eps must lie in (0, 1), got {self.eps!r}")
 
     def boundary_eps(self, dtype: torch.dtype) -> float:
-        if self.eps is not None:
-            return float(self.eps)
-        return BOUNDARY_EPS[str(dtype).replace("torch.", "")]
+        """The margin for points of ``dtype``; a typed error when ``eps`` is below what
+        ``dtype`` resolves next to 1 (``1 - eps`` would round to 1: no margin at all)."""
+        if self.eps is None:
+            return BOUNDARY_EPS[str(dtype).replace("torch.", "")]
+        if not _below_one(float(self.eps), dtype):
+            raise InvalidArgumentError(
+                f"PoincareBall eps={float(self.eps):g}: 1 - eps rounds to 1 in {dtype} (no margin left); "
+                f"use a wider dtype or a larger eps"
+            )
+        return float(self.eps)
 
     def egrad2rgrad(self, x, g):
         return g * ((1 - self.c * (x * x).sum(-1, keepdim=True)) ** 2 / 4)

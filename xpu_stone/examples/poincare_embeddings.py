@@ -114,16 +114,13 @@ class Trainer:
     def __init__(self, h: Hierarchy, dim=10, c=1.0, batch=512, negatives=50, lr=0.15, burnin_factor=10.0,
                  optimizer="rsgd", graphs=None, seed=0, dtype=torch.float32, boundary_eps=None):  # fmt: skip
         self.h, self.c, self.batch, self.negatives = h, c, batch, negatives
-        if boundary_eps is not None and not float(torch.tensor(1.0 - boundary_eps, dtype=dtype)) < 1.0:
-            raise InvalidArgumentError(
-                f"boundary_eps={boundary_eps:g}: 1 - eps rounds to 1 in {dtype} (no margin left); "
-                f"use float64 or a larger eps"
-            )
         self.dist = functools.partial(poincare.dist, c=c)  # (x, y) -> distances; replaceable
         device = h.u.device
         gen = torch.Generator(device="cpu").manual_seed(seed)
+        ball = PoincareBall(c, eps=boundary_eps)
+        ball.boundary_eps(dtype)  # a margin the dtype cannot hold: typed error before any launch
         init = (torch.rand(h.n, dim, generator=gen) * 2e-3 - 1e-3).to(device, dtype)
-        self.weight = ManifoldParameter(init, PoincareBall(c, eps=boundary_eps))
+        self.weight = ManifoldParameter(init, ball)
         self.lr, self.burnin_factor = lr, burnin_factor
         if optimizer == "rsgd":
             self.opt = RiemannianSGD([self.weight], lr=lr, retraction="retr")
@@ -317,15 +314,15 @@ def train(args) -> dict:
     mean_rank, mean_ap = reconstruction(t.weight, h, args.c)
     evaluations.append((ep, mean_rank, mean_ap))
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    # what may change between the legs of a run: recorded in each leg, and at the top as the last leg's
+    settings = {"batch": args.batch, "lr": args.lr, "lr_milestones": args.lr_milestones, "lr_gamma": args.lr_gamma,
+                "dtype": args.dtype, "boundary_eps": args.boundary_eps}  # fmt: skip
     legs = done["legs"] + [{"epochs": [done["epochs"], ep], "seconds": wall, "device": dev_name,
-                            "date": time.strftime("%Y-%m-%d"), "batch": args.batch, "lr": args.lr, "lr_milestones": args.lr_milestones,
-                            "lr_gamma": args.lr_gamma, "dtype": args.dtype, "boundary_eps": args.boundary_eps, "mean_rank": mean_rank, "map": mean_ap}]  # fmt: skip
+                            "date": time.strftime("%Y-%m-%d"), **settings, "mean_rank": mean_rank, "map": mean_ap}]  # fmt: skip
     train_seconds = sum(leg["seconds"] for leg in legs)
     result = {
         "data": args.data, "nodes": h.n, "edges": h.u.numel(), "dim": args.dim, "epochs": ep,
-        "epochs_planned": args.epochs, "batch": args.batch, "negatives": args.negatives, "lr": args.lr,
-        "lr_milestones": args.lr_milestones, "lr_gamma": args.lr_gamma, "optimizer": args.optimizer, "dtype": args.dtype,
-        "boundary_eps": args.boundary_eps,
+        "epochs_planned": args.epochs, "negatives": args.negatives, "optimizer": args.optimizer, **settings,
         "device": dev_name, "graphs": t.graphs, "train_seconds": train_seconds,
         "ms_per_epoch": 1e3 * train_seconds / max(ep, 1), "mean_rank": mean_rank, "map": mean_ap,
         "loss_history": history, "evaluations": evaluations, "legs": legs,
