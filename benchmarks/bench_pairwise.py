@@ -23,6 +23,7 @@ import torch
 
 from benchmarks.harness import Report, Row, environment, fwd_bwd, measure_copy, time_calls
 from xpu_stone import pairwise as PW
+from xpu_stone.ops import pairwise as OPW
 from xpu_stone.reference import pairwise as RP
 
 
@@ -94,9 +95,9 @@ def main(argv=None):
         lsets,
     )
     if not args.quick:
-        old = PW.GEMM_CHUNK_BYTES
+        old = OPW.GEMM_CHUNK_BYTES
         for chunk in (0, 8 << 20, 16 << 20, 48 << 20):
-            PW.GEMM_CHUNK_BYTES = chunk
+            OPW.GEMM_CHUNK_BYTES = chunk
             _time(
                 report,
                 "cdist_poincare",
@@ -109,7 +110,7 @@ def main(argv=None):
                 sets,
                 note=f"chunk={chunk >> 20} MiB",
             )
-        PW.GEMM_CHUNK_BYTES = old
+        OPW.GEMM_CHUNK_BYTES = old
     ref_gemm = torch.compile(RP.cdist_gemm, dynamic=False)
     comp_fwd = _time(
         report, "cdist_poincare", "torch_compile_gemm", "fwd", f32, shape, out_bytes, ref_gemm, sets, reps=10

@@ -12,7 +12,7 @@
 //   B  new moment b (Adam m / SGD momentum buffer) and step u, recomputed elementwise;
 //      <x,u>, |u|^2, <x,b>, <u,b>      -> y = A x + B u (expmap or retraction, then the
 //                                       stabilising projection), transported b' = Tb b + Ty y + Tx x
-//   C  writes y and b'.
+//   C  recomputes rg, b, u elementwise as B does (both call xs_step_element), writes y and b'.
 // The same per-row formulas, in the same order, are the torch path of
 // xpu_stone/optim/_math.py (tested against independent float64 references).
 // Euclidean tensors get the plain elementwise SGD / Adam update, in rows of D
@@ -31,7 +31,8 @@ enum {
   XS_FIRST_STEP = 16  // SGD: the buffer starts as the gradient
 };
 
-// Mirrors _META_FIELDS in xpu_stone/optim/_fused.py: 24 fields of 8 bytes.
+// Mirrors META_FIELDS in xpu_stone/ops/optim.py (checked by tests/test_cuda_layout.py):
+// 24 fields of 8 bytes.
 struct xs_opt_meta {
   long long param, grad, buf, v, vmax, idx;
   long long row_start, rows, D, numel, kind, flags, step;
@@ -157,6 +158,36 @@ __device__ __forceinline__ void xs_euclidean_rows(const xs_opt_meta& m, long lon
   }
 }
 
+// Element j of a manifold row: x, the Riemannian gradient rg, the new moment b (0 without
+// a buffer) and the step u. Passes B and C both recompute it (a lane cannot keep D / 32
+// elements in registers), so they share this one definition and agree bit for bit.
+struct xs_step_elem {
+  double x, rg, b, u;
+};
+
+template <class T, int MODE>
+__device__ __forceinline__ xs_step_elem xs_step_element(const xs_opt_meta& m, const T* x,
+                                                        const T* g, const T* buf, long long po,
+                                                        long long go, long long j, bool lorentz,
+                                                        bool has_buf, double ag, double ax,
+                                                        double su) {
+  xs_step_elem e;
+  e.x = xs_ld(x, po + j);
+  const double gj = xs_ld(g, go + j) + m.wd * e.x;
+  e.rg = ag * ((lorentz && j == 0) ? -gj : gj) + ax * e.x;
+  e.b = 0.0;
+  if (MODE == 1) {
+    e.b = m.beta1 * xs_ld(buf, po + j) + (1.0 - m.beta1) * e.rg;
+    e.u = su * e.b;
+  } else if (has_buf) {
+    e.b = (m.flags & XS_FIRST_STEP) ? e.rg : m.beta1 * xs_ld(buf, po + j) + (1.0 - m.beta2) * e.rg;
+    e.u = su * ((m.flags & XS_NESTEROV) ? e.rg + m.beta1 * e.b : e.b);
+  } else {
+    e.u = su * e.rg;
+  }
+  return e;
+}
+
 template <class T, int MODE>
 __device__ __forceinline__ void xs_manifold_row(const xs_opt_meta& m, long long r, int lane) {
   T* x = reinterpret_cast<T*>(m.param);
@@ -214,26 +245,15 @@ __device__ __forceinline__ void xs_manifold_row(const xs_opt_meta& m, long long 
   double t[4] = {0.0, 0.0, 0.0, 0.0};
   double u0 = 0.0, b0 = 0.0;
   for (long long j = lane; j < D; j += 32) {
-    const double xj = xs_ld(x, po + j);
-    const double gj = xs_ld(g, go + j) + wd * xj;
-    const double rgj = ag * ((lorentz && j == 0) ? -gj : gj) + ax * xj;
-    double bj = 0.0, uj;
-    if (MODE == 1) {
-      bj = m.beta1 * xs_ld(buf, po + j) + (1.0 - m.beta1) * rgj;
-      uj = su * bj;
-    } else if (has_buf) {
-      bj = (m.flags & XS_FIRST_STEP) ? rgj : m.beta1 * xs_ld(buf, po + j) + (1.0 - m.beta2) * rgj;
-      uj = su * ((m.flags & XS_NESTEROV) ? rgj + m.beta1 * bj : bj);
-    } else {
-      uj = su * rgj;
-    }
-    t[0] += xj * uj;
-    t[1] += uj * uj;
-    t[2] += xj * bj;
-    t[3] += uj * bj;
+    const xs_step_elem e =
+        xs_step_element<T, MODE>(m, x, g, buf, po, go, j, lorentz, has_buf, ag, ax, su);
+    t[0] += e.x * e.u;
+    t[1] += e.u * e.u;
+    t[2] += e.x * e.b;
+    t[3] += e.u * e.b;
     if (j == 0) {
-      u0 = uj;
-      b0 = bj;
+      u0 = e.u;
+      b0 = e.b;
     }
   }
   xs_warp_sum(t);
@@ -244,22 +264,11 @@ __device__ __forceinline__ void xs_manifold_row(const xs_opt_meta& m, long long 
 
   // ---- pass C: write y and the transported moment
   for (long long j = lane; j < D; j += 32) {
-    const double xj = xs_ld(x, po + j);
-    const double gj = xs_ld(g, go + j) + wd * xj;
-    const double rgj = ag * ((lorentz && j == 0) ? -gj : gj) + ax * xj;
-    double bj = 0.0, uj;
-    if (MODE == 1) {
-      bj = m.beta1 * xs_ld(buf, po + j) + (1.0 - m.beta1) * rgj;
-      uj = su * bj;
-    } else if (has_buf) {
-      bj = (m.flags & XS_FIRST_STEP) ? rgj : m.beta1 * xs_ld(buf, po + j) + (1.0 - m.beta2) * rgj;
-      uj = su * ((m.flags & XS_NESTEROV) ? rgj + m.beta1 * bj : bj);
-    } else {
-      uj = su * rgj;
-    }
-    const double yj = (lorentz && j == 0) ? k.y0 : k.Ay * xj + k.By * uj;
+    const xs_step_elem e =
+        xs_step_element<T, MODE>(m, x, g, buf, po, go, j, lorentz, has_buf, ag, ax, su);
+    const double yj = (lorentz && j == 0) ? k.y0 : k.Ay * e.x + k.By * e.u;
     xs_st(x, po + j, yj);
-    if (has_buf) xs_st(buf, po + j, k.Tb * bj + k.Ty * yj + k.Tx * xj);
+    if (has_buf) xs_st(buf, po + j, k.Tb * e.b + k.Ty * yj + k.Tx * e.x);
   }
   if (MODE == 1 && lane == 0) {
     xs_st(v, prow, vrow);

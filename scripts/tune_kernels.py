@@ -5,12 +5,12 @@
     python scripts/tune_kernels.py --ops poincare_dist --dtypes float32 --buckets 64 1024
 
 For each (op, dtype, feature size D in the buckets) every variant and launch
-configuration that takes rows of D (see ``xpu_stone.kernels.tuning.candidates``)
+configuration that takes rows of D (see ``xpu_stone.kernels.tuner.candidates``)
 is forced through the dispatcher's tuned-table hook and run through the
 library's own launch path. Each configuration is first checked: its forward
 output and its input gradients on a few thousand rows (outputs poisoned with
 NaN) against the float64 CPU transcription of the kernel's maths
-(``rowwise.cpu_forward`` / ``cpu_backward`` on float64 copies of the same
+(``cpu_forward`` / ``cpu_backward`` on float64 copies of the same
 rounded inputs); a wrong or failing configuration is recorded and never chosen.
 Then forward and backward are timed with CUDA events (median of ``--reps``
 calls over input sets rotated past the L2 cache; ``benchmarks/harness.py``).
@@ -37,9 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import xpu_stone  # noqa: E402,F401  (registers the ops)
-from xpu_stone import config, rowwise  # noqa: E402
+from xpu_stone import config, ops  # noqa: E402
 from xpu_stone.constants import BOUNDARY_EPS  # noqa: E402
-from xpu_stone.kernels import REGISTRY, dispatcher, tuning  # noqa: E402
+from xpu_stone.engine.launch import TORCH_OF  # noqa: E402
+from xpu_stone.engine.rowwise_cpu import cpu_backward, cpu_forward  # noqa: E402
+from xpu_stone.engine.rowwise_cuda import launch_backward, launch_forward  # noqa: E402
+from xpu_stone.kernels import REGISTRY, dispatcher, tuned_table, tuner  # noqa: E402
 from xpu_stone.kernels.registry import DTYPES, ITEMSIZE, OpKernels  # noqa: E402
 
 C_VAL = 1.0
@@ -53,11 +56,7 @@ BWD_TOL = {"float64": 1e-8, "float32": 2e-4, "float16": 3e-2, "bfloat16": 8e-2}
 
 def row_ops() -> dict:
     """qualname -> RowOp of every row-wise op."""
-    out = {}
-    for family in ("poincare", "lorentz", "klein", "convert"):
-        module = importlib.import_module(f"xpu_stone.ops.{family}")
-        out.update({op.qualname: op for op in vars(module).values() if isinstance(op, rowwise.RowOp)})
-    return out
+    return {op.qualname: op for op in ops.row_ops()}
 
 
 def arg_kinds(op) -> str:
@@ -124,7 +123,7 @@ class CellBench:
 
     def __init__(self, op, cell, target_bytes: float, torch, harness, dev: int):
         self.torch, self.harness, self.op, self.cell, self.dev = torch, harness, op, cell, dev
-        tdt = rowwise.TORCH_OF[cell.dtype]
+        tdt = TORCH_OF[cell.dtype]
         d, nv = cell.bucket, len(op.vectors)
         self.eps = BOUNDARY_EPS[cell.dtype] if op.uses_eps else 0.0
         self.needs = [True] * nv + [False, False]
@@ -132,9 +131,9 @@ class CellBench:
         rows = 3 + max(64, CHECK_ELEMS // d)  # odd: partial blocks
         vecs = [v.to(tdt) for v in op_inputs(op, rows, d, torch, gen, "cpu", torch.float64)]
         exact = [v.double() for v in vecs]
-        self.ref_out = rowwise.cpu_forward(op, exact, None, C_VAL, None, T_VAL, self.eps)
+        self.ref_out = cpu_forward(op, exact, None, C_VAL, None, T_VAL, self.eps)
         grad = torch.randn(self.ref_out.shape, generator=gen, dtype=torch.float64).to(tdt)
-        self.ref_grads = rowwise.cpu_backward(
+        self.ref_grads = cpu_backward(
             op, grad.double(), exact, None, C_VAL, None, T_VAL, self.eps, self.needs
         )[:nv]
         self.check = (grad.cuda(dev), *(v.cuda(dev) for v in vecs))
@@ -152,13 +151,11 @@ class CellBench:
 
     def forward(self, grad, *vecs):
         batch = (vecs[0].shape[0],)
-        return rowwise.launch_forward(
-            self.op, vecs, None, C_VAL, None, T_VAL, self.eps, self.cell.dtype, batch
-        )
+        return launch_forward(self.op, vecs, None, C_VAL, None, T_VAL, self.eps, self.cell.dtype, batch)
 
     def backward(self, grad, *vecs):
         batch = (vecs[0].shape[0],)
-        return rowwise.launch_backward(
+        return launch_backward(
             self.op, grad, vecs, None, C_VAL, None, T_VAL, self.eps, self.cell.dtype, batch, self.needs
         )
 
@@ -262,8 +259,8 @@ def report(table, cells, cache, ops_by_name, target_bytes: float, copy_gbps: flo
         heur_gbps = nbytes / (rec["fwd_ms"] * 1e-3) / 1e9 if rec and rec["status"] == "ok" else None
         rows.append({
             "op": cell.op, "dtype": cell.dtype, "bucket": cell.bucket,
-            "heuristic": [cell.heuristic[0], tuning._config_list(cell.heuristic[1])],
-            "tuned": None if e is None else [e.variant, tuning._config_list(e.config)],
+            "heuristic": [cell.heuristic[0], tuned_table.config_list(cell.heuristic[1])],
+            "tuned": None if e is None else [e.variant, tuned_table.config_list(e.config)],
             "heuristic_ms": None if e is None else e.heuristic_ms, "tuned_ms": None if e is None else e.ms,
             "margin": None if e is None else e.margin,
             "verified_margin": None if e is None else e.verified_margin,
@@ -278,7 +275,7 @@ def report(table, cells, cache, ops_by_name, target_bytes: float, copy_gbps: flo
         per_dtype[dtype] = {
             "cells": len(mine),
             "changed": sum(1 for r in mine if r["tuned"] and r["tuned"] != r["heuristic"]),
-            "verified_geomean": tuning.geomean_gain(verified),
+            "verified_geomean": tuner.geomean_gain(verified),
             "verified_worst": min(verified, default=0.0),
             "heuristic_fwd_of_copy_geomean": math.exp(sum(map(math.log, of_copy)) / len(of_copy)) if of_copy else None,
             "heuristic_fwd_at_95pct_copy": sum(1 for f in of_copy if f >= 0.95),
@@ -291,12 +288,12 @@ def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ops", nargs="*", default=None, help="default: every row-wise op in the registry")
     p.add_argument("--dtypes", nargs="*", default=list(DTYPES))
-    p.add_argument("--buckets", nargs="*", type=int, default=list(tuning.DEFAULT_BUCKETS))
+    p.add_argument("--buckets", nargs="*", type=int, default=list(tuned_table.DEFAULT_BUCKETS))
     p.add_argument("--target-mb", type=float, default=256, help="MB one forward call moves")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--reps", type=int, default=30)
-    p.add_argument("--min-margin", type=float, default=tuning.DEFAULT_MIN_MARGIN)
-    p.add_argument("--cache-dir", default=str(tuning.default_cache_dir()))
+    p.add_argument("--min-margin", type=float, default=tuner.DEFAULT_MIN_MARGIN)
+    p.add_argument("--cache-dir", default=str(tuner.default_cache_dir()))
     p.add_argument("--out", default=None, help="default: xpu_stone/kernels/tables/<gpu>.json")
     p.add_argument("--device", type=int, default=0)
     p.add_argument("--no-verify", action="store_true", help="skip timing the changed cells a second time")
@@ -314,7 +311,7 @@ def summary_lines(table) -> str:
     lines = []
     for e in sorted(table.entries.values(), key=lambda e: (e.op, e.dtype, e.bucket)):
         margin = "heuristic failed" if e.margin is None else f"{e.margin:+.1%}"
-        cfg = str(tuple(tuning._config_list(e.config)))
+        cfg = str(tuple(tuned_table.config_list(e.config)))
         lines.append(f"{e.op:32s} {e.dtype:9s} D={e.bucket:<5d} {e.variant:22s} {cfg:22s} {margin}")
     return "\n".join(lines)
 
@@ -326,12 +323,12 @@ def main(argv=None) -> int:
 
     def row_width(name, d):
         op = ops_by_name[name]
-        return op.width(d), not op.shifted  # shifted ops run unaligned (rowwise.launch_forward)
+        return op.width(d), not op.shifted  # shifted ops run unaligned (launch_forward)
 
-    cells = tuning.plan(ops, args.dtypes, args.buckets, row_width)
+    cells = tuner.plan(ops, args.dtypes, args.buckets, row_width)
     n = sum(len(c.candidates) for c in cells)
     calls = 2 * (args.warmup + args.reps)
-    est = tuning.estimate_seconds(cells, args.target_mb * 1e6, args.warmup + args.reps)
+    est = tuner.estimate_seconds(cells, args.target_mb * 1e6, args.warmup + args.reps)
     print(
         f"{len(ops)} ops x {len(args.dtypes)} dtypes x {len(args.buckets)} buckets = {len(cells)} cells, "
         f"{n} configurations, {calls} timed calls each; estimate {est / 60:.1f} min on a 3 TB/s GPU "
@@ -352,15 +349,15 @@ def main(argv=None) -> int:
         return 2
     dev = args.device
     torch.cuda.set_device(dev)
-    identity = tuning.device_identity(dev)
+    identity = tuned_table.device_identity(dev)
     problem = {"target_bytes": int(args.target_mb * 1e6), "warmup": args.warmup, "reps": args.reps}
     header = {
         "gpu_name": identity["gpu_name"],
         "compute_capability": identity["compute_capability"],
-        "library_version": tuning.library_version(),
+        "library_version": tuned_table.library_version(),
         "problem": problem,
     }
-    cache = tuning.TuneCache(tuning.cache_path(args.cache_dir, identity, problem), header)
+    cache = tuner.TuneCache(tuner.cache_path(args.cache_dir, identity, problem), header)
     print(f"{identity['gpu_name']} (cc {identity['compute_capability']}); cache {cache.path}", flush=True)
 
     start = time.perf_counter()
@@ -400,7 +397,7 @@ def main(argv=None) -> int:
     finally:
         dispatcher.set_tuned_table(None)
 
-    table = tuning.build_table(cells, cache, identity, problem, args.min_margin)
+    table = tuner.build_table(cells, cache, identity, problem, args.min_margin)
     if not args.no_verify:
         try:
             reverted = verify_table(table, cells, cache, bench_of, args.warmup, args.reps)
@@ -409,7 +406,7 @@ def main(argv=None) -> int:
         if reverted:
             print(f"verification: {len(reverted)} winners were not faster again and gave way to the heuristic: "
                   + ", ".join(reverted))  # fmt: skip
-    out = args.out or str(tuning.TABLES_DIR / f"{tuning.slug(identity['gpu_name'])}.json")
+    out = args.out or str(tuned_table.TABLES_DIR / f"{tuned_table.slug(identity['gpu_name'])}.json")
     table.save(out)
     print(summary_lines(table))
     if args.report != "":
@@ -428,7 +425,7 @@ def main(argv=None) -> int:
     wrong_heuristics = [c.key for c in cells if _heuristic_not_ok(c, cache)]
     if wrong_heuristics:
         print(f"WARNING: the heuristic's configuration did not pass in {wrong_heuristics}")
-    print(tuning.summary(table))
+    print(tuner.summary(table))
     print(f"wrote {out} in {(time.perf_counter() - start) / 60:.1f} min")
     return 0
 

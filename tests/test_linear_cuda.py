@@ -13,6 +13,7 @@ from helpers import ball_points, rel_err
 
 from xpu_stone import linear as L
 from xpu_stone import nn as hnn
+from xpu_stone.ops import hyperbolic_linear as OL
 from xpu_stone.reference import linear as RL
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poisoned_outputs")]
@@ -110,13 +111,13 @@ def test_backward_kernels_equal_cpu_path():
     v = x @ M.t()
     g = torch.randn_like(v)
     for a, b in zip(
-        L._matvec_bwd(x, v, g, 1.5, None, True), L._matvec_bwd_torch(x.cpu(), v.cpu(), g.cpu(), 1.5, None)
+        OL._matvec_bwd(x, v, g, 1.5, None, True), OL._matvec_bwd_torch(x.cpu(), v.cpu(), g.cpu(), 1.5, None)
     ):
         assert rel_err(a.cpu(), b) < 1e-12
-    zn, pz = L._col_norms(z), x @ z
+    zn, pz = OL._col_norms(z), x @ z
     for mode in (L.MLR, L.FC):
-        gpu = L._hnn_bwd(x, pz, g, zn, r.double(), 1.5, mode)
-        cpu = L._hnn_bwd_torch(x.cpu(), pz.cpu(), g.cpu(), zn.cpu(), r.double().cpu(), 1.5, mode)
+        gpu = OL._hnn_bwd(x, pz, g, zn, r.double(), 1.5, mode)
+        cpu = OL._hnn_bwd_torch(x.cpu(), pz.cpu(), g.cpu(), zn.cpu(), r.double().cpu(), 1.5, mode)
         for a, b in zip(gpu, cpu):
             assert rel_err(a.cpu(), b) < 1e-12
 

@@ -186,7 +186,7 @@ def test_bad_input_raises_typed_errors():
 
 
 def test_opcheck_cpu():
-    from xpu_stone.torch_ops import OPS
+    from xpu_stone.engine import OPS
 
     for family, name in (
         ("lorentz", "geodesic"),

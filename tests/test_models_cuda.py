@@ -17,15 +17,15 @@ from helpers import DTYPE_NAME, FWD_TOL, GRAD_TOL, MODEL_OPS, model_args, rel_er
 from xpu_stone import convert as C
 from xpu_stone import klein as K
 from xpu_stone import lorentz as L
-from xpu_stone import rowwise
 from xpu_stone.constants import BOUNDARY_EPS
+from xpu_stone.engine import OPS as TORCH_OPS
+from xpu_stone.engine import checks, rowwise_cpu
 from xpu_stone.ops import convert as OC
 from xpu_stone.ops import klein as OK
 from xpu_stone.ops import lorentz as OL
 from xpu_stone.reference import convert as RC
 from xpu_stone.reference import klein as RK
 from xpu_stone.reference import lorentz as RL
-from xpu_stone.torch_ops import OPS as TORCH_OPS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poisoned_outputs")]
 
@@ -67,8 +67,8 @@ def _transcription(family, name, args, c, dtype):
     t = up.pop() if op.param is not None else None
     cc = c.double() if isinstance(c, torch.Tensor) else None
     c_val = 0.0 if cc is not None else float(c)
-    out = rowwise.cpu_forward(op, up, cc, c_val, t, 0.0, _eps(family, name, dtype))
-    batch = rowwise.batch_shape(up, cc, t)
+    out = rowwise_cpu.cpu_forward(op, up, cc, c_val, t, 0.0, _eps(family, name, dtype))
+    batch = checks.batch_shape(up, cc, t)
     return out.expand(batch if op.scalar_out else (*batch, out.shape[-1]))
 
 

@@ -14,6 +14,7 @@ from helpers import ball_points, rel_err
 
 from xpu_stone import config
 from xpu_stone import pairwise as PW
+from xpu_stone.ops import pairwise as OPW
 from xpu_stone.reference import pairwise as RP
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poisoned_outputs")]
@@ -69,14 +70,14 @@ def test_batched_and_chunked_forward():
     assert rel_err(out, RP.cdist(x.double(), y.double())) < TOL[torch.float32]
     x1, y1 = x[0], y[0]
     whole = PW.cdist(x1, y1)
-    old = PW.GEMM_CHUNK_BYTES
+    old = OPW.GEMM_CHUNK_BYTES
     try:
         for chunk_bytes in (0, 128 * 300 * 4, 1):  # none, 128-row chunks, the smallest chunk
-            PW.GEMM_CHUNK_BYTES = chunk_bytes
+            OPW.GEMM_CHUNK_BYTES = chunk_bytes
             assert torch.allclose(PW.cdist(x1, y1), whole, rtol=1e-5, atol=1e-5)
             assert torch.allclose(PW.cdist(x1.half(), y1.half()).float(), whole, rtol=1e-2, atol=1e-2)
     finally:
-        PW.GEMM_CHUNK_BYTES = old
+        OPW.GEMM_CHUNK_BYTES = old
 
 
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16), ids=str)
@@ -105,8 +106,8 @@ def test_backward_kernel_equals_cpu_path():
         out = PW.cdist(x, y, 1.0, model)
         g = torch.randn_like(out)
         mid = PW.MODELS[model]
-        gpu = PW._cdist_bwd_cuda(g, x, y, out, 1.0, mid, [True, True, True])
-        cpu = PW._cdist_bwd_cpu(g.cpu(), x.cpu(), y.cpu(), out.cpu(), 1.0, mid, [True, True, True])
+        gpu = OPW.cdist_bwd_cuda(g, x, y, out, 1.0, mid, [True, True, True])
+        cpu = OPW.cdist_bwd_cpu(g.cpu(), x.cpu(), y.cpu(), out.cpu(), 1.0, mid, [True, True, True])
         for a, b in zip(gpu, cpu):
             assert rel_err(a.cpu(), b) < 1e-12
 

@@ -115,7 +115,7 @@ def test_identities(c):
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float64, torch.bfloat16, torch.float16), ids=str)
 @pytest.mark.parametrize("name", OPS)
 def test_kernel_maths_matches_reference(name, dtype):
-    """The CPU path runs the kernels' formulas (xpu_stone.rowwise): forward within
+    """The CPU path runs the kernels' formulas (xpu_stone.engine.rowwise_cpu): forward within
     the dtype's tolerance of the reference over the stress grid, every row the
     float64 reference gets wrong settled at 60 digits."""
     failures = []
@@ -182,7 +182,7 @@ def test_gradcheck_broadcast_operands_and_scalar_c():
 
 
 def test_opcheck_cpu():
-    from xpu_stone.torch_ops import OPS as TORCH_OPS
+    from xpu_stone.engine import OPS as TORCH_OPS
 
     x, y, z, u, t = row_inputs(6, 4, 1.0, torch.float64, seed=2)
     for name in OPS:

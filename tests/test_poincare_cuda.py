@@ -27,8 +27,8 @@ import xpu_stone
 from xpu_stone import config
 from xpu_stone import poincare as P
 from xpu_stone.constants import BOUNDARY_EPS
+from xpu_stone.engine import OPS as TORCH_OPS
 from xpu_stone.reference import poincare as R
-from xpu_stone.torch_ops import OPS as TORCH_OPS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poisoned_outputs")]
 

@@ -14,26 +14,27 @@ import torch
 from conftest import HAS_GPU
 
 import xpu_stone
-from xpu_stone import errors, policies, profiler
+from xpu_stone import errors
 from xpu_stone import poincare as P
 from xpu_stone.errors import InvalidArgumentError, UnsupportedOperationError, XpuStoneError
-from xpu_stone.policies import (
-    ExecutionPolicy,
-    KernelPolicy,
-    active_execution_policy,
-    reference_fallback_allowed,
-)
 from xpu_stone.runtime import (
     ENGINES,
     Engine,
     InferenceSession,
     devices,
+    policies,
     profile,
+    profiler,
     register_engine,
     use_torch_allocator,
 )
 from xpu_stone.runtime import memory as M
 from xpu_stone.runtime.devices import tensor_core_flags
+from xpu_stone.runtime.policies import (
+    ExecutionPolicy,
+    KernelPolicy,
+    active_execution_policy,
+)
 
 cpu_only = pytest.mark.skipif(HAS_GPU, reason="checks the behaviour without a GPU")
 MATMUL = torch.backends.cuda.matmul
@@ -99,7 +100,7 @@ def test_kernel_policy_applies_torch_settings_and_restores_them(torch_flags):
         assert not MATMUL.allow_tf32 and not torch.backends.cudnn.allow_tf32
         assert _rpr() == (False, False)
         assert _sdp_flags() == (False, False, False, True)
-        assert xpu_stone.policies.active_policy() is p
+        assert policies.active_policy() is p
         with KernelPolicy(matmul={"tf32": True}, attention=["flash", "efficient"]):
             assert MATMUL.allow_tf32 and _rpr() == (False, False)  # the inner policy leaves rpr alone
             assert _sdp_flags() == (True, True, False, False)
@@ -173,19 +174,19 @@ def test_execution_policy_json_round_trip_and_validation(tmp_path):
 
 def test_execution_policy_nests_and_sets_deterministic_mode(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    assert active_execution_policy() == ExecutionPolicy() and reference_fallback_allowed()
-    strict = ExecutionPolicy(reference_fallback=False, deterministic=True)
+    assert active_execution_policy() == ExecutionPolicy()
+    strict = ExecutionPolicy(deterministic=True)
     with strict:
-        assert active_execution_policy() is strict and not reference_fallback_allowed()
+        assert active_execution_policy() is strict
         assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
         with ExecutionPolicy() as loose:
-            assert active_execution_policy() is loose and reference_fallback_allowed()
+            assert active_execution_policy() is loose
             assert torch.are_deterministic_algorithms_enabled()  # a non-deterministic policy leaves it
-        assert not reference_fallback_allowed()
+        assert active_execution_policy() is strict
     assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
     assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
-    assert reference_fallback_allowed()
+    assert active_execution_policy() == ExecutionPolicy()
 
 
 # ----------------------------------------------------------------- profiler

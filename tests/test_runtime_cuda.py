@@ -13,7 +13,6 @@ from xpu_stone import poincare as P
 from xpu_stone import profiler, to_cupy, to_torch
 from xpu_stone.errors import CudaError, InvalidArgumentError, OutOfMemoryError, ShapeMismatchError
 from xpu_stone.kernels import dispatcher
-from xpu_stone.policies import ExecutionPolicy, KernelPolicy
 from xpu_stone.runtime import (
     Event,
     InferenceSession,
@@ -31,6 +30,7 @@ from xpu_stone.runtime import (
     use_torch_allocator,
 )
 from xpu_stone.runtime.devices import _torch_info, tensor_core_flags
+from xpu_stone.runtime.policies import ExecutionPolicy, KernelPolicy
 
 pytestmark = pytest.mark.gpu
 cupy = pytest.importorskip("cupy")

@@ -16,7 +16,7 @@ import torch
 
 import xpu_stone  # noqa: F401  (registers the ops)
 from xpu_stone.errors import InvalidArgumentError
-from xpu_stone.kernels import dispatcher, explain, tuning
+from xpu_stone.kernels import dispatcher, explain, tuned_table, tuner
 from xpu_stone.kernels.registry import LaunchConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +39,7 @@ def _restore_table():
 
 
 def _cells():
-    return tuning.plan([OP], ["float32"], [16, 1024])
+    return tuner.plan([OP], ["float32"], [16, 1024])
 
 
 def _header():
@@ -58,7 +58,7 @@ def _write_cache(path, cells):
     faster, and a wrong one faster still; in the D=1024 cell the best beats the
     heuristic by 1 % only. The last line was cut by an interruption."""
     small, large = cells
-    lines = [json.dumps({"format": tuning.CACHE_FORMAT, **_header()})]
+    lines = [json.dumps({"format": tuner.CACHE_FORMAT, **_header()})]
     for cell, win_factor in ((small, 0.8), (large, 0.99)):
         others = [c for c in cell.candidates if c != cell.heuristic]
         lines.append(json.dumps(_record(cell, *cell.heuristic, fwd=1.0, bwd=2.0)))
@@ -76,11 +76,11 @@ def test_replayed_cache_picks_checked_winners_and_resumes(tmp_path):
     small, large = cells
     path = tmp_path / "cache.jsonl"
     others_large = _write_cache(path, cells)
-    cache = tuning.TuneCache(path, _header())
+    cache = tuner.TuneCache(path, _header())
     # the cut line is not a record: that configuration is measured again on resume
     missing = [c for cell in cells for c in cell.candidates if cache.get(cell, *c) is None]
     assert missing == [others_large[-1]]
-    table = tuning.build_table(cells, cache, GPU, PROBLEM, min_margin=0.03, date="2026-01-01")
+    table = tuner.build_table(cells, cache, GPU, PROBLEM, min_margin=0.03, date="2026-01-01")
     e_small = table.entries[(OP, "float32", 16)]
     others_small = [c for c in small.candidates if c != small.heuristic]
     assert (e_small.variant, e_small.config) == others_small[0]  # 20 % faster, checked
@@ -95,13 +95,13 @@ def test_replayed_cache_picks_checked_winners_and_resumes(tmp_path):
         for f in wrong
         for e in (e_small, e_large)
     )
-    assert "2 cells, 1 differ from the heuristic" in tuning.summary(table)
+    assert "2 cells, 1 differ from the heuristic" in tuner.summary(table)
     lines = _script("tune_kernels").summary_lines(table).splitlines()  # the tuner's closing report
     assert len(lines) == 2 and "+25.0%" in lines[0] and "+0.0%" in lines[1]
     # appending resumes the file; a cache of another problem is moved aside
     cache.add(large, *missing[0], status="ok", fwd_ms=9.0, bwd_ms=9.0)
-    assert tuning.TuneCache(path, _header()).get(large, *missing[0])["fwd_ms"] == 9.0
-    other = tuning.TuneCache(path, {**_header(), "problem": {"target_bytes": 1}})
+    assert tuner.TuneCache(path, _header()).get(large, *missing[0])["fwd_ms"] == 9.0
+    other = tuner.TuneCache(path, {**_header(), "problem": {"target_bytes": 1}})
     assert other.records == {} and path.with_suffix(".jsonl.old").exists()
 
 
@@ -116,9 +116,9 @@ class _FakeBench:
 
 
 def test_verification_keeps_confirmed_winners_and_reverts_the_others(tmp_path):
-    tuner = _script("tune_kernels")
-    cells = tuning.plan([OP], ["float32"], [16, 64])
-    lines = [json.dumps({"format": tuning.CACHE_FORMAT, **_header()})]
+    script = _script("tune_kernels")
+    cells = tuner.plan([OP], ["float32"], [16, 64])
+    lines = [json.dumps({"format": tuner.CACHE_FORMAT, **_header()})]
     for cell in cells:  # in both cells the sweep saw a configuration 25 % faster
         other = next(c for c in cell.candidates if c != cell.heuristic)
         lines += [
@@ -126,28 +126,28 @@ def test_verification_keeps_confirmed_winners_and_reverts_the_others(tmp_path):
             json.dumps(_record(cell, *other, fwd=0.8, bwd=1.6)),
         ]
     (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
-    cache = tuning.TuneCache(tmp_path / "c.jsonl", _header())
-    table = tuning.build_table(cells, cache, GPU, PROBLEM, date="2026-01-01")
+    cache = tuner.TuneCache(tmp_path / "c.jsonl", _header())
+    table = tuner.build_table(cells, cache, GPU, PROBLEM, date="2026-01-01")
     assert all(e.changed and e.verified_margin is None for e in table.entries.values())
     # timed again: the D=16 winner holds (10 % faster), the D=64 one does not
     again = {16: _FakeBench(2.0, 2.2), 64: _FakeBench(2.0, 1.9)}
-    reverted = tuner.verify_table(table, cells, cache, lambda cell: again[cell.bucket], 1, 1)
+    reverted = script.verify_table(table, cells, cache, lambda cell: again[cell.bucket], 1, 1)
     assert reverted == [f"{OP}|float32|64 (-5.0%)"]
     kept, back = table.entries[(OP, "float32", 16)], table.entries[(OP, "float32", 64)]
     assert kept.changed and kept.verified_margin == pytest.approx(0.1)
     assert not back.changed and back.verified_margin == 0 and (back.fwd_ms, back.bwd_ms) == (1.0, 2.0)
-    assert "verification pass over 2 cells: +4.9%, worst cell +0.0%" in tuning.summary(table)
+    assert "verification pass over 2 cells: +4.9%, worst cell +0.0%" in tuner.summary(table)
     # a resumed run reuses the verification timings: same decisions, nothing timed
-    resumed = tuning.build_table(cells, tuning.TuneCache(tmp_path / "c.jsonl", _header()), GPU, PROBLEM,
+    resumed = tuner.build_table(cells, tuner.TuneCache(tmp_path / "c.jsonl", _header()), GPU, PROBLEM,
                                  date="2026-01-01")  # fmt: skip
-    assert tuner.verify_table(
-        resumed, cells, tuning.TuneCache(tmp_path / "c.jsonl", _header()), None, 1, 1
+    assert script.verify_table(
+        resumed, cells, tuner.TuneCache(tmp_path / "c.jsonl", _header()), None, 1, 1
     ) == [f"{OP}|float32|64 (-5.0%)"]
     assert resumed.to_dict() == table.to_dict()
     table.save(tmp_path / "t.json")
-    assert tuning.TableFile.load(tmp_path / "t.json").to_dict() == table.to_dict()
-    ops = tuner.row_ops()
-    rep = tuner.report(table, cells, cache, ops, 1e6, copy_gbps=2000.0)
+    assert tuned_table.TableFile.load(tmp_path / "t.json").to_dict() == table.to_dict()
+    ops = script.row_ops()
+    rep = script.report(table, cells, cache, ops, 1e6, copy_gbps=2000.0)
     row = rep["cells"][0]
     per_row = (2 * 16 + 1) * 4  # two float32 vectors in, one distance out
     assert row["heuristic_fwd_gbps"] == pytest.approx((int(1e6) // per_row) * per_row / 1e-3 / 1e9)
@@ -157,7 +157,7 @@ def test_verification_keeps_confirmed_winners_and_reverts_the_others(tmp_path):
 
 
 def test_candidates_are_valid_and_include_the_heuristic():
-    for cell in tuning.plan(
+    for cell in tuner.plan(
         [OP, "convert_poincare_to_lorentz"], ["float32", "float16", "float64"], [16, 4096]
     ):
         assert cell.heuristic in cell.candidates
@@ -165,26 +165,26 @@ def test_candidates_are_valid_and_include_the_heuristic():
         for name, cfg in cell.candidates:
             assert dispatcher.fits(kernels.variant(name), cfg, cell.dtype, cell.width, cell.aligned)
     with pytest.raises(InvalidArgumentError, match="not a row-wise op"):
-        tuning.plan(["pairwise_cdist"], ["float32"], [16])
+        tuner.plan(["pairwise_cdist"], ["float32"], [16])
 
 
 def test_bucket_of_is_nearest_in_log2():
-    b = tuning.DEFAULT_BUCKETS
-    assert [tuning.bucket_of(d, b) for d in (1, 16, 31, 32, 33, 100, 5000, 10**6)] == [
+    b = tuned_table.DEFAULT_BUCKETS
+    assert [tuned_table.bucket_of(d, b) for d in (1, 16, 31, 32, 33, 100, 5000, 10**6)] == [
         16, 16, 16, 64, 64, 64, 4096, 4096,
     ]  # fmt: skip
 
 
-def _table(**overrides) -> tuning.TableFile:
+def _table(**overrides) -> tuned_table.TableFile:
     cells = _cells()
     small = cells[0]
     winner = next(c for c in small.candidates if c != small.heuristic and c[0] == "generic")
-    entry = tuning.Entry(OP, "float32", 16, *winner, 0.5, 1.0, *small.heuristic, 3.0)
+    entry = tuned_table.Entry(OP, "float32", 16, *winner, 0.5, 1.0, *small.heuristic, 3.0)
     fields = dict(
         gpu_name=GPU["gpu_name"],
         compute_capability=GPU["compute_capability"],
         driver=GPU["driver"],
-        library_version=tuning.library_version(),
+        library_version=tuned_table.library_version(),
         date="2026-01-01",
         buckets=(16, 1024),
         variants={OP: [v.name for v in xpu_stone.kernels.REGISTRY.get(OP).variants]},
@@ -192,7 +192,7 @@ def _table(**overrides) -> tuning.TableFile:
         problem=PROBLEM,
     )
     fields.update(overrides)
-    return tuning.TableFile(**fields)
+    return tuned_table.TableFile(**fields)
 
 
 def _auto(tmp_path, table=None, shipped=(), identity=GPU, env=False):
@@ -204,13 +204,13 @@ def _auto(tmp_path, table=None, shipped=(), identity=GPU, env=False):
     ship.mkdir(exist_ok=True)
     for i, t in enumerate(shipped):
         t.save(ship / f"t{i}.json")
-    return tuning.AutoTable(paths, env=env, tables_dir=ship, identify=lambda device: identity)
+    return tuned_table.AutoTable(paths, env=env, tables_dir=ship, identify=lambda device: identity)
 
 
 def test_table_round_trip_and_explain_says_table(tmp_path):
     table = _table()
     table.save(tmp_path / "t.json")
-    loaded = tuning.TableFile.load(tmp_path / "t.json")
+    loaded = tuned_table.TableFile.load(tmp_path / "t.json")
     assert loaded.to_dict() == table.to_dict()
     entry = table.entries[(OP, "float32", 16)]
     with warnings.catch_warnings():
@@ -243,7 +243,7 @@ def test_explain_takes_a_shape_and_any_dtype_spelling(tmp_path):
 
 def test_explain_quotes_the_verified_margin(tmp_path):
     cfg, heur = LaunchConfig(4, 1, 4, 256), LaunchConfig(32, 1, 4, 256)
-    entry = tuning.Entry(OP, "float32", 16, "rows_per_warp", cfg, 0.5, 0.5, "warp_per_row", heur, 3.0,
+    entry = tuned_table.Entry(OP, "float32", 16, "rows_per_warp", cfg, 0.5, 0.5, "warp_per_row", heur, 3.0,
                          verified_ms=1.0, verified_heuristic_ms=1.5)  # fmt: skip
     dispatcher.set_tuned_table(_auto(tmp_path, shipped=[_table(entries={(OP, "float32", 16): entry})]))
     assert "+50.0% vs heuristic (verified)" in explain(OP, (3, 16))
@@ -251,7 +251,7 @@ def test_explain_quotes_the_verified_margin(tmp_path):
 
 def test_table_config_that_does_not_fit_falls_back(tmp_path):
     cfg = LaunchConfig(4, 1, 4, 256)  # rows_per_warp: aligned rows of at most 16 only
-    entry = tuning.Entry(OP, "float32", 16, "rows_per_warp", cfg, 0.5, 1.0, None, None, None)
+    entry = tuned_table.Entry(OP, "float32", 16, "rows_per_warp", cfg, 0.5, 1.0, None, None, None)
     dispatcher.set_tuned_table(_auto(tmp_path, shipped=[_table(entries={(OP, "float32", 16): entry})]))
     assert dispatcher.select(OP, "float32", 16, True).config == cfg
     wider = dispatcher.select(OP, "float32", 24, True)  # same bucket, row too long for cfg
@@ -272,17 +272,17 @@ def test_table_config_that_does_not_fit_falls_back(tmp_path):
 )
 def test_mismatched_user_table_is_ignored_with_a_warning(tmp_path, change, message):
     dispatcher.set_tuned_table(_auto(tmp_path, _table(**change)))
-    with pytest.warns(tuning.TunedTableWarning, match=message):
+    with pytest.warns(tuned_table.TunedTableWarning, match=message):
         c = dispatcher.select(OP, "float32", 16, True)
     assert c.reason == "heuristic"
 
 
 def test_unknown_variant_or_config_in_entries_is_rejected(tmp_path):
-    bad_variant = tuning.Entry(OP, "float32", 16, "fastest", LaunchConfig(4, 1, 4, 256), 1, 1)
-    bad_config = tuning.Entry(OP, "float32", 16, "generic", LaunchConfig(64, 0, 1, 256), 1, 1)
+    bad_variant = tuned_table.Entry(OP, "float32", 16, "fastest", LaunchConfig(4, 1, 4, 256), 1, 1)
+    bad_config = tuned_table.Entry(OP, "float32", 16, "generic", LaunchConfig(64, 0, 1, 256), 1, 1)
     for entry, message in ((bad_variant, "unknown variant"), (bad_config, "no configuration")):
         dispatcher.set_tuned_table(_auto(tmp_path, _table(entries={(OP, "float32", 16): entry})))
-        with pytest.warns(tuning.TunedTableWarning, match=message):
+        with pytest.warns(tuned_table.TunedTableWarning, match=message):
             assert dispatcher.select(OP, "float32", 16, True).reason == "heuristic"
 
 
@@ -293,37 +293,37 @@ def test_shipped_tables_of_other_gpus_are_skipped_silently_stale_ones_warn(tmp_p
         dispatcher.set_tuned_table(_auto(tmp_path, shipped=[other]))
         assert dispatcher.select(OP, "float32", 16, True).reason == "heuristic"
     dispatcher.set_tuned_table(_auto(tmp_path, shipped=[_table(library_version="0.0.1")]))
-    with pytest.warns(tuning.TunedTableWarning, match="shipped tuned table t0.json ignored"):
+    with pytest.warns(tuned_table.TunedTableWarning, match="shipped tuned table t0.json ignored"):
         assert dispatcher.select(OP, "float32", 16, True).reason == "heuristic"
 
 
 def test_malformed_table_and_no_gpu_warn(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    dispatcher.set_tuned_table(tuning.AutoTable([bad], env=False, shipped=False, identify=lambda d: GPU))
-    with pytest.warns(tuning.TunedTableWarning, match="cannot read tuned table"):
+    dispatcher.set_tuned_table(tuned_table.AutoTable([bad], env=False, shipped=False, identify=lambda d: GPU))
+    with pytest.warns(tuned_table.TunedTableWarning, match="cannot read tuned table"):
         assert dispatcher.select(OP, "float32", 16, True).reason == "heuristic"
     dispatcher.set_tuned_table(_auto(tmp_path, _table(), identity=None))
-    with pytest.warns(tuning.TunedTableWarning, match="no CUDA GPU"):
+    with pytest.warns(tuned_table.TunedTableWarning, match="no CUDA GPU"):
         assert dispatcher.select(OP, "float32", 16, True).reason == "heuristic"
     with pytest.raises(InvalidArgumentError, match="not a tuned table"):
-        tuning.TableFile.from_dict({"format": "other"})
+        tuned_table.TableFile.from_dict({"format": "other"})
 
 
 def test_env_var_names_a_table_or_switches_tables_off(tmp_path, monkeypatch):
     table = _table()
     table.save(tmp_path / "env.json")
-    monkeypatch.setenv(tuning.ENV_VAR, str(tmp_path / "env.json"))
-    auto = tuning.AutoTable(shipped=False, identify=lambda d: GPU)
+    monkeypatch.setenv(tuned_table.ENV_VAR, str(tmp_path / "env.json"))
+    auto = tuned_table.AutoTable(shipped=False, identify=lambda d: GPU)
     assert auto.lookup(OP, "float32", 16, 0).variant == table.entries[(OP, "float32", 16)].variant
-    monkeypatch.setenv(tuning.ENV_VAR, "none")
+    monkeypatch.setenv(tuned_table.ENV_VAR, "none")
     ship = tmp_path / "ship"
     ship.mkdir()
     table.save(ship / "gpu.json")
-    auto = tuning.AutoTable(tables_dir=ship, identify=lambda d: pytest.fail("tables are off"))
+    auto = tuned_table.AutoTable(tables_dir=ship, identify=lambda d: pytest.fail("tables are off"))
     assert auto.lookup(OP, "float32", 16, 0) is None
     # a table named in code still serves (use_table): only the automatic ones are off
-    auto = tuning.AutoTable([tmp_path / "env.json"], tables_dir=ship, identify=lambda d: GPU)
+    auto = tuned_table.AutoTable([tmp_path / "env.json"], tables_dir=ship, identify=lambda d: GPU)
     assert auto.lookup(OP, "float32", 16, 0).variant == table.entries[(OP, "float32", 16)].variant
 
 
@@ -333,15 +333,15 @@ def test_tables_load_lazily_not_at_import(tmp_path):
     code = (
         "import warnings; warnings.simplefilter('error')\n"
         "import xpu_stone\n"
-        "from xpu_stone.kernels import dispatcher, tuning\n"
+        "from xpu_stone.kernels import dispatcher, tuned_table\n"
         "assert dispatcher._table is None\n"
-        "tuning.device_identity = lambda d: {'gpu_name': 'x', 'compute_capability': '9.0', 'driver': 1}\n"
+        "tuned_table.device_identity = lambda d: {'gpu_name': 'x', 'compute_capability': '9.0', 'driver': 1}\n"
         "try:\n"
         "    dispatcher.select('poincare_dist', 'float32', 16, True)\n"
-        "except tuning.TunedTableWarning as e:\n"
+        "except tuned_table.TunedTableWarning as e:\n"
         "    print('WARNED', e)\n"
     )
-    env = {**os.environ, tuning.ENV_VAR: str(bad), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, tuned_table.ENV_VAR: str(bad), "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("WARNED") and "not a tuned table" in out.stdout

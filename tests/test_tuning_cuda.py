@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from xpu_stone import poincare
-from xpu_stone.kernels import dispatcher, tuning
+from xpu_stone.kernels import dispatcher, tuned_table
 from xpu_stone.reference import poincare as R
 
 pytestmark = pytest.mark.gpu
@@ -35,8 +35,8 @@ def test_tuner_smoke_run_writes_a_table_the_dispatcher_uses(tmp_path):
             "--report", str(tmp_path / "report.json")]  # fmt: skip
     try:
         assert tuner.main(args) == 0
-        table = tuning.TableFile.load(out)
-        identity = tuning.device_identity(0)
+        table = tuned_table.TableFile.load(out)
+        identity = tuned_table.device_identity(0)
         assert table.problems(identity) == []
         assert sorted(table.entries) == [(OP, "float32", 64), (OP, "float32", 1024)]
         for e in table.entries.values():
@@ -50,9 +50,9 @@ def test_tuner_smoke_run_writes_a_table_the_dispatcher_uses(tmp_path):
         lines = cache_files[0].read_text().count("\n")
         assert tuner.main(args) == 0  # resumed: nothing measured again
         assert cache_files[0].read_text().count("\n") == lines
-        assert tuning.TableFile.load(out).entries == table.entries  # and the same decisions
+        assert tuned_table.TableFile.load(out).entries == table.entries  # and the same decisions
 
-        tuning.use_table(out)
+        dispatcher.use_table(out)
         for d in (64, 1024):
             choice = dispatcher.select(OP, "float32", d, True, 0)
             e = table.entries[(OP, "float32", d)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from . import config, constants, convert, errors, klein, linear, lorentz, pairwise, poincare, runtime
 from ._deps import torch as _torch
+from ._version import __version__
 from .convert import (
     klein_to_lorentz,
     klein_to_poincare,
@@ -29,25 +30,10 @@ from .errors import (
     XpuStoneError,
 )
 from .interop import to_cupy, to_torch
-from .policies import ExecutionPolicy, KernelPolicy
-from .profiler import profile
-from .runtime import InferenceSession
-
-__version__ = "0.1.0"
+from .runtime import ExecutionPolicy, InferenceSession, KernelPolicy, profile
 
 if _torch is not None:
     from . import compat, manifolds, nn, optim  # noqa: F401  (need torch)
-    from . import rowwise as _rowwise
-    from . import torch_ops as _torch_ops
-    from .ops import convert as _convert_ops
-    from .ops import klein as _klein_ops
-    from .ops import lorentz as _lorentz_ops
-    from .ops import poincare as _poincare_ops
-
-    for _module in (_poincare_ops, _lorentz_ops, _klein_ops, _convert_ops):
-        for _op in vars(_module).values():
-            if isinstance(_op, _rowwise.RowOp):
-                _torch_ops.register(_op)
 
 __all__ = [
     "CompilationError",
@@ -62,6 +48,7 @@ __all__ = [
     "UnsupportedOperationError",
     "XpuRuntimeError",
     "XpuStoneError",
+    "__version__",
     "config",
     "constants",
     "convert",

@@ -19,7 +19,7 @@ Poincaré-to-Lorentz map is only right for ``c = 1``). Inputs as in
 
 from __future__ import annotations
 
-from . import rowwise
+from . import engine
 from .ops import convert as _ops
 
 __all__ = [
@@ -31,7 +31,7 @@ __all__ = [
     "klein_to_lorentz",
 ]
 
-_call = rowwise.call
+_call = engine.call
 
 
 def poincare_to_lorentz(x, c=1.0):

@@ -15,15 +15,17 @@ Inputs as in :mod:`xpu_stone.poincare`.
 
 from __future__ import annotations
 
-from . import rowwise
+from . import engine
+from ._deps import is_cupy_array
 from .constants import BOUNDARY_EPS
+from .errors import InvalidArgumentError
 from .ops import klein as _ops
 from .ops import poincare as _poincare_ops
 
 __all__ = ["dist", "geodesic", "project", "lorentz_factor", "einstein_midpoint"]
 
-_call = rowwise.call
-_keepdim = rowwise.keepdim
+_call = engine.call
+_keepdim = engine.keepdim
 
 
 def dist(u, v, c=1.0, keepdim=False):
@@ -52,7 +54,7 @@ def project(x, c=1.0, eps=None):
     rescaled to norm :math:`(1 - \epsilon)/\sqrt c` (the same map as
     :func:`xpu_stone.poincare.project`; ``eps`` per dtype by default)."""
     if eps is None:
-        eps = BOUNDARY_EPS[rowwise.dtype_name(x)]
+        eps = BOUNDARY_EPS[engine.dtype_name(x)]
     return _call(_poincare_ops.PROJECT, (x,), c, eps=float(eps))
 
 
@@ -77,12 +79,10 @@ def einstein_midpoint(x, weights=None, dim=-2, c=1.0, keepdim=False):
     nd = x.ndim
     axis = dim % nd
     if axis == nd - 1:
-        from .errors import InvalidArgumentError
-
         raise InvalidArgumentError(f"dim={dim} is the feature dim of x (shape {tuple(x.shape)})")
     g = lorentz_factor(x, c, keepdim=True)
     if weights is not None:
         g = g * weights[..., None]
-    num = (g * x).sum(axis, keepdims=keepdim) if rowwise.is_cupy_array(x) else (g * x).sum(axis, keepdim)
-    den = g.sum(axis, keepdims=keepdim) if rowwise.is_cupy_array(x) else g.sum(axis, keepdim)
+    num = (g * x).sum(axis, keepdims=keepdim) if is_cupy_array(x) else (g * x).sum(axis, keepdim)
+    den = g.sum(axis, keepdims=keepdim) if is_cupy_array(x) else g.sum(axis, keepdim)
     return num / den

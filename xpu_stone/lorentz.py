@@ -37,7 +37,7 @@ between points (:func:`dist`, :func:`logmap`, :func:`geodesic`) do not suffer th
 
 from __future__ import annotations
 
-from . import rowwise
+from . import engine, pairwise
 from .ops import lorentz as _ops
 
 __all__ = [
@@ -57,8 +57,8 @@ __all__ = [
     "knn",
 ]
 
-_call = rowwise.call
-_keepdim = rowwise.keepdim
+_call = engine.call
+_keepdim = engine.keepdim
 
 
 def inner(u, v, c=1.0, keepdim=False):
@@ -152,14 +152,10 @@ def geodesic(u, v, t, c=1.0):
 def cdist(x, y, c=1.0):
     """Pairwise distances, ``(*, N, D) x (*, M, D) -> (*, N, M)``: one GEMM and a
     fused epilogue (see :func:`xpu_stone.pairwise.cdist`)."""
-    from .pairwise import cdist as _cdist
-
-    return _cdist(x, y, c, model="lorentz")
+    return pairwise.cdist(x, y, c, model="lorentz")
 
 
 def knn(x, y, k, c=1.0, chunk_rows=None):
     """The ``k`` nearest rows of ``y`` for each row of ``x``: ``(values, indices)``
     (see :func:`xpu_stone.pairwise.knn`)."""
-    from .pairwise import knn as _knn
-
-    return _knn(x, y, k, c, model="lorentz", chunk_rows=chunk_rows)
+    return pairwise.knn(x, y, k, c, model="lorentz", chunk_rows=chunk_rows)

@@ -20,7 +20,7 @@ Formulas (Ganea, Becigneul & Hofmann, *Hyperbolic Neural Networks*, 2018):
 
 from __future__ import annotations
 
-from . import rowwise
+from . import engine, pairwise
 from .constants import BOUNDARY_EPS
 from .ops import poincare as _ops
 
@@ -44,8 +44,8 @@ __all__ = [
 ]
 
 
-_call = rowwise.call
-_keepdim = rowwise.keepdim
+_call = engine.call
+_keepdim = engine.keepdim
 
 
 def mobius_add(x, y, c=1.0):
@@ -106,7 +106,7 @@ def project(x, c=1.0, eps=None):
     rescaled to norm :math:`(1 - \epsilon)/\sqrt c`. ``eps`` defaults per dtype to
     :data:`xpu_stone.constants.BOUNDARY_EPS`."""
     if eps is None:
-        eps = BOUNDARY_EPS[rowwise.dtype_name(x)]
+        eps = BOUNDARY_EPS[engine.dtype_name(x)]
     return _call(_ops.PROJECT, (x,), c, eps=float(eps))
 
 
@@ -139,14 +139,10 @@ def geodesic(u, v, t, c=1.0):
 def cdist(x, y, c=1.0):
     """Pairwise distances, ``(*, N, D) x (*, M, D) -> (*, N, M)``: one GEMM and a
     fused epilogue (see :func:`xpu_stone.pairwise.cdist`)."""
-    from .pairwise import cdist as _cdist
-
-    return _cdist(x, y, c, model="poincare")
+    return pairwise.cdist(x, y, c, model="poincare")
 
 
 def knn(x, y, k, c=1.0, chunk_rows=None):
     """The ``k`` nearest rows of ``y`` for each row of ``x``: ``(values, indices)``
     (see :func:`xpu_stone.pairwise.knn`)."""
-    from .pairwise import knn as _knn
-
-    return _knn(x, y, k, c, model="poincare", chunk_rows=chunk_rows)
+    return pairwise.knn(x, y, k, c, model="poincare", chunk_rows=chunk_rows)

@@ -21,7 +21,7 @@
 //   dL/d term_k = [k is out(m)] coef_m g + sum_q W_kq term_q,
 //   W_pq = sbar_d for each dot d = <term_p, term_q> (2 sbar_d when p == q),
 // and dL/dv_j = sum_k (d term_k / d v_j) dL/d term_k with d term/d v = +1 or -1.
-// xpu_stone/rowwise.py transcribes exactly this for the CPU.
+// xpu_stone/engine/rowwise_cpu.py transcribes exactly this for the CPU.
 //
 // Element arithmetic (terms, output sums, gradients) runs in S as well: for
 // fp32 rows that is fp64, so that an output that is a small difference of large
@@ -116,8 +116,9 @@ __device__ __forceinline__ void xs_store_chunk(T* __restrict__ p, long long e, c
 }
 
 // Every row-wise kernel takes this one struct by value (a single 216-byte
-// parameter: the host packs it with one call, see xpu_stone/rowwise.py, which
-// mirrors the field order). Unused fields are zero.
+// parameter: the host packs it with one call, see ROW_ARG_FIELDS in
+// xpu_stone/kernels/launch.py, which mirrors the field order and which
+// tests/test_cuda_layout.py checks against this declaration). Unused fields are zero.
 struct xs_row_args {
   long long rows, D;
   const void* v[3];        // input rows (up to three vectors)

@@ -1,8 +1,10 @@
 """Picks the kernel variant and launch configuration for each call.
 
-Order of authority: the active :class:`~xpu_stone.policies.KernelPolicy`, then a
-per-GPU tuned table, then the heuristic below. The tuned table is, unless
-:func:`set_tuned_table` installs another, :class:`xpu_stone.kernels.tuning.AutoTable`:
+Order of authority: the innermost active variant pins (what a
+:class:`~xpu_stone.runtime.policies.KernelPolicy` pushes with :func:`pin` while it
+is entered), then a per-GPU tuned table, then the heuristic below. The tuned
+table is, unless :func:`set_tuned_table` installs another,
+:class:`xpu_stone.kernels.tuned_table.AutoTable`:
 the shipped table of the current GPU plus a user table (``XPU_STONE_TUNED_TABLE``),
 read on the first dispatch on each device. The answer is cached per (op, dtype,
 D, alignment, device, policy), so the per-call cost is one dict lookup.
@@ -10,11 +12,15 @@ D, alignment, device, policy), so the per-call cost is one dict lookup.
 
 from __future__ import annotations
 
+import itertools
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from .. import policies
 from ..errors import InvalidArgumentError
 from .registry import DTYPES, REGISTRY, LaunchConfig
+from .tuned_table import AutoTable, TableChoice, TunedTable
 
 
 @dataclass(frozen=True)
@@ -24,29 +30,6 @@ class Choice:
     config: LaunchConfig
     reason: str  # "policy", "table" or "heuristic" (with a note when a policy could not apply)
     detail: str = ""  # for "table": which table and cell
-
-
-@dataclass(frozen=True)
-class TableChoice:
-    """A tuned table's answer: the variant, optionally its launch configuration
-    (used when it is valid for the call, else the variant's smallest
-    configuration that takes the input), and where the answer comes from."""
-
-    variant: str
-    config: LaunchConfig | None = None
-    source: str = ""
-
-
-class TunedTable:
-    """Per-GPU tuned choices: ``lookup`` returns a variant name, a
-    :class:`TableChoice`, or None (not covered: the heuristic decides).
-
-    The plug-in point for tables written by ``scripts/tune_kernels.py``; the
-    empty table leaves every choice to the heuristic.
-    """
-
-    def lookup(self, op: str, dtype: str, d: int, device) -> str | TableChoice | None:
-        return None
 
 
 _table: TunedTable | None = None  # None: the automatic table, made on the first dispatch
@@ -72,10 +55,56 @@ def tuned_table() -> TunedTable:
     """The table in use (made on first use: reading it touches no GPU)."""
     global _table
     if _table is None:
-        from .tuning import AutoTable
-
         _table = AutoTable()
     return _table
+
+
+def use_table(path: str | Path | None) -> None:
+    """Serves every device from the table at ``path`` (if it matches the GPU),
+    then the shipped tables; None goes back to the automatic choice."""
+    set_tuned_table(None if path is None else AutoTable([path]))
+
+
+# ---------------------------------------------------------------- variant pins
+_pins = threading.local()
+_pin_tokens = itertools.count(1)
+
+
+def _pin_stack() -> list:
+    stack = getattr(_pins, "stack", None)
+    if stack is None:
+        stack = _pins.stack = []
+    return stack
+
+
+class pin:  # noqa: N801 - used as a context manager, like a function
+    """Pins variants per op on this thread while entered: ``{"poincare_dist":
+    "warp_per_row"}`` (``"auto"`` leaves an op to the table and heuristic). Pins
+    nest; the innermost wins. Names are not checked here:
+    :class:`~xpu_stone.runtime.policies.KernelPolicy` validates them."""
+
+    def __init__(self, variants: Mapping[str, str]):
+        self.variants = dict(variants)
+        self.token = next(_pin_tokens)
+
+    def __enter__(self) -> pin:
+        _pin_stack().append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stack = _pin_stack()
+        stack.pop(len(stack) - 1 - stack[::-1].index(self))
+
+
+def active_pins() -> pin | None:
+    stack = _pin_stack()
+    return stack[-1] if stack else None
+
+
+def pin_token() -> int:
+    """Identifies the active pins (0: none); part of every cache key of a choice."""
+    stack = _pin_stack()
+    return stack[-1].token if stack else 0
 
 
 def heuristic(kernels, dtype: str, d: int, aligned: bool) -> tuple[str, LaunchConfig]:
@@ -103,7 +132,7 @@ def fits(variant, cfg: LaunchConfig, dtype: str, d: int, aligned: bool) -> bool:
 
 
 def select(op: str, dtype: str, d: int, aligned: bool, device=0) -> Choice:
-    key = (op, dtype, d, aligned, device, policies.policy_token())
+    key = (op, dtype, d, aligned, device, pin_token())
     choice = _cache.get(key)
     if choice is None:
         choice = _cache[key] = _select(op, dtype, d, aligned, device)
@@ -113,8 +142,8 @@ def select(op: str, dtype: str, d: int, aligned: bool, device=0) -> Choice:
 def _select(op: str, dtype: str, d: int, aligned: bool, device) -> Choice:
     kernels = REGISTRY.get(op)
     note = ""
-    policy = policies.active_policy()
-    wanted = policy.variant_for(op) if policy is not None else "auto"
+    pins = active_pins()
+    wanted = pins.variants.get(op, "auto") if pins is not None else "auto"
     if wanted != "auto":
         cfg = kernels.variant(wanted).pick(dtype, d, aligned)
         if cfg is not None:

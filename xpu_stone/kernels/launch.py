@@ -13,7 +13,6 @@ import ctypes
 import struct
 import threading
 
-from .. import profiler
 from .._deps import cupy as _cupy
 from .._deps import require_cupy
 from ..errors import CudaError
@@ -112,48 +111,14 @@ def launch_row(fn, grid: int, block: int, fields: tuple, stream_ptr: int, device
         raise CudaError(str(e), _error_name(e)) from e
 
 
-def launch_kernel(
-    fn,
-    grid,
-    block,
-    args: tuple,
-    stream_ptr: int,
-    device_id: int,
-    shared_mem: int = 0,
-    *,
-    op: str = "",
-    shape: tuple = (),
-    dtype: str = "",
-) -> None:
+def launch_kernel(fn, grid, block, args: tuple, stream_ptr: int, device_id: int, shared_mem: int = 0) -> None:
     """Launches any loaded kernel (see :func:`get_function`) on the stream with
     handle ``stream_ptr``. ``args`` are CuPy arrays or NumPy scalars of the exact
     C types of the kernel's parameters (``numpy.uint64(ptr)`` for a raw device
     pointer, ``numpy.int64``, ``numpy.float32``...); ``grid`` and ``block`` are
-    ints or tuples. ``op``, ``shape`` and ``dtype`` label the launch for
-    :mod:`xpu_stone.profiler`. For kernels off the per-call hot path: this costs
-    a few µs more than :func:`launch_row`."""
-    if profiler.ACTIVE:
-        profiler.record_launch(
-            op or "kernel",
-            "",
-            shape,
-            dtype,
-            device_id,
-            stream_ptr,
-            _launch_kernel,
-            fn,
-            grid,
-            block,
-            args,
-            stream_ptr,
-            device_id,
-            shared_mem,
-        )
-    else:
-        _launch_kernel(fn, grid, block, args, stream_ptr, device_id, shared_mem)
-
-
-def _launch_kernel(fn, grid, block, args, stream_ptr, device_id, shared_mem):
+    ints or tuples. For kernels off the per-call hot path: this costs a few µs
+    more than :func:`launch_row`. (Profiled launches go through
+    :mod:`xpu_stone.engine.launch`.)"""
     cupy = require_cupy("running kernels")
     try:
         with cupy.cuda.Device(device_id):

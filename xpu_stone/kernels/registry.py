@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..constants import ACCUM_DTYPE
 from ..errors import InvalidArgumentError
 
 # C++ spelling of the storage types, and the vector width (elements per 16 bytes).
@@ -145,8 +146,6 @@ class OpKernels:
 
     def all_kernels(self, dtypes=DTYPES):
         """(name, defines) of every kernel this op can launch, for build and checks."""
-        from ..constants import ACCUM_DTYPE
-
         for dtype in dtypes:
             for variant in self.variants:
                 for cfg in variant.configs(dtype):

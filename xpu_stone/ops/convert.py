@@ -5,10 +5,20 @@ from __future__ import annotations
 
 from .._deps import torch
 from ..constants import MIN_DENOM
-from ..rowwise import E0, RowOp, clamp_min
+from ..engine.rowop import ALONE, E0
+from ..engine.rowwise import row_op
+from ..engine.rowwise_cpu import clamp_min
+
+__all__ = [
+    "POINCARE_TO_KLEIN",
+    "KLEIN_TO_POINCARE",
+    "POINCARE_TO_LORENTZ",
+    "LORENTZ_TO_POINCARE",
+    "LORENTZ_TO_KLEIN",
+    "KLEIN_TO_LORENTZ",
+]  # the row ops of this family
 
 X = 0
-ALONE = -1
 _ONE = ((X, ALONE),)
 _WITH_E0 = ((X, ALONE), (E0, ALONE))
 _SQ = ((0, 0),)
@@ -41,8 +51,8 @@ def _klein_to_lorentz(dot, c, t, eps):
     return [g / torch.sqrt(c), g]
 
 
-def _op(name, struct, vectors, terms, dots, out, coeffs, **kw) -> RowOp:
-    return RowOp("convert", name, struct, vectors, terms, dots, out, coeffs, **kw).register()
+def _op(name, struct, vectors, terms, dots, out, coeffs, **kw):
+    return row_op("convert", name, struct, vectors, terms, dots, out, coeffs, **kw)
 
 
 POINCARE_TO_KLEIN = _op(

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from .._deps import torch
 from ..constants import MIN_DENOM
-from ..rowwise import RowOp, clamp_min, norm_from_sq, sinh_c
+from ..engine.rowop import ALONE
+from ..engine.rowwise import row_op
+from ..engine.rowwise_cpu import clamp_min, norm_from_sq, sinh_c
+
+__all__ = ["DIST", "GEODESIC", "LORENTZ_FACTOR"]  # the row ops of this family
 
 X, Y = 0, 1
-ALONE = -1
 
 
 def _sinh2(dot, c):
@@ -37,8 +40,8 @@ def _lorentz_factor(dot, c, t, eps):
     return [1 / torch.sqrt(clamp_min(1 - c * dot[0], MIN_DENOM))]
 
 
-def _op(name, struct, vectors, terms, dots, out, coeffs, **kw) -> RowOp:
-    return RowOp("klein", name, struct, vectors, terms, dots, out, coeffs, **kw).register()
+def _op(name, struct, vectors, terms, dots, out, coeffs, **kw):
+    return row_op("klein", name, struct, vectors, terms, dots, out, coeffs, **kw)
 
 
 _UVD = ((X, ALONE), (Y, ALONE), (Y, X))  # u, v, d = v - u

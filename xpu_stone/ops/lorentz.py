@@ -1,16 +1,32 @@
 """Lorentz (hyperboloid) ops as row descriptions: a line-for-line mirror of the
 structs in ``cuda_src/lorentz.cu``; see :mod:`xpu_stone.ops.poincare` for the
-conventions and :mod:`xpu_stone.rowwise` for how they run.
+conventions and :mod:`xpu_stone.engine` for how they run.
 """
 
 from __future__ import annotations
 
 from .._deps import torch
 from ..constants import MIN_DENOM
-from ..rowwise import E0, RowOp, clamp_min, cosh_c, norm_from_sq, sinh_c
+from ..engine.rowop import ALONE, E0
+from ..engine.rowwise import row_op
+from ..engine.rowwise_cpu import clamp_min, cosh_c, norm_from_sq, sinh_c
+
+__all__ = [
+    "INNER",
+    "NORM",
+    "DIST",
+    "DIST0",
+    "EXPMAP0",
+    "LOGMAP0",
+    "EXPMAP",
+    "LOGMAP",
+    "PROJECT",
+    "PROJ_TAN",
+    "TRANSP",
+    "GEODESIC",
+]  # the row ops of this family
 
 X, Y, Z = 0, 1, 2  # input vector slots
-ALONE = -1
 SPACE = True  # third entry of a term: element 0 zeroed
 
 
@@ -81,8 +97,8 @@ def _geodesic(dot, c, t, eps):
     return [sinh_c((1 - t) * th) / sh + b, b]
 
 
-def _op(name, struct, vectors, terms, dots, out, coeffs, **kw) -> RowOp:
-    return RowOp("lorentz", name, struct, vectors, terms, dots, out, coeffs, min_features=2, **kw).register()
+def _op(name, struct, vectors, terms, dots, out, coeffs, **kw):
+    return row_op("lorentz", name, struct, vectors, terms, dots, out, coeffs, min_features=2, **kw)
 
 
 _E0 = (E0, ALONE)

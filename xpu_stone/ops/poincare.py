@@ -3,17 +3,35 @@ in ``cuda_src/poincare.cu`` (terms, dots, output terms, per-row formula).
 
 Each ``*_coeffs`` function takes the row's dots, ``c``, ``t`` and ``eps`` as
 tensors of shape ``(..., 1)`` and returns the output coefficients; see
-:mod:`xpu_stone.rowwise` for how they are used forward and backward.
+:mod:`xpu_stone.engine` for how they are used forward and backward.
 """
 
 from __future__ import annotations
 
 from .._deps import torch
 from ..constants import MIN_DENOM
-from ..rowwise import RowOp, artanh_c, clamp_min, norm_from_sq, tanh_c
+from ..engine.rowop import ALONE
+from ..engine.rowwise import row_op
+from ..engine.rowwise_cpu import artanh_c, clamp_min, norm_from_sq, tanh_c
+
+__all__ = [
+    "MOBIUS_ADD",
+    "MOBIUS_SUB",
+    "MOBIUS_SCALAR_MUL",
+    "EXPMAP0",
+    "LOGMAP0",
+    "EXPMAP",
+    "LOGMAP",
+    "DIST",
+    "DIST0",
+    "PROJECT",
+    "LAMBDA_X",
+    "GYRATION",
+    "TRANSP",
+    "GEODESIC",
+]  # the row ops of this family
 
 X, Y, Z = 0, 1, 2  # input vector slots
-ALONE = -1
 
 
 def _mobius_add(dot, c, t, eps):
@@ -121,8 +139,8 @@ def _geodesic(dot, c, t, eps):
     return [(1 + 2 * c * uz + c * zz) / den2, bu * p / den2, bu * q / den2]
 
 
-def _op(name, struct, vectors, terms, dots, out, coeffs, **kw) -> RowOp:
-    return RowOp("poincare", name, struct, vectors, terms, dots, out, coeffs, **kw).register()
+def _op(name, struct, vectors, terms, dots, out, coeffs, **kw):
+    return row_op("poincare", name, struct, vectors, terms, dots, out, coeffs, **kw)
 
 
 _XY = ((X, ALONE), (Y, ALONE))

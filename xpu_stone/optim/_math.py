@@ -27,37 +27,13 @@ dots :math:`\langle x,x\rangle, \langle x,u\rangle, \langle u,u\rangle,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from ..constants import MIN_DENOM, MIN_SQNORM, TANH_MAX
+from ..ops.optim import EUCLIDEAN, LORENTZ, POINCARE, StepConfig
 
-EUCLIDEAN, POINCARE, LORENTZ = 0, 1, 2
 MIN_SQ = MIN_SQNORM["float64"]
-
-
-@dataclass(frozen=True)
-class StepConfig:
-    """Hyper-parameters of one tensor's step (``beta1`` / ``beta2`` are SGD's momentum
-    and dampening). ``bc1`` / ``bc2``: Adam's bias corrections :math:`1-\\beta^t`."""
-
-    adam: bool
-    kind: int
-    c: float
-    ball_eps: float
-    lr: float
-    wd: float
-    beta1: float
-    beta2: float
-    eps: float = 0.0
-    amsgrad: bool = False
-    nesterov: bool = False
-    retr: bool = False
-    momentum: bool = False
-    first_step: bool = False
-    bc1: float = 1.0
-    bc2: float = 1.0
 
 
 def _dot(a, b):

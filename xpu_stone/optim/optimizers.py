@@ -21,14 +21,14 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-import numpy as np
 import torch
 
 from .._deps import cupy
+from ..engine.launch import TORCH_DTYPES
 from ..errors import InvalidArgumentError
 from ..manifolds import Euclidean, Lorentz, PoincareBall, manifold_of
-from . import _fused
-from ._math import EUCLIDEAN, LORENTZ, POINCARE, StepConfig, torch_step
+from ..ops.optim import EUCLIDEAN, LORENTZ, POINCARE, ReplayPlan, StepConfig, fused_step
+from ._math import torch_step
 
 __all__ = ["RiemannianSGD", "RiemannianAdam"]
 
@@ -68,7 +68,7 @@ class _Riemannian(torch.optim.Optimizer):
         if fused not in (None, True, False):
             raise InvalidArgumentError(f"fused must be None, True or False, got {fused!r}")
         self.fused = fused
-        self._plan: _ReplayPlan | None = None
+        self._plan: ReplayPlan | None = None
         super().__init__(params, defaults)
 
     def load_state_dict(self, state_dict):
@@ -85,7 +85,7 @@ class _Riemannian(torch.optim.Optimizer):
         else:
             ok = (
                 cupy is not None
-                and p.dtype in _fused.TORCH_DTYPES
+                and p.dtype in TORCH_DTYPES
                 and p.is_contiguous()
                 and grad.dtype == p.dtype
                 and (grad.is_sparse or (grad.is_contiguous() and grad.shape == p.shape))
@@ -138,7 +138,7 @@ class _Riemannian(torch.optim.Optimizer):
                     fused[(p.device, p.dtype)].append((h, p, grad, buf, v, vmax))
                 else:
                     torch_step(h, p, grad, buf, v, vmax)
-        launched = {key: _fused.fused_step(items, self._adam) for key, items in fused.items()}
+        launched = {key: fused_step(items, self._adam) for key, items in fused.items()}
         if (
             fused
             and all(r is not None for r in launched.values())
@@ -147,7 +147,7 @@ class _Riemannian(torch.optim.Optimizer):
             and sum(len(items) for items in fused.values())
             == sum(p.grad is not None for group in self.param_groups for p in group["params"])
         ):
-            self._plan = _ReplayPlan(self, fused, launched)
+            self._plan = ReplayPlan(self, fused, launched)
         return loss
 
 
@@ -291,102 +291,3 @@ class RiemannianAdam(_Riemannian):
             bc1=1.0 - beta1**t,
             bc2=1.0 - beta2**t,
         )
-
-
-class _ReplayPlan:
-    """The fused records of the last full step, replayed while every parameter
-    with a gradient is the one recorded, with a dense gradient of the same
-    layout, and the group's switches are unchanged: only the gradient pointers,
-    the learning rates and the other per-step scalars are rewritten (vectorised),
-    instead of rebuilding 24 fields per tensor in Python. Anything else (a new
-    parameter, a sparse or missing gradient, a changed switch, graph capture)
-    takes the full step, which builds a new plan."""
-
-    _F = _fused._F
-
-    def __init__(self, opt: _Riemannian, fused: dict, launched: dict):
-        """``fused``: the step's items per (device, dtype); ``launched``: the records
-        and row count :func:`_fused.fused_step` launched for each."""
-        gindex = {id(p): gi for gi, group in enumerate(opt.param_groups) for p in group["params"]}
-        self.order = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
-        where = {id(p): i for i, p in enumerate(self.order)}
-        self.switches = [self._switches(group) for group in opt.param_groups]
-        self.sets = []
-        for (device, dtype), items in fused.items():
-            params = [it[1] for it in items]
-            records, rows = launched[(device, dtype)]
-            groups = np.array([gindex[id(p)] for p in params])
-            states = [opt.state[p] for p in params]
-            self.sets.append(
-                dict(
-                    device=device,
-                    dtype=_fused.TORCH_DTYPES[dtype],
-                    params=params,
-                    at=np.array([where[id(p)] for p in params]),  # positions in self.order
-                    records=records,
-                    rows=rows,
-                    groups=[(gi, np.flatnonzero(groups == gi)) for gi in np.unique(groups)],
-                    states=states,
-                    ring=_fused.PinnedRing(records.nbytes),
-                )
-            )
-        self.first_step = _fused.FIRST_STEP
-
-    @staticmethod
-    def _switches(group) -> tuple:
-        return tuple(group.get(k) for k in ("nesterov", "amsgrad", "retraction")) + (
-            group.get("momentum", 0) > 0,
-        )
-
-    def replay(self, opt: _Riemannian) -> bool:
-        if torch.cuda.is_current_stream_capturing():
-            return False
-        if [self._switches(group) for group in opt.param_groups] != self.switches:
-            return False
-        # torch checks a .grad's dtype and shape on assignment: left to check are
-        # the recorded parameters, dense and contiguous gradients
-        order, n, k = self.order, len(self.order), 0
-        gptrs, pptrs = [], []
-        for group in opt.param_groups:
-            for p in group["params"]:
-                g = p.grad
-                if g is None:
-                    continue
-                if k == n or order[k] is not p or g.is_sparse or not g.is_contiguous():
-                    return False
-                gptrs.append(g.data_ptr())
-                pptrs.append(p.data_ptr())
-                k += 1
-        if k != n:
-            return False
-        gptrs, pptrs = np.array(gptrs, dtype=np.int64), np.array(pptrs, dtype=np.int64)
-        F = self._F
-        for st in self.sets:
-            if not np.array_equal(st["records"][:, F["param"]], pptrs[st["at"]]):
-                return False  # a parameter's storage was replaced
-        for st in self.sets:
-            rec = st["records"]
-            flt = rec.view(np.float64)
-            rec[:, F["grad"]] = gptrs[st["at"]]
-            steps = np.empty(len(st["states"]), dtype=np.float64)
-            for i, state in enumerate(st["states"]):
-                state["step"] += 1
-                steps[i] = state["step"]
-            rec[:, F["flags"]] &= ~self.first_step  # only a first step starts the momentum buffer
-            for gi, rows in st["groups"]:
-                group = opt.param_groups[gi]
-                flt[rows, F["lr"]] = group["lr"]
-                flt[rows, F["wd"]] = group["weight_decay"]
-                if opt._adam:
-                    beta1, beta2 = group["betas"]
-                    flt[rows, F["beta1"]] = beta1
-                    flt[rows, F["beta2"]] = beta2
-                    flt[rows, F["eps"]] = group["eps"]
-                    flt[rows, F["bc1"]] = 1.0 - beta1 ** steps[rows]
-                    flt[rows, F["bc2"]] = 1.0 - beta2 ** steps[rows]
-                else:
-                    flt[rows, F["beta1"]] = group["momentum"]
-                    flt[rows, F["beta2"]] = group["dampening"]
-            meta = st["ring"].to_device(rec, st["device"])
-            _fused.launch_records(meta, len(st["params"]), st["rows"], st["device"], st["dtype"], opt._adam)
-        return True

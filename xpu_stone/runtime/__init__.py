@@ -1,5 +1,6 @@
 """The runtime around the kernels: devices, memory, streams and events, CUDA-graph
-capture, inference sessions and their engines.
+capture, the launch profiler, kernel and execution policies, inference sessions
+and their engines.
 
 Nothing here initialises CUDA at import; every function works (or raises a
 typed error) on a machine without a GPU, and :func:`devices` returns ``[]`` there.
@@ -7,8 +8,6 @@ typed error) on a machine without a GPU, and :func:`devices` returns ``[]`` ther
 
 from __future__ import annotations
 
-from ..policies import ExecutionPolicy, KernelPolicy, active_execution_policy, reference_fallback_allowed
-from ..profiler import Profile, profile
 from .devices import DeviceInfo, devices
 from .graphs import CapturedGraph, capture
 from .memory import (
@@ -20,6 +19,8 @@ from .memory import (
     torch_allocator_enabled,
     use_torch_allocator,
 )
+from .policies import ExecutionPolicy, KernelPolicy, active_execution_policy
+from .profiler import Profile, profile
 from .session import ENGINES, Engine, EngineRegistry, InferenceSession, register_engine
 from .streams import Event, Stream, Timer, current_stream, stream, synchronize, timed
 
@@ -45,7 +46,6 @@ __all__ = [
     "memory_stats",
     "pinned_empty",
     "profile",
-    "reference_fallback_allowed",
     "register_engine",
     "reset_peak",
     "stream",

@@ -21,11 +21,11 @@ import logging
 from contextlib import ExitStack
 from pathlib import Path
 
-from .. import profiler
 from .._deps import cupy, is_cupy_array, torch
 from ..errors import InvalidArgumentError, UnsupportedOperationError
-from ..policies import ExecutionPolicy, KernelPolicy, active_execution_policy
+from . import profiler
 from .graphs import CapturedGraph, input_device, map_arrays, signature
+from .policies import ExecutionPolicy, KernelPolicy, active_execution_policy
 
 log = logging.getLogger("xpu_stone.runtime")
 
@@ -305,8 +305,8 @@ class InferenceSession:
     path or bytes) on inputs like ``example_inputs`` with an engine from
     :data:`ENGINES`.
 
-    ``policy``: a :class:`~xpu_stone.policies.KernelPolicy`, an
-    :class:`~xpu_stone.policies.ExecutionPolicy`, or one of each; entered
+    ``policy``: a :class:`~xpu_stone.runtime.policies.KernelPolicy`, an
+    :class:`~xpu_stone.runtime.policies.ExecutionPolicy`, or one of each; entered
     around construction (capture, compilation) and every :meth:`run`. Without an
     ExecutionPolicy the one active at construction applies. ``options``: passed
     to the engine. The choice and the policies are logged on the

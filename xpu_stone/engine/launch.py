@@ -1,0 +1,122 @@
+"""The chores every launcher shares, row-wise and GEMM-style alike: the dtype
+tables, the compute dtype, the caller's stream, raw pointers, NaN-poisoning of
+outputs, device properties, and the launch itself (recorded by the profiler
+while a profile is open).
+"""
+
+from __future__ import annotations
+
+import numpy
+
+from .. import config
+from .._deps import require_cupy, torch
+from ..kernels.launch import launch_kernel, launch_row
+from ..runtime import profiler
+
+__all__ = [
+    "CUPY_DTYPES",
+    "TORCH_DTYPES",
+    "TORCH_OF",
+    "compute_dtype",
+    "compute_dtype_name",
+    "device_props",
+    "launch",
+    "launch_rows",
+    "poison",
+    "ptr",
+    "torch_stream",
+]
+
+if torch is not None:
+    TORCH_DTYPES = {
+        torch.float32: "float32",
+        torch.float64: "float64",
+        torch.float16: "float16",
+        torch.bfloat16: "bfloat16",
+    }
+else:  # the CuPy-only installation
+    TORCH_DTYPES = {}
+TORCH_OF = {v: k for k, v in TORCH_DTYPES.items()}
+CUPY_DTYPES = {"float32": "float32", "float64": "float64", "float16": "float16"}
+
+_ACTIVE = profiler.ACTIVE  # open profiles: one list truth test per launch when profiling is off
+
+
+def compute_dtype_name(dtype: str) -> str:
+    """The arithmetic (and per-row parameter) dtype of rows stored in ``dtype``:
+    float64 for float64, float32 for the others."""
+    return "float64" if dtype == "float64" else "float32"
+
+
+def compute_dtype(dtype):
+    """:func:`compute_dtype_name` for a torch dtype."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def torch_stream(device_index: int) -> int:
+    """The raw handle of torch's current stream on the device (what a launch must
+    use so that CUDA-graph capture and side streams see it)."""
+    return torch._C._cuda_getCurrentRawStream(device_index)
+
+
+def ptr(t) -> numpy.uint64:
+    """A tensor's (or CuPy array's) device address as a kernel argument; 0 for None."""
+    if t is None:
+        return numpy.uint64(0)
+    return numpy.uint64(t.data_ptr() if hasattr(t, "data_ptr") else t.data.ptr)
+
+
+def poison(*arrays) -> None:
+    """Fills outputs with NaN before a launch when ``config.poison_outputs`` is on,
+    so an element a kernel fails to write cannot pass a test."""
+    if config.poison_outputs:
+        for a in arrays:
+            if a is not None:
+                a.fill_(float("nan")) if hasattr(a, "fill_") else a.fill(float("nan"))
+
+
+_PROPS: dict[int, tuple[int, int]] = {}
+
+
+def device_props(dev: int) -> tuple[int, int]:
+    """(SM count, L2 bytes) of CUDA device ``dev`` (read once per device, through CuPy,
+    so the CuPy-only path has it too)."""
+    p = _PROPS.get(dev)
+    if p is None:
+        props = require_cupy("running kernels").cuda.runtime.getDeviceProperties(dev)
+        p = _PROPS[dev] = (props["multiProcessorCount"], props["l2CacheSize"])
+    return p
+
+
+def launch_rows(label: str, variant: str, fn, grid: int, block: int, fields, d: int, dtype: str, stream, dev):
+    """One row-wise launch (``fields`` in :data:`xpu_stone.kernels.launch.ROW_ARG_FIELDS`
+    order); ``label``, ``variant`` and ``(rows, d)`` name it for the profiler."""
+    if _ACTIVE:
+        profiler.record_launch(
+            label,
+            variant,
+            (fields[0], d),
+            dtype,
+            dev,
+            stream,
+            launch_row,
+            fn,
+            grid,
+            block,
+            fields,
+            stream,
+            dev,
+        )
+    else:
+        launch_row(fn, grid, block, fields, stream, dev)
+
+
+def launch(fn, grid, block, args: tuple, stream: int, dev: int, *, op: str, shape=(), dtype="", shared_mem=0):
+    """Any other kernel (see :func:`xpu_stone.kernels.launch.launch_kernel`), named
+    ``op`` for the profiler."""
+    if _ACTIVE:
+        profiler.record_launch(
+            op, "", shape, dtype, dev, stream, launch_kernel, fn, grid, block, args, stream, dev, shared_mem
+        )
+    else:
+        launch_kernel(fn, grid, block, args, stream, dev, shared_mem)

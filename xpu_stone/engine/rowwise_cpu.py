@@ -1,0 +1,174 @@
+"""The row-wise kernels' maths transcribed in torch: used for CPU tensors (and so by
+CPU CI), on any device by tests. ``cpu_forward`` evaluates terms, dots, the op's
+``coeffs`` and the output exactly as ``xs_rowwise_fwd`` does; ``cpu_backward``
+assembles the gradient as ``xs_rowwise_bwd`` does (per-row adjoints of the dots
+by autograd of ``coeffs``, then the term sums). Checked by ``gradcheck`` against
+the forward and by the independent references of :mod:`xpu_stone.reference`.
+
+The clamped functions (``tanh_c``, ``artanh_c``, ...) are the ones the ops'
+``coeffs`` use, mirroring ``cuda_src/common/math.cuh``.
+"""
+
+from __future__ import annotations
+
+from .._deps import torch
+from ..constants import ACCUM_DTYPE, ARTANH_MAX, COSH_MAX, MIN_SQNORM, TANH_MAX
+from .checks import batch_shape
+from .launch import TORCH_DTYPES, TORCH_OF, compute_dtype
+from .rowop import E0, RowOp
+
+__all__ = [
+    "artanh_c",
+    "clamp_min",
+    "cosh_c",
+    "cpu_backward",
+    "cpu_forward",
+    "norm_from_sq",
+    "sinh_c",
+    "tanh_c",
+]
+
+
+def clamp_min(x, lo):
+    return torch.clamp_min(x, lo)
+
+
+def _limit_key(x) -> str:
+    return "float64" if x.dtype == torch.float64 else "float32"
+
+
+def norm_from_sq(sq):
+    """sqrt of a squared norm, zero norms counted as sqrt(MIN_SQNORM)."""
+    return torch.sqrt(torch.clamp_min(sq, MIN_SQNORM[_limit_key(sq)]))
+
+
+def tanh_c(x):
+    return torch.tanh(torch.clamp(x, -TANH_MAX, TANH_MAX))
+
+
+def artanh_c(x):
+    hi = ARTANH_MAX[_limit_key(x)]
+    return torch.atanh(torch.clamp(x, -hi, hi))
+
+
+def sinh_c(x):
+    hi = COSH_MAX[_limit_key(x)]
+    return torch.sinh(torch.clamp(x, -hi, hi))
+
+
+def cosh_c(x):
+    hi = COSH_MAX[_limit_key(x)]
+    return torch.cosh(torch.clamp(x, -hi, hi))
+
+
+def _store(x, dtype: torch.dtype):
+    """Rounds to the storage dtype; fp16 saturates at +-65504 as the kernels do."""
+    if dtype == torch.float16:
+        x = x.clamp(-65504.0, 65504.0)
+    return x.to(dtype)
+
+
+def _accum_dtype(dtype: torch.dtype):
+    """fp64 for fp32/fp64 rows, fp32 for fp16/bf16 (ACCUM_DTYPE); all row maths uses it."""
+    return TORCH_OF[ACCUM_DTYPE[TORCH_DTYPES[dtype]]]
+
+
+def _as_rows_scalar(s, val, like, dt):
+    return torch.full((), val, dtype=dt, device=like.device) if s is None else s.to(dt)
+
+
+def _space_mask(n: int, like):
+    """(0, 1, 1, ...): multiplies a row into its space part (element 0 zeroed)."""
+    m = torch.ones(n, dtype=like.dtype, device=like.device)
+    m[0] = 0
+    return m
+
+
+def _terms(op: RowOp, vecs, dt):
+    """The op's terms as logical rows (inputs shifted right by ``in_shift``)."""
+    vs = [v.to(dt) for v in vecs]
+    if op.in_shift:
+        vs = [torch.nn.functional.pad(v, (op.in_shift, 0)) for v in vs]
+    n = vs[0].shape[-1]
+    out = []
+    for a, b, *spatial in op.terms:
+        if a == E0:
+            t = torch.zeros(n, dtype=dt, device=vs[0].device)
+            t[0] = 1
+        else:
+            t = vs[a] - vs[b] if b >= 0 else vs[a]
+        out.append(t * _space_mask(n, t) if spatial and spatial[0] else t)
+    return out
+
+
+def cpu_forward(op: RowOp, vecs, c, c_val, t, t_val, eps):
+    """The kernel's maths in torch (any device): terms, dots, coeffs, output."""
+    accum = _accum_dtype(vecs[0].dtype)
+    ts = _terms(op, vecs, accum)
+    dots = [(ts[p] * ts[q]).sum(-1, keepdim=True) for p, q in op.dots]
+    cs, tt = _as_rows_scalar(c, c_val, vecs[0], accum), _as_rows_scalar(t, t_val, vecs[0], accum)
+    coef = op.coeffs(dots, cs, tt, eps)
+    if op.scalar_out:
+        return _store(coef[0].squeeze(-1), vecs[0].dtype)
+    out = sum(coef[k] * ts[op.out[k]] for k in range(len(op.out)))
+    return _store(out[..., op.out_shift :], vecs[0].dtype)
+
+
+def cpu_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, needs):
+    """The backward kernel's assembly in torch; same outputs as launch_backward."""
+    accum = _accum_dtype(vecs[0].dtype)
+    batch = batch_shape(vecs, c, t)
+    d = vecs[0].shape[-1]
+    ts = _terms(op, vecs, accum)
+
+    def leaf(v):  # one independent value per row, so adjoints stay per row
+        return v.expand(*batch, 1).detach().contiguous().requires_grad_()
+
+    if op.out_shift and not op.scalar_out:
+        grad = torch.nn.functional.pad(grad, (op.out_shift, 0))
+    with torch.enable_grad():
+        dots = [leaf((ts[p] * ts[q]).sum(-1, keepdim=True)) for p, q in op.dots]
+        cs = leaf(_as_rows_scalar(c, c_val, vecs[0], accum))
+        tt = leaf(_as_rows_scalar(t, t_val, vecs[0], accum))
+        coef = op.coeffs(dots, cs, tt, eps)
+        if op.scalar_out:
+            weights = [grad.to(accum).unsqueeze(-1)]
+        else:
+            weights = [(grad.to(accum) * ts[k]).sum(-1, keepdim=True) for k in op.out]
+        pairs = [(cf.expand(w.shape), w) for cf, w in zip(coef, weights) if cf.requires_grad]
+        sbar = torch.autograd.grad(
+            [p[0] for p in pairs], [*dots, cs, tt], [p[1] for p in pairs], allow_unused=True
+        )
+    sbar = [torch.zeros((), dtype=accum) if s is None else s for s in sbar]
+    gterm = [0] * len(op.terms)
+    if not op.scalar_out:
+        for k, term in enumerate(op.out):
+            gterm[term] = gterm[term] + coef[k].detach() * grad.to(accum)
+    for (p, q), s in zip(op.dots, sbar[: len(op.dots)]):
+        if p == q:
+            gterm[p] = gterm[p] + 2 * s * ts[p]
+        else:
+            gterm[p] = gterm[p] + s * ts[q]
+            gterm[q] = gterm[q] + s * ts[p]
+    grads = [0] * len(vecs)
+    for (a, b, *spatial), g in zip(op.terms, gterm):
+        if a == E0:
+            continue  # a constant
+        if spatial and spatial[0]:
+            g = g * _space_mask(ts[0].shape[-1], ts[0])
+        grads[a] = grads[a] + g
+        if b >= 0:
+            grads[b] = grads[b] - g
+    nv = len(vecs)
+    out = []
+    for j in range(nv):
+        if not needs[j]:
+            out.append(None)
+            continue
+        gj = grads[j] if isinstance(grads[j], torch.Tensor) else torch.zeros((), dtype=accum)
+        gj = gj.expand(*batch, op.width(d))[..., op.in_shift :]
+        out.append(_store(gj, vecs[0].dtype).contiguous())
+    pd = compute_dtype(vecs[0].dtype)
+    for s, sb, need in ((c, sbar[-2], needs[nv]), (t, sbar[-1], needs[nv + 1])):
+        out.append(sb.expand(*batch, 1).to(pd).contiguous() if (need and s is not None) else None)
+    return out

@@ -1,0 +1,114 @@
+r"""The one rule for the curvature ``c`` and the other per-call scalars (``t``, ``r``).
+
+A scalar is given as
+
+* a real number (Python ``int``/``float`` or a NumPy scalar; not ``bool``), which
+  must be finite, and for ``c`` positive; or
+* a tensor (a torch tensor for torch inputs, a CuPy array for CuPy inputs) of a
+  floating dtype whose values are all finite (and for ``c`` positive). It holds
+  either **one value** (any shape with one element: one ``c`` for the whole call)
+  or, where the op allows it (``per_row=True``: the row-wise ops), **one value
+  per row**: size 1 in the last dim, the other dims broadcasting against the
+  batch dims of the inputs (``(N, 1)`` for inputs ``(N, D)``). It lives on the
+  inputs' device; a one-value CPU tensor is moved there.
+
+Values of tensors are checked on the host (one synchronisation) unless
+``config.check_tensor_values`` is off or the call is being traced by
+``torch.compile`` or captured into a CUDA graph. Errors are typed: a bad
+curvature raises :class:`~xpu_stone.errors.InvalidCurvatureError`, a bad other
+scalar :class:`~xpu_stone.errors.InvalidArgumentError`, a per-row tensor of the
+wrong shape :class:`~xpu_stone.errors.ShapeMismatchError`.
+
+Used by the row-wise engine (torch and CuPy), the GEMM-style ops (pairwise,
+linear), :mod:`xpu_stone.manifolds`, :mod:`xpu_stone.nn` and the optimizers.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from .. import config
+from .._deps import cupy, is_cupy_array, torch
+from ..errors import InvalidArgumentError, InvalidCurvatureError, ShapeMismatchError
+
+__all__ = ["check_curvature", "check_number", "check_scalar", "tracing"]
+
+
+def _error(positive: bool):
+    return InvalidCurvatureError if positive else InvalidArgumentError
+
+
+def check_number(value, name: str = "c", *, positive: bool = True) -> float:
+    """``value`` as a float, if it is a finite (positive) real number; else a typed error."""
+    err = _error(positive)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        what = "positive number" if positive else "number"
+        raise err(f"{name} must be a {what} or a tensor, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v) or (positive and v <= 0):
+        raise err(f"{name} must be a finite{' positive' if positive else ''} number, got {value!r}")
+    return v
+
+
+def tracing(like=None) -> bool:
+    """Whether values cannot be read now: torch.compile tracing or CUDA-graph capture."""
+    if torch is None or is_cupy_array(like):
+        return False
+    if torch.compiler.is_compiling():
+        return True
+    return like is not None and like.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def check_scalar(value, name: str = "c", like=None, *, positive: bool = True, per_row: bool = True):
+    """Checks ``value`` against the module's rule; returns ``(tensor, number)``:
+    ``(None, float)`` for a number, ``(tensor, 1.0)`` for a tensor (0-d when it
+    holds one value and ``per_row`` is False; on ``like``'s device)."""
+    err = _error(positive)
+    cupy_input = is_cupy_array(like)
+    is_tensor = is_cupy_array(value) if cupy_input else torch is not None and isinstance(value, torch.Tensor)
+    if not is_tensor:
+        return None, check_number(value, name, positive=positive)
+    floating = value.dtype.kind == "f" if cupy_input else value.dtype.is_floating_point
+    if not floating:
+        raise err(f"{name} must have a floating dtype, got {value.dtype}")
+    ndim = value.ndim
+    if per_row:
+        if ndim > 0 and value.shape[-1] != 1:
+            raise ShapeMismatchError(
+                f"{name} must hold one value, or one value per row: size 1 in the last dim (e.g. shape "
+                f"(N, 1) for inputs of shape (N, D)), got shape {tuple(value.shape)}"
+            )
+    elif value.size != 1 if cupy_input else value.numel() != 1:
+        raise err(
+            f"{name} must be a number or a one-element tensor, got a tensor of shape {tuple(value.shape)}"
+        )
+    if like is not None:
+        value = _on_device_of(value, like, name, one=not per_row or ndim == 0)
+    if not per_row:
+        value = value.reshape(())
+    if config.check_tensor_values and not tracing(like):
+        xp = cupy if cupy_input else torch
+        ok = xp.isfinite(value) & (value > 0) if positive else xp.isfinite(value)
+        if not bool(ok.all()):
+            raise err(f"{name} must be finite{' and positive' if positive else ''} everywhere")
+    return value, 1.0
+
+
+def _on_device_of(value, like, name: str, one: bool):
+    if is_cupy_array(like):
+        if value.device.id != like.device.id:
+            raise InvalidArgumentError(
+                f"{name} is on GPU {value.device.id} but the inputs are on GPU {like.device.id}"
+            )
+        return value
+    if value.device == like.device:
+        return value
+    if one and value.device.type == "cpu":
+        return value.to(like.device)
+    raise InvalidArgumentError(f"{name} is on {value.device} but the inputs are on {like.device}")
+
+
+def check_curvature(c, like=None, *, per_row: bool = False):
+    """:func:`check_scalar` for a curvature (positive), one value by default."""
+    return check_scalar(c, "c", like, positive=True, per_row=per_row)

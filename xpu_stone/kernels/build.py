@@ -1,0 +1,88 @@
+"""Ahead-of-time compilation of registered kernels: the one build loop, used by
+:func:`xpu_stone.kernels.build`, ``python -m xpu_stone`` and
+``scripts/check_kernels.py``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .._deps import require_cupy
+from ..errors import CompilationError
+from .compiler import CompiledKernel, compile_kernel
+from .launch import device_arch
+from .registry import DTYPES, REGISTRY
+
+__all__ = ["BuildResult", "build", "jobs"]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """One kernel of a build: its source, name expression, target, and the compiled
+    kernel or the compilation error."""
+
+    source: str
+    name: str
+    arch: str
+    kernel: CompiledKernel | None
+    error: CompilationError | None = None
+
+
+def jobs(ops=None, dtypes=None, archs=("sm_90",), first_only: bool = False) -> list[tuple]:
+    """(source, name expression, defines, arch) of every kernel of ``ops`` (default:
+    all registered) for ``dtypes`` and each of ``archs``; ``first_only`` keeps one
+    kernel per op (a quick check that each source compiles)."""
+    out = []
+    for arch in archs:
+        for kernels in REGISTRY:
+            if ops is not None and kernels.op not in ops:
+                continue
+            listed = kernels.all_kernels(tuple(dtypes or DTYPES))
+            for i, (name, defines) in enumerate(listed):
+                if first_only and i:
+                    break
+                out.append((kernels.source, name, defines, arch))
+    return out
+
+
+def build(
+    ops: Iterable[str] | None = None,
+    dtypes: Iterable[str] | None = None,
+    arch: str | Iterable[str] | None = None,
+    workers: int | None = None,
+    progress: Callable[[int, int, BuildResult], None] | None = None,
+    *,
+    use_cache: bool = True,
+    first_only: bool = False,
+    raise_errors: bool = True,
+) -> list[BuildResult]:
+    """Compiles (or loads from the disk cache) every kernel of ``ops`` for
+    ``arch`` (a target such as ``"sm_90"``, a list of them, or None for the current
+    GPU's). ``progress(done, total, result)`` is called after each kernel.
+
+    With ``raise_errors`` (the default) the first failure raises its
+    :class:`~xpu_stone.errors.CompilationError`; otherwise failures come back as
+    results with ``error`` set."""
+    if arch is None:
+        archs = [device_arch(require_cupy("building kernels").cuda.runtime.getDevice())]
+    else:
+        archs = [arch] if isinstance(arch, str) else list(arch)
+    todo = jobs(ops, dtypes, archs, first_only)
+
+    def run(job) -> BuildResult:
+        src, name, defines, target = job
+        try:
+            return BuildResult(src, name, target, compile_kernel(src, name, target, use_cache, defines))
+        except CompilationError as e:
+            if raise_errors:
+                raise
+            return BuildResult(src, name, target, None, e)
+
+    results = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for result in pool.map(run, todo):
+            results.append(result)
+            if progress is not None:
+                progress(len(results), len(todo), result)
+    return results
