@@ -26,8 +26,8 @@ import torch
 
 from benchmarks.harness import host_time_us
 from xpu_stone import poincare as P
-from xpu_stone.profiler import profile
 from xpu_stone.runtime import InferenceSession
+from xpu_stone.runtime.profiler import profile
 
 
 class HyperbolicMLP(torch.nn.Module):

@@ -17,14 +17,12 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import xpu_stone  # noqa: E402,F401  (registers the ops)
-from xpu_stone.errors import CompilationError  # noqa: E402
-from xpu_stone.kernels import REGISTRY  # noqa: E402
-from xpu_stone.kernels.compiler import compile_kernel  # noqa: E402
+from xpu_stone import kernels  # noqa: E402
+from xpu_stone.kernels.launch import device_arch  # noqa: E402
 from xpu_stone.kernels.registry import DTYPES  # noqa: E402
 
 
@@ -38,55 +36,40 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the per-kernel report here")
     p.add_argument("--quiet", action="store_true", help="print only failures and the summary")
     args = p.parse_args(argv)
-    archs = args.arch
-    if archs == ["native"]:
-        from xpu_stone.kernels.launch import device_arch
-
-        archs = [device_arch(0)]
-    jobs = [
-        (kernels.source, name, defines, arch)
-        for arch in archs
-        for kernels in REGISTRY
-        if args.ops is None or kernels.op in args.ops
-        for name, defines in kernels.all_kernels(args.dtypes)
-    ]
+    archs = [device_arch(0)] if args.arch == ["native"] else args.arch
     start = time.perf_counter()
-    failures, report, spills = [], [], 0
+    report, failures, spills = [], 0, 0
 
-    def run(job):
-        src, name, defines, arch = job
-        try:
-            return job, compile_kernel(src, name, arch, use_cache=not args.no_cache, defines=defines), None
-        except CompilationError as e:
-            return job, None, e
-
-    with ThreadPoolExecutor(max_workers=args.workers) as pool:
-        for i, (job, k, err) in enumerate(pool.map(run, jobs), 1):
-            src, name, _, arch = job
-            if err is not None:
-                failures.append(err)
-                print(f"FAIL {arch} {name}\n{err.log}", flush=True)
-                continue
-            spill = k.spill_bytes > 0
-            report.append(
-                {
-                    "arch": arch,
-                    "source": src,
-                    "kernel": name,
-                    "registers": k.registers,
-                    "spill_bytes": k.spill_bytes,
-                    "stack_bytes": k.stack_bytes,
-                    "smem_bytes": k.smem_bytes,
-                    "cached": k.from_cache,
-                }
+    def progress(i, total, r):
+        nonlocal failures, spills
+        if r.error is not None:
+            failures += 1
+            print(f"FAIL {r.arch} {r.name}\n{r.error.log}", flush=True)
+            return
+        k = r.kernel
+        report.append(
+            {
+                "arch": r.arch,
+                "source": r.source,
+                "kernel": r.name,
+                "registers": k.registers,
+                "spill_bytes": k.spill_bytes,
+                "stack_bytes": k.stack_bytes,
+                "smem_bytes": k.smem_bytes,
+                "cached": k.from_cache,
+            }
+        )
+        spills += k.spill_bytes > 0
+        if not args.quiet or k.spill_bytes > 0:
+            print(
+                f"[{i}/{total}] {r.arch} regs={k.registers:3d} spill={k.spill_bytes}B "
+                f"stack={k.stack_bytes}B {r.name}",
+                flush=True,
             )
-            spills += spill
-            if not args.quiet or spill:
-                print(
-                    f"[{i}/{len(jobs)}] {arch} regs={k.registers:3d} spill={k.spill_bytes}B "
-                    f"stack={k.stack_bytes}B {name}",
-                    flush=True,
-                )
+
+    kernels.build(
+        args.ops, args.dtypes, archs, args.workers, progress, use_cache=not args.no_cache, raise_errors=False
+    )
     elapsed = time.perf_counter() - start
     if args.json:
         with open(args.json, "w") as f:
@@ -94,7 +77,7 @@ def main(argv=None) -> int:
     cached = sum(r["cached"] for r in report)
     print(
         f"{len(report)} kernels compiled ({cached} from cache) for {', '.join(archs)} in {elapsed:.1f} s "
-        f"with {args.workers} workers; {len(failures)} failed, {spills} spill registers"
+        f"with {args.workers} workers; {failures} failed, {spills} spill registers"
     )
     return 1 if failures else 0
 

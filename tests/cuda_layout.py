@@ -1,6 +1,6 @@
 """Parsers and comparers for the layouts that ``cuda_src/`` and ``xpu_stone/`` mirror by hand.
 
-Three things are written twice, once in CUDA C++ and once in Python:
+These things are written twice, once in CUDA C++ and once in Python:
 
 * the row-op descriptions: each op struct of ``cuda_src/*.cu`` derived from
   ``xs_op_base`` (``NVEC``, ``NTERM``, ``NDOT``, ``NOUT``, ``SCALAR_OUT``,
@@ -9,7 +9,14 @@ Three things are written twice, once in CUDA C++ and once in Python:
 * the kernel parameter struct ``xs_row_args`` (``cuda_src/common/rowwise.cuh``)
   and the ``struct.Struct`` the host packs it with;
 * the optimizer record ``xs_opt_meta`` (``cuda_src/optim.cu``) and the int64 /
-  float64 record the host fills.
+  float64 record the host fills;
+* numeric constants: the clamping limits ``xs_limits<float|double>``
+  (``cuda_src/common/math.cuh``) and ``xpu_stone/constants.py``; the ``XS_*``
+  ``#define`` / ``constexpr`` / ``enum`` values of each source file (block
+  sizes, model and flag codes, clamps) and the module constants that launch
+  or fill those kernels; ``__launch_bounds__`` and threads-per-row of the
+  kernels against the block the host launches; the ``-D`` switches the
+  registry passes against the ``#if`` that reads them.
 
 Nothing checks these at compile time: a table or a field that drifts on one
 side still compiles and runs, and gives wrong numbers that only the GPU tests
@@ -22,8 +29,10 @@ understand rather than guess.
 
 from __future__ import annotations
 
+import ast
 import re
 import struct
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 # ---------------------------------------------------------------- C++ text
@@ -478,3 +487,461 @@ def record_format(n_fields: int, n_int: int) -> str:
     (``xs_opt_meta`` as ``xpu_stone/ops/optim.py`` fills it: one int64 row,
     its tail viewed as float64)."""
     return f"<{n_int}q{n_fields - n_int}d"
+
+
+# -------------------------------------------------------- numeric constants
+
+
+@dataclass(frozen=True)
+class CNum:
+    """A C++ constant: ``ctype`` is ``"int"`` (every integer type), ``"float"``
+    (``value`` already rounded to binary32) or ``"double"``."""
+
+    ctype: str
+    value: int | float
+
+    def __str__(self) -> str:
+        return f"{self.value!r} ({self.ctype})"
+
+
+def _f32(x: float) -> float:
+    """``x`` rounded to the nearest binary32 (raises ``OverflowError`` out of range)."""
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def _as_ctype(value: int | float, ctype: str, where: str) -> CNum:
+    """``value`` converted as C++ converts it to ``ctype`` (an integer type from a
+    floating value is refused: these constants never rely on truncation)."""
+    if ctype == "int":
+        if not isinstance(value, int):
+            raise ValueError(f"{where}: floating value {value!r} for an integer constant")
+        return CNum("int", value)
+    if ctype == "float":
+        return CNum("float", _f32(float(value)))
+    if ctype == "double":
+        return CNum("double", float(value))
+    raise ValueError(f"{where}: unknown type {ctype!r}")
+
+
+# C++ spellings of the types -> CNum.ctype
+_DECL_TYPES = {
+    "int": "int",
+    "unsigned": "int",
+    "unsigned int": "int",
+    "long": "int",
+    "long long": "int",
+    "unsigned long long": "int",
+    "float": "float",
+    "double": "double",
+}
+
+_NUMBER = re.compile(
+    r"(?<![\w.])((?:\d+\.\d*|\.\d+)(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+|\d+)([A-Za-z]*)(?![\w.])"
+)
+_INT_SUFFIX = re.compile(r"(?i)u?(?:l|ll)?|(?:l|ll)u")
+
+
+def _literal(body: str, suffix: str, where: str) -> CNum:
+    if re.search(r"[.eE]", body):
+        if suffix in ("f", "F"):
+            return CNum("float", _f32(float(body)))
+        if suffix == "":
+            return CNum("double", float(body))
+    elif _INT_SUFFIX.fullmatch(suffix):
+        return CNum("int", int(body))
+    raise ValueError(f"{where}: cannot read the literal {body + suffix!r}")
+
+
+def _trunc_div(a: int, b: int) -> int:
+    q = abs(a) // abs(b)
+    return q if (a < 0) == (b < 0) else -q
+
+
+_INT_OPS = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: _trunc_div,
+    ast.LShift: lambda a, b: a << b,
+    ast.RShift: lambda a, b: a >> b,
+    ast.BitOr: lambda a, b: a | b,
+    ast.BitAnd: lambda a, b: a & b,
+    ast.BitXor: lambda a, b: a ^ b,
+}
+_FLOAT_OPS = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+}
+
+
+def eval_cpp(expr: str, symbols: Mapping[str, CNum] | None = None, where: str = "") -> CNum:
+    """The value of the C++ constant expression ``expr``: int / floating literals
+    (``1e-7f`` is binary32, ``1e-7`` binary64; integer suffixes ``u``, ``l``,
+    ``ll``), names of ``symbols``, parentheses, unary ``+ - ~`` and binary
+    ``+ - * / << >> & | ^``, with C++'s types: ``float`` arithmetic rounds each
+    result to binary32 (``1.0f - 1e-8f`` is ``1.0f``), a ``double`` operand makes
+    it ``double``, ``int / int`` truncates toward zero. The expression is read
+    with :mod:`ast` (literals replaced by placeholder names first) and walked
+    node by node: nothing is evaluated as Python, and anything else (a call, a
+    cast, ``?:``, an unknown name) raises ``ValueError``."""
+    symbols = symbols or {}
+    where = where or repr(expr)
+    literals: dict[str, CNum] = {}
+
+    def placeholder(m: re.Match) -> str:
+        name = f"_xs_lit{len(literals)}"
+        literals[name] = _literal(m.group(1), m.group(2), where)
+        return f" {name} "
+
+    py = _NUMBER.sub(placeholder, expr).strip()
+    try:
+        tree = ast.parse(py, mode="eval")
+    except SyntaxError:
+        raise ValueError(f"{where}: cannot evaluate {expr!r}") from None
+
+    def walk(node: ast.AST) -> CNum:
+        if isinstance(node, ast.Name):
+            if node.id in literals:
+                return literals[node.id]
+            if node.id in symbols:
+                return symbols[node.id]
+            raise ValueError(f"{where}: cannot evaluate {node.id!r} in {expr!r} (not a known constant)")
+        if isinstance(node, ast.UnaryOp):
+            v = walk(node.operand)
+            if isinstance(node.op, ast.USub):
+                return CNum(v.ctype, -v.value)
+            if isinstance(node.op, ast.UAdd):
+                return v
+            if isinstance(node.op, ast.Invert) and v.ctype == "int":
+                return CNum("int", ~v.value)
+        elif isinstance(node, ast.BinOp):
+            a, b = walk(node.left), walk(node.right)
+            op = type(node.op)
+            if a.ctype == b.ctype == "int" and op in _INT_OPS:
+                if op is ast.Div and b.value == 0:
+                    raise ValueError(f"{where}: division by zero in {expr!r}")
+                return CNum("int", _INT_OPS[op](a.value, b.value))
+            if op in _FLOAT_OPS:
+                ctype = "double" if "double" in (a.ctype, b.ctype) else "float"
+                x, y = (_as_ctype(v.value, ctype, where).value for v in (a, b))
+                try:
+                    return _as_ctype(_FLOAT_OPS[op](x, y), ctype, where)
+                except (ZeroDivisionError, OverflowError):
+                    raise ValueError(f"{where}: {expr!r} is not finite") from None
+        raise ValueError(f"{where}: cannot evaluate {ast.unparse(node)!r} in {expr!r}")
+
+    return walk(tree.body)
+
+
+def _join_continuations(text: str) -> str:
+    return re.sub(r"\\\n", " ", text)
+
+
+# Characters of a #define body that is a numeric expression (anything else: code).
+_EXPR_CHARS = re.compile(r"[\w\s.+\-*/()<>|&~^]*")
+_DEFINE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)(\()?(.*)$", re.M)
+_CONSTEXPR = re.compile(
+    r"\bconstexpr\s+((?:(?:unsigned|signed|long|short)\s+)*(?:int|long|float|double|unsigned))\s+"
+    r"(\w+\s*=[^;]*);"
+)
+_CONST_DECL = re.compile(r"\bconst(?:expr)?\s+[\w\s]*?\b(\w+)\s*(?=[=\[{;,])")
+_ENUM = re.compile(r"\benum\s+(?:(?:class|struct)\s+)?(?:\w+\s*)?(?::\s*[\w\s]+?)?\{([^{}]*)\}")
+
+
+def constants(text: str, prefix: str = "XS_") -> dict[str, CNum]:
+    """The numeric constants named ``prefix...`` that the source ``text`` declares
+    at any scope: object-like ``#define NAME <expression>``, ``constexpr <type>
+    NAME = <expression>;`` and ``enum`` enumerators (implicit values counted
+    on). A ``#define`` whose body is code (``XS_ROW_SETUP``) or empty is not a
+    constant; function-like macros are skipped. Evaluated in order, so that a
+    constant may use earlier ones. Raises on a declaration of such a name it
+    cannot read, and on a name declared twice."""
+    text = _join_continuations(strip_comments(text))
+    decls: list[tuple[int, str, str, str]] = []  # (offset, name, expression, declared ctype or "")
+    for m in _DEFINE.finditer(text):
+        name, body = m.group(1), m.group(3).strip()
+        if m.group(2) or not name.startswith(prefix) or not body or not _EXPR_CHARS.fullmatch(body):
+            continue
+        decls.append((m.start(), name, body, ""))
+    for m in _CONSTEXPR.finditer(text):
+        ctype = _DECL_TYPES.get(" ".join(m.group(1).split()))
+        for decl in _split_top(m.group(2)):
+            name, _, expr = (s.strip() for s in decl.partition("="))
+            if not name.startswith(prefix):
+                continue
+            if ctype is None or not re.fullmatch(r"\w+", name) or not expr:
+                raise ValueError(f"cannot read the declaration constexpr {m.group(1)} {decl}")
+            decls.append((m.start(), name, expr, ctype))
+    for m in _ENUM.finditer(text):
+        items = _split_top(m.group(1))
+        if not any(item.strip().startswith(prefix) for item in items):
+            continue  # an enum of other names: not a constant of this file's mirrors
+        prev = None
+        for k, item in enumerate(items):
+            name, eq, expr = (s.strip() for s in item.partition("="))
+            if not re.fullmatch(r"\w+", name):
+                raise ValueError(f"cannot read the enumerator {item!r}")
+            if not eq:
+                expr = "0" if prev is None else f"({prev}) + 1"
+            prev = name
+            # every enumerator of the enum is evaluated (later ones may count on it); prefixed ones are kept
+            decls.append((m.start() + k, name, expr, "int"))
+    out: dict[str, CNum] = {}
+    values: dict[str, CNum] = {}
+    for _, name, expr, ctype in sorted(decls):
+        if name in values:
+            raise ValueError(f"constant {name} is declared twice")
+        v = eval_cpp(expr, values, name)
+        values[name] = _as_ctype(v.value, ctype, name) if ctype else v
+        if name.startswith(prefix):
+            out[name] = values[name]
+    for m in _CONST_DECL.finditer(text):
+        if m.group(1).startswith(prefix) and m.group(1) not in out:
+            raise ValueError(
+                f"cannot read the declaration of {m.group(1)}: {text[m.start() : m.end() + 40]!r}"
+            )
+    return out
+
+
+def constant(text: str, name: str) -> CNum:
+    """The constant ``name`` of the source ``text`` (see :func:`constants`);
+    raises ``ValueError`` when it is not declared."""
+    prefix = re.match(r"[A-Za-z]*_?", name).group(0)
+    found = constants(text, prefix)
+    if name not in found:
+        raise ValueError(f"no constant {name} (found {sorted(found)})")
+    return found[name]
+
+
+def _same(c: CNum, py) -> bool:
+    """Whether the Python value ``py`` is the C++ constant ``c``: an integer for
+    an integer constant; for a floating one, the same number once rounded to the
+    C++ type (the Python float ``1e-36`` is ``1e-36f`` for a ``float``)."""
+    if isinstance(py, bool) or not isinstance(py, (int, float)):
+        return False
+    if c.ctype == "int":
+        return isinstance(py, int) and py == c.value
+    try:
+        return _as_ctype(py, c.ctype, "").value == c.value
+    except OverflowError:
+        return False
+
+
+def compare_constants(
+    file: str, consts: Mapping[str, CNum], mirrors: Mapping[str, tuple[str, object]]
+) -> list[str]:
+    """Mismatches between the constants ``consts`` of the C++ ``file``
+    (:func:`constants`) and their Python mirrors: ``mirrors`` maps a C++
+    constant expression (a name, or ``"XS_PAIR_BLOCK / 32"``) to ``(the Python
+    name, its value)``. Also reported: a constant of ``consts`` that no mirror
+    mentions (a new C++ value nobody compares). A mirror whose expression names
+    a constant ``file`` does not declare raises ``ValueError``."""
+    p = []
+    mentioned: set[str] = set()
+    for expr, (py_name, py) in mirrors.items():
+        mentioned |= set(re.findall(r"[A-Za-z_]\w*", expr))
+        c = eval_cpp(expr, consts, f"{file}: {expr}")
+        if not _same(c, py):
+            p.append(f"{file}: {expr} is {c} in C++ but {py_name} is {py!r} in Python")
+    for name in sorted(set(consts) - mentioned):
+        p.append(f"{file}: {name} = {consts[name]} has no Python mirror in the comparison")
+    return p
+
+
+# ---------------------------------------------------------- xs_limits<S>
+
+LIMITS = "xs_limits"
+# C++ type of an xs_limits specialisation -> the key of the Python dicts
+LIMIT_DTYPES = {"float": "float32", "double": "float64"}
+
+
+def parse_limits(math_cuh: str) -> dict[str, dict[str, CNum]]:
+    """``{"float": {member: value}, "double": {...}}``: the ``static constexpr``
+    members of each explicit specialisation ``template <> struct xs_limits<T>``,
+    each evaluated in its declared type. Raises on a member it cannot read
+    and when there is no specialisation."""
+    text = strip_comments(math_cuh)
+    out: dict[str, dict[str, CNum]] = {}
+    for m in re.finditer(rf"\btemplate\s*<\s*>\s*struct\s+{LIMITS}\s*<\s*([\w ]+?)\s*>\s*\{{", text):
+        ctype = m.group(1)
+        if ctype in out:
+            raise ValueError(f"{LIMITS}<{ctype}> is specialised twice")
+        body = text[m.end() : _matching(text, m.end() - 1, "{", "}")]
+        members: dict[str, CNum] = {}
+        for decl in body.split(";"):
+            decl = " ".join(decl.split())
+            if not decl:
+                continue
+            dm = re.fullmatch(r"static constexpr ([\w ]+?) (\w+) = (.+)", decl)
+            if dm is None or dm.group(1) not in _DECL_TYPES:
+                raise ValueError(f"{LIMITS}<{ctype}>: cannot read the member {decl!r}")
+            name = dm.group(2)
+            if name in members:
+                raise ValueError(f"{LIMITS}<{ctype}>::{name} is declared twice")
+            where = f"{LIMITS}<{ctype}>::{name}"
+            members[name] = _as_ctype(eval_cpp(dm.group(3), {}, where).value, _DECL_TYPES[dm.group(1)], where)
+        out[ctype] = members
+    if not out:
+        raise ValueError(f"no specialisation 'template <> struct {LIMITS}<T>'")
+    return out
+
+
+def compare_limits(
+    limits: Mapping[str, Mapping[str, CNum]], py: Mapping[str, object], names: Iterable[str]
+) -> list[str]:
+    """Mismatches between ``xs_limits`` (:func:`parse_limits`) and the Python
+    constants ``py`` (``vars(xpu_stone.constants)``). ``names``: the Python
+    constants that mirror it; member ``min_sqnorm`` is ``MIN_SQNORM``, either one
+    value for every type or a dict keyed by dtype (``"float32"`` for
+    ``xs_limits<float>``, ``"float64"`` for ``double``). Reported: a member
+    without its Python constant (or without the entry of its type), a different
+    value (compared exactly after rounding the Python float to the member's
+    type), a Python constant of ``names`` or a dtype key that no specialisation
+    declares."""
+    names = tuple(names)
+    p = []
+    for ctype in sorted(limits):
+        if ctype not in LIMIT_DTYPES:
+            p.append(f"{LIMITS}<{ctype}>: no Python dtype key for this type")
+            continue
+        key = LIMIT_DTYPES[ctype]
+        for member, c in sorted(limits[ctype].items()):
+            py_name = member.upper()
+            where = f"{LIMITS}<{ctype}>::{member}"
+            if py_name not in names or py_name not in py:
+                p.append(f"{where} = {c}: no Python constant {py_name} mirrors it")
+                continue
+            value = py[py_name]
+            label = py_name
+            if isinstance(value, Mapping):
+                if key not in value:
+                    p.append(f"{where} = {c}: {py_name} has no {key!r} entry")
+                    continue
+                value, label = value[key], f"{py_name}[{key!r}]"
+            if not _same(c, value):
+                p.append(f"{where} is {c} in C++ but {label} is {value!r} in Python")
+    for py_name in names:
+        declared = [t for t in limits if py_name.lower() in limits[t]]
+        if not declared:
+            p.append(f"{py_name}: no {LIMITS} member {py_name.lower()} in C++")
+        value = py.get(py_name)
+        if isinstance(value, Mapping):
+            known = {LIMIT_DTYPES.get(t) for t in declared}
+            for key in sorted(set(value) - known):
+                p.append(f"{py_name}[{key!r}]: no {LIMITS} specialisation declares {py_name.lower()} for it")
+    return p
+
+
+# ---------------------------------------------------------------- kernels
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A ``__global__`` function: its ``__launch_bounds__`` argument (text, None
+    without) and ``row_threads``, the threads of one row where the kernel maps
+    ``(blockIdx.x * blockDim.x + threadIdx.x) / N`` (or ``>> k``) to its row
+    (None when it has no such line)."""
+
+    name: str
+    launch_bounds: str | None
+    row_threads: int | None
+
+
+_KERNEL = re.compile(r"\b__global__\s+void\s+(?:__launch_bounds__\s*\(([^()]*)\)\s*)?(\w+)\s*\(")
+_ROW_OF_THREAD = re.compile(
+    r"\(\s*static_cast\s*<\s*long\s+long\s*>\s*\(\s*blockIdx\.x\s*\)\s*\*\s*blockDim\.x\s*\+\s*threadIdx\.x\s*\)"
+    r"\s*(/|>>)\s*(\d+)"
+)
+
+
+def parse_kernels(text: str) -> dict[str, Kernel]:
+    """The ``__global__`` kernels of ``text`` (raises on one it cannot read, or
+    on two with one name)."""
+    text = strip_comments(text)
+    out = {}
+    for g in re.finditer(r"\b__global__\b", text):
+        m = _KERNEL.match(text, g.start())
+        if m is None:
+            raise ValueError(f"cannot read the kernel declaration {text[g.start() : g.start() + 80]!r}")
+        name = m.group(2)
+        if name in out:
+            raise ValueError(f"kernel {name} is defined twice")
+        close = _matching(text, m.end() - 1, "(", ")")
+        brace = re.compile(r"\s*\{").match(text, close + 1)
+        if brace is None:
+            raise ValueError(f"kernel {name}: no body")
+        body = text[brace.end() - 1 : _matching(text, brace.end() - 1, "{", "}") + 1]
+        rows = {int(n) if op == "/" else 1 << int(n) for op, n in _ROW_OF_THREAD.findall(body)}
+        if len(rows) > 1:
+            raise ValueError(f"kernel {name}: rows of {sorted(rows)} threads at once")
+        out[name] = Kernel(name, m.group(1), rows.pop() if rows else None)
+    return out
+
+
+def compare_launch(
+    file: str,
+    kernels: Mapping[str, Kernel],
+    block: int,
+    consts: Mapping[str, CNum],
+    row_threads: int | None = None,
+) -> list[str]:
+    """Mismatches between the ``kernels`` of ``file`` and the host that launches
+    them with ``block`` threads a block, each row given ``row_threads``
+    threads (the ``rows * 32`` of a warp-per-row launcher): a
+    ``__launch_bounds__`` other than ``block`` (the C++ sizes its block sums and
+    column indexing from it; a larger block does not launch), a kernel whose
+    rows take another number of threads, a block that is not a whole number of
+    rows or exceeds 1024 threads."""
+    p = []
+    for k in kernels.values():
+        if k.launch_bounds is not None:
+            args = _split_top(k.launch_bounds)
+            n = eval_cpp(args[0], consts, f"{file}:{k.name} __launch_bounds__")
+            if n.ctype != "int" or n.value != block:
+                p.append(
+                    f"{file}:{k.name}: __launch_bounds__({k.launch_bounds}) is {n.value} "
+                    f"but the host launches blocks of {block}"
+                )
+        if row_threads is not None and k.row_threads is not None and k.row_threads != row_threads:
+            p.append(
+                f"{file}:{k.name}: a row takes {k.row_threads} threads in C++ "
+                f"but the host's grid gives it {row_threads}"
+            )
+    if not 0 < block <= 1024 or (row_threads and block % row_threads):
+        p.append(
+            f"{file}: a block of {block} threads is not a whole number of {row_threads}-thread rows <= 1024"
+        )
+    return p
+
+
+# -------------------------------------------------------- preprocessor
+
+
+def includes(text: str) -> list[str]:
+    """The ``#include "..."`` paths of ``text`` (system includes left out)."""
+    return re.findall(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"', strip_comments(text), re.M)
+
+
+def preprocessor_reads(text: str) -> set[str]:
+    """The macro names that ``#if`` / ``#ifdef`` / ``#ifndef`` / ``#elif`` lines
+    of ``text`` test (``defined`` itself left out)."""
+    text = _join_continuations(strip_comments(text))
+    out: set[str] = set()
+    for m in re.finditer(r"^[ \t]*#[ \t]*(?:if|ifdef|ifndef|elif)\b(.*)$", text, re.M):
+        out |= set(re.findall(r"\b[A-Za-z_]\w*", m.group(1))) - {"defined"}
+    return out
+
+
+def compare_defines(file: str, defines: Iterable[str], reads: set[str]) -> list[str]:
+    """The ``-D`` switches (``"NAME=1"`` or ``"NAME"``) that the host compiles
+    ``file`` with but that no ``#if`` of ``file`` and its includes (``reads``:
+    :func:`preprocessor_reads` of them all) tests: an undefined macro in ``#if``
+    is 0, so a renamed switch compiles and silently turns the option off."""
+    p = []
+    for d in sorted(set(defines)):
+        name = d.partition("=")[0]
+        if name not in reads:
+            p.append(f"{file}: compiled with -D{d} but no #if in it or its includes reads {name}")
+    return p

@@ -1,12 +1,16 @@
-"""The layouts mirrored by hand between ``cuda_src/`` and the Python package agree.
+"""The layouts and constants mirrored by hand between ``cuda_src/`` and the Python package agree.
 
-Each row op, the kernel parameter struct ``xs_row_args`` and the optimizer
-record ``xs_opt_meta`` are declared once in CUDA C++ and once in Python. A
-mirror that drifts still compiles and runs and silently gives wrong numbers
-(a swapped dot, a field read at the wrong offset) that only GPU numerics
-would notice; these CPU tests read the C++ source (:mod:`cuda_layout`) and
-compare it with the Python objects, and check that the comparison does fail
-on deliberately altered C++.
+Each row op, the kernel parameter struct ``xs_row_args``, the optimizer
+record ``xs_opt_meta``, the clamping limits ``xs_limits``, the ``XS_*``
+constants of each source file (block sizes, model / kind / flag codes, the
+HNN++ clamp), the kernels' launch bounds and threads per row, and the ``-D``
+switches of the registry are declared once in CUDA C++ and once in Python.
+A mirror that drifts still compiles and runs and silently gives wrong
+numbers (a swapped dot, a field read at the wrong offset, a flag bit the
+kernel reads as another) that only GPU numerics would notice; these CPU
+tests read the C++ source (:mod:`cuda_layout`) and compare it with the
+Python objects, and check that the comparison does fail on deliberately
+altered C++ (and altered Python values).
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from pathlib import Path
 import cuda_layout as cl
 import pytest
 
-from xpu_stone import ops
+from xpu_stone import constants, ops
 from xpu_stone.engine.rowop import E0, RowOp
 from xpu_stone.kernels.launch import ROW_ARG_FIELDS, ROW_ARGS
+from xpu_stone.kernels.registry import DTYPES, REGISTRY
+from xpu_stone.ops import hyperbolic_linear, optim, pairwise
 from xpu_stone.ops.optim import INT_FIELDS as _INT_FIELDS
 from xpu_stone.ops.optim import META_FIELDS as _META_FIELDS
 
@@ -228,3 +234,338 @@ def test_parser_refuses_what_it_cannot_read():
         cl.parse_row_structs(text, "poincare.cu", defaults, symbols)
     with pytest.raises(ValueError, match="cannot read"):
         cl.parse_c_struct("struct s { long long a; xs_half h; };", "s")
+
+
+# ================================================================ constants
+
+MATH_CUH = CUDA_SRC / "common" / "math.cuh"
+# The Python constants that mirror xs_limits (math.cuh): member min_sqnorm is MIN_SQNORM...
+CLAMP_CONSTANTS = ("MIN_SQNORM", "MIN_DENOM", "TANH_MAX", "ARTANH_MAX", "COSH_MAX")
+# Threads a row of the warp-per-row kernels: the launchers size their grids as
+# -(-rows * 32 // BLOCK) (pairwise.py, hyperbolic_linear.py, optim.py).
+WARP_ROW = 32
+# source file -> the block size its launcher uses (kernels whose block is a template
+# parameter, the row-wise engine's, take it from the registry's kernel names instead)
+LAUNCH_BLOCKS = {
+    "pairwise.cu": ("ops.pairwise.BLOCK", pairwise.BLOCK),
+    "hyperbolic_linear.cu": ("ops.hyperbolic_linear.BLOCK", hyperbolic_linear.BLOCK),
+    "optim.cu": ("ops.optim.BLOCK", optim.BLOCK),
+}
+_OPTIM_CODES = ("EUCLIDEAN", "POINCARE", "LORENTZ", "AMSGRAD", "NESTEROV", "RETR", "MOMENTUM", "FIRST_STEP")
+
+
+def constant_mirrors(py_values: dict[str, object] | None = None) -> dict[str, dict[str, tuple[str, object]]]:
+    """Source file (relative to cuda_src) -> {C++ expression: (Python name, value)}:
+    every XS_* constant of cuda_src and the value the Python side uses for it.
+    ``py_values`` replaces Python values by name (to show a Python-side drift)."""
+    mirrors = {
+        "common/rowwise.cuh": {"XS_E0": ("engine.rowop.E0", E0)},
+        "pairwise.cu": {
+            "XS_POINCARE": ("ops.pairwise.MODELS['poincare']", pairwise.MODELS["poincare"]),
+            "XS_LORENTZ": ("ops.pairwise.MODELS['lorentz']", pairwise.MODELS["lorentz"]),
+            "XS_PAIR_BLOCK": ("ops.pairwise.BLOCK", pairwise.BLOCK),
+            # row_part has gridDim.x * (XS_PAIR_BLOCK / 32) columns; the host allocates gxc * WARPS
+            "XS_PAIR_BLOCK / 32": ("ops.pairwise.WARPS", pairwise.WARPS),
+        },
+        "hyperbolic_linear.cu": {
+            "XS_HYP_ARG_MAX": ("ops.hyperbolic_linear.HYP_ARG_MAX", hyperbolic_linear.HYP_ARG_MAX)
+        },
+        "optim.cu": {f"XS_{n}": (f"ops.optim.{n}", getattr(optim, n)) for n in _OPTIM_CODES},
+    }
+    for table in mirrors.values():
+        for expr, (name, value) in table.items():
+            table[expr] = (name, (py_values or {}).get(name, value))
+    return mirrors
+
+
+def _sources() -> list[str]:
+    """Every C++ file of cuda_src, relative to it."""
+    files = sorted(
+        p.relative_to(CUDA_SRC).as_posix() for p in CUDA_SRC.rglob("*") if p.suffix in (".cu", ".cuh")
+    )
+    assert len(files) >= 10 and "common/math.cuh" in files
+    return files
+
+
+def _text(rel: str, edited: dict[str, str] | None = None) -> str:
+    return (edited or {}).get(rel) or _read(CUDA_SRC / rel)
+
+
+def _edit(rel: str, old: str, new: str, count: int = 1) -> dict[str, str]:
+    """``{rel: text}``: ``cuda_src/rel`` with the ``count`` occurrences of ``old`` replaced by ``new``."""
+    text = _read(CUDA_SRC / rel)
+    assert text.count(old) == count, f"{old!r} is {text.count(old)} times in {rel}, not {count}"
+    return {rel: text.replace(old, new)}
+
+
+def _limit_problems(edited: dict[str, str] | None = None, py=None) -> list[str]:
+    limits = cl.parse_limits(_text("common/math.cuh", edited))
+    return cl.compare_limits(limits, vars(constants) if py is None else py, CLAMP_CONSTANTS)
+
+
+def _constant_problems(edited: dict[str, str] | None = None, py_values=None) -> list[str]:
+    mirrors = constant_mirrors(py_values)
+    assert set(mirrors) <= set(_sources()), set(mirrors) - set(_sources())
+    problems = []
+    for rel in _sources():
+        problems += cl.compare_constants(rel, cl.constants(_text(rel, edited)), mirrors.get(rel, {}))
+    return problems
+
+
+def _launch_problems(edited: dict[str, str] | None = None, blocks: dict[str, int] | None = None) -> list[str]:
+    problems = []
+    for rel, (_, block) in LAUNCH_BLOCKS.items():
+        text = _text(rel, edited)
+        block = (blocks or {}).get(rel, block)
+        problems += cl.compare_launch(rel, cl.parse_kernels(text), block, cl.constants(text), WARP_ROW)
+    return problems
+
+
+def _closure(rel: str, edited: dict[str, str] | None = None) -> dict[str, str]:
+    """``{file: text}`` of ``rel`` and every file it includes, recursively."""
+    out: dict[str, str] = {}
+    todo = [rel]
+    while todo:
+        cur = todo.pop()
+        if cur in out:
+            continue
+        out[cur] = _text(cur, edited)
+        for inc in cl.includes(out[cur]):
+            path = (CUDA_SRC / cur).parent / inc
+            assert path.is_file(), f"{cur}: #include {inc!r} not found in cuda_src"
+            todo.append(path.resolve().relative_to(CUDA_SRC.resolve()).as_posix())
+    return out
+
+
+def _define_problems(edited: dict[str, str] | None = None) -> list[str]:
+    """Each source of the registry against the -D switches its kernels are compiled with."""
+    switches: dict[str, set[str]] = {}
+    for kernels in REGISTRY:
+        for dtype in DTYPES:
+            switches.setdefault(kernels.source, set()).update(kernels.defines(dtype))
+    assert any(switches.values()), "the registry passes no -D switch: nothing compared"
+    problems = []
+    for source, defines in sorted(switches.items()):
+        reads = set().union(*(cl.preprocessor_reads(t) for t in _closure(source, edited).values()))
+        problems += cl.compare_defines(source, defines, reads)
+    return problems
+
+
+# ------------------------------------------------------ the mirrors agree
+
+
+def test_clamping_limits_match_constants():
+    """``xs_limits<float>`` / ``<double>`` (math.cuh) against MIN_SQNORM, MIN_DENOM,
+    TANH_MAX, ARTANH_MAX and COSH_MAX (constants.py, which the CPU paths and the
+    torch optimizer maths clamp with): every member has its constant and the
+    values agree exactly in the member's type (``1.0f - 1e-7f`` evaluated in
+    binary32, the Python ``1.0 - 1e-7`` rounded to binary32)."""
+    limits = cl.parse_limits(_read(MATH_CUH))
+    assert set(limits) == {"float", "double"}
+    for members in limits.values():
+        assert {m.upper() for m in members} == set(CLAMP_CONSTANTS)
+    assert _limit_problems() == []
+
+
+def test_xs_constants_of_every_source_file_are_mirrored():
+    """Each ``XS_*`` ``#define`` / ``constexpr`` / ``enum`` value of cuda_src has
+    its Python mirror with the same value: the pairwise model codes and block
+    (and its warps, the width of the row-sum workspace), the HNN++ argument
+    clamp, the optimizer's manifold kinds and flag bits, e_0's term index. A
+    constant added to the C++ without a mirror is reported too."""
+    found = {rel: cl.constants(_read(CUDA_SRC / rel)) for rel in _sources()}
+    assert set(found["optim.cu"]) == {f"XS_{n}" for n in _OPTIM_CODES}
+    assert {"XS_PAIR_BLOCK", "XS_POINCARE", "XS_LORENTZ"} <= set(found["pairwise.cu"])
+    assert _constant_problems() == []
+
+
+def test_launch_bounds_and_rows_match_the_launchers():
+    """The kernels of pairwise.cu, hyperbolic_linear.cu and optim.cu against the
+    BLOCK their launchers use: ``__launch_bounds__`` equal to it, one warp a row
+    where the kernel maps threads to rows (the launchers' ``rows * 32``), and a
+    block of whole warps. The linear kernels have no launch bounds: any BLOCK of
+    whole warps fits them."""
+    kernels = {rel: cl.parse_kernels(_read(CUDA_SRC / rel)) for rel in LAUNCH_BLOCKS}
+    bounded = {rel: {k.name for k in ks.values() if k.launch_bounds} for rel, ks in kernels.items()}
+    per_row = {rel: {k.name for k in ks.values() if k.row_threads} for rel, ks in kernels.items()}
+    assert bounded == {
+        "pairwise.cu": {"xs_cdist_fwd", "xs_cdist_bwd"},
+        "hyperbolic_linear.cu": set(),
+        "optim.cu": {"xs_riemannian_step"},
+    }
+    assert per_row["hyperbolic_linear.cu"] == {"xs_matvec_fwd", "xs_matvec_bwd", "xs_hnn_fwd", "xs_hnn_bwd"}
+    assert per_row["optim.cu"] == {"xs_riemannian_step"}
+    assert per_row["pairwise.cu"] == {"xs_pair_scalars"}
+    assert _launch_problems() == []
+
+
+def test_registry_switches_are_read_by_their_sources():
+    """``XS_FAST_TRANSCENDENTALS=1`` (``defines`` of the registry, for outputs
+    narrower than fp64) is tested by an ``#if`` in every source it is passed
+    to (through math.cuh): a renamed macro would silently select the slow path."""
+    assert _define_problems() == []
+
+
+# ------------------------------------------------------- the checks can fail
+
+
+def test_changed_limits_are_reported():
+    float_artanh = "static constexpr float artanh_max = 1.0f - 1e-7f;"
+    changed = _edit("common/math.cuh", float_artanh, float_artanh.replace("1e-7f", "1e-6f"))
+    _one_naming(_limit_problems(changed), "xs_limits<float>::artanh_max", "ARTANH_MAX['float32']")
+    # in float arithmetic 1.0f - 1e-8f is 1.0f: no longer 1 - 1e-7
+    rounded = _edit("common/math.cuh", float_artanh, float_artanh.replace("1e-7f", "1e-8f"))
+    _one_naming(_limit_problems(rounded), "artanh_max", "1.0 (float)")
+    double_denom = "static constexpr double min_denom = 1e-15;"
+    changed = _edit("common/math.cuh", double_denom, double_denom.replace("1e-15", "1e-14"))
+    _one_naming(_limit_problems(changed), "xs_limits<double>::min_denom", "MIN_DENOM")
+    cosh = "static constexpr double cosh_max = 700.0;"
+    changed = _edit("common/math.cuh", cosh, "static constexpr double cosh_max = 710;")
+    _one_naming(_limit_problems(changed), "xs_limits<double>::cosh_max", "COSH_MAX['float64']")
+
+
+def test_limit_spelling_changes_report_nothing():
+    """The same binary32 value written otherwise: ``0.99999988f``, or a double
+    literal ``1e-36`` that the ``float`` member rounds."""
+    edited = _edit("common/math.cuh", "1.0f - 1e-7f", "0.99999988f")
+    text = edited["common/math.cuh"].replace("min_sqnorm = 1e-36f", "min_sqnorm = 1e-36", 1)
+    assert _limit_problems({"common/math.cuh": text}) == []
+
+
+def test_added_or_dropped_limit_members_are_reported():
+    added = _edit(
+        "common/math.cuh",
+        "  static constexpr double cosh_max = 700.0;\n",
+        "  static constexpr double cosh_max = 700.0;\n  static constexpr double acosh_min = 1.0;\n",
+    )
+    _one_naming(_limit_problems(added), "xs_limits<double>::acosh_min", "no Python constant ACOSH_MIN")
+    dropped = _edit("common/math.cuh", "  static constexpr float cosh_max = 88.0f;", "")
+    _one_naming(_limit_problems(dropped), "COSH_MAX['float32']", "cosh_max")
+    gone = _edit("common/math.cuh", " tanh_max = ", " tanh_lim = ", count=2)
+    problems = _limit_problems(gone)
+    _one_naming(problems, "TANH_MAX", "no xs_limits member")
+    _one_naming(problems, "tanh_lim", "TANH_LIM")
+
+
+def test_python_side_limit_changes_are_reported():
+    py = dict(vars(constants))
+    py["COSH_MAX"] = {**constants.COSH_MAX, "float32": 89.0}
+    py["TANH_MAX"] = 15.5
+    py["MIN_SQNORM"] = {"float64": 1e-200}
+    py["ARTANH_MAX"] = {**constants.ARTANH_MAX, "float16": 1 - 1e-3}
+    problems = _limit_problems(py=py)
+    _one_naming(problems, "xs_limits<float>::cosh_max", "COSH_MAX['float32'] is 89.0")
+    _one_naming(problems, "xs_limits<float>::tanh_max", "TANH_MAX is 15.5")
+    _one_naming(problems, "xs_limits<double>::tanh_max", "TANH_MAX is 15.5")
+    _one_naming(problems, "xs_limits<float>::min_sqnorm", "no 'float32' entry")
+    _one_naming(problems, "ARTANH_MAX['float16']")
+    del py["MIN_DENOM"]
+    _one_naming(_limit_problems(py=py), "min_denom", "no Python constant MIN_DENOM")
+
+
+def test_changed_constants_are_reported():
+    arg = _edit("hyperbolic_linear.cu", "#define XS_HYP_ARG_MAX 50.0", "#define XS_HYP_ARG_MAX 40.0")
+    _one_naming(_constant_problems(arg), "XS_HYP_ARG_MAX", "ops.hyperbolic_linear.HYP_ARG_MAX")
+    block = _edit("pairwise.cu", "constexpr int XS_PAIR_BLOCK = 256;", "constexpr int XS_PAIR_BLOCK = 128;")
+    problems = _constant_problems(block)
+    _one_naming(problems, "XS_PAIR_BLOCK is 128", "ops.pairwise.BLOCK")
+    _one_naming(problems, "XS_PAIR_BLOCK / 32", "ops.pairwise.WARPS")
+    _one_naming(_launch_problems(block), "xs_cdist_bwd", "__launch_bounds__(XS_PAIR_BLOCK) is 128")
+    model = _edit("pairwise.cu", "#define XS_LORENTZ 1", "#define XS_LORENTZ 2")
+    _one_naming(_constant_problems(model), "XS_LORENTZ", "MODELS['lorentz']")
+    flag = _edit("optim.cu", "XS_RETR = 4,", "XS_RETR = 32,")
+    _one_naming(_constant_problems(flag), "optim.cu", "XS_RETR", "ops.optim.RETR")
+    kinds = _edit(
+        "optim.cu",
+        "enum { XS_EUCLIDEAN = 0, XS_POINCARE = 1, XS_LORENTZ = 2 };",
+        "enum { XS_EUCLIDEAN, XS_LORENTZ, XS_POINCARE };",
+    )
+    problems = _constant_problems(kinds)
+    _one_naming(problems, "XS_POINCARE is 2", "ops.optim.POINCARE")
+    _one_naming(problems, "XS_LORENTZ is 1", "ops.optim.LORENTZ")
+    e0 = _edit("common/rowwise.cuh", "constexpr int XS_E0 = -2;", "constexpr int XS_E0 = -3;")
+    _one_naming(_constant_problems(e0), "XS_E0", "engine.rowop.E0")
+
+
+def test_python_side_constant_changes_are_reported():
+    problems = _constant_problems(py_values={"ops.optim.FIRST_STEP": 32, "ops.pairwise.BLOCK": 256.0})
+    _one_naming(problems, "XS_FIRST_STEP is 16", "ops.optim.FIRST_STEP is 32")
+    _one_naming(problems, "XS_PAIR_BLOCK is 256 (int)", "ops.pairwise.BLOCK is 256.0")
+    problems = _launch_problems(blocks={"optim.cu": 512, "hyperbolic_linear.cu": 48})
+    _one_naming(problems, "optim.cu:xs_riemannian_step", "blocks of 512")
+    _one_naming(problems, "hyperbolic_linear.cu", "48 threads", "32-thread rows")
+
+
+def test_unmirrored_and_missing_constants_are_reported():
+    """A new XS_ constant is reported until it gets a mirror; a mirrored one that
+    disappears from the C++ raises instead of being skipped."""
+    new = _edit(
+        "pairwise.cu", "#define XS_LORENTZ 1\n", "#define XS_LORENTZ 1\n#define XS_PAIR_TILE (2 * 32)\n"
+    )
+    _one_naming(_constant_problems(new), "pairwise.cu", "XS_PAIR_TILE = 64", "no Python mirror")
+    header = _edit("common/math.cuh", "#pragma once\n", "#pragma once\nconstexpr double XS_EXP_MAX = 80.0;\n")
+    _one_naming(_constant_problems(header), "common/math.cuh", "XS_EXP_MAX")
+    gone = _edit("hyperbolic_linear.cu", "#define XS_HYP_ARG_MAX 50.0", "#define XS_HYP_ARG_LIMIT 50.0")
+    with pytest.raises(ValueError, match="XS_HYP_ARG_MAX"):
+        _constant_problems(gone)
+
+
+def test_launch_changes_are_reported():
+    bounds = _edit("optim.cu", "__launch_bounds__(256)", "__launch_bounds__(512)")
+    _one_naming(_launch_problems(bounds), "optim.cu:xs_riemannian_step", "__launch_bounds__(512)")
+    text = _read(CUDA_SRC / "hyperbolic_linear.cu")
+    row = "blockDim.x + threadIdx.x) / 32;"
+    start = text.index("xs_hnn_fwd(")
+    assert text.count(row, start, text.index("xs_hnn_bwd(")) == 1
+    half_warp = text[:start] + text[start:].replace(row, "blockDim.x + threadIdx.x) / 16;", 1)
+    _one_naming(_launch_problems({"hyperbolic_linear.cu": half_warp}), "xs_hnn_fwd", "16 threads")
+    shifted = _edit("optim.cu", "threadIdx.x) >> 5;", "threadIdx.x) >> 4;")
+    _one_naming(_launch_problems(shifted), "xs_riemannian_step", "16 threads")
+    bounded = _edit(
+        "hyperbolic_linear.cu",
+        "__global__ void xs_matvec_fwd(",
+        "__global__ void __launch_bounds__(128) xs_matvec_fwd(",
+    )
+    _one_naming(_launch_problems(bounded), "xs_matvec_fwd", "__launch_bounds__(128)", "blocks of 256")
+
+
+def test_renamed_switch_is_reported():
+    renamed = _edit("common/math.cuh", "#if XS_FAST_TRANSCENDENTALS", "#if XS_FAST_MATH", count=6)
+    problems = _define_problems(renamed)
+    for source in ("poincare.cu", "pairwise.cu", "optim.cu", "hyperbolic_linear.cu"):
+        _one_naming(problems, source, "XS_FAST_TRANSCENDENTALS")
+
+
+def test_constant_parsers_refuse_what_they_cannot_read():
+    """Casts, calls, ``?:``, hex, ``long double`` literals and unknown names raise;
+    so do a brace-initialised XS_ constant, a redeclared one and an unreadable
+    xs_limits member or kernel (skipping them would compare nothing)."""
+    assert cl.eval_cpp("1.0f - 1e-8f") == cl.CNum("float", 1.0)
+    assert cl.eval_cpp("1.0 - 1e-8").value == 1.0 - 1e-8
+    assert cl.eval_cpp("-7 / 2") == cl.CNum("int", -3)
+    assert cl.eval_cpp("XS_A << 2 | 1", {"XS_A": cl.CNum("int", 2)}) == cl.CNum("int", 9)
+    assert cl.eval_cpp("2 * 0.5f") == cl.CNum("float", 1.0)
+    for expr in ("S(50.0)", "0x10", "1.0L", "a ? 1 : 2", "XS_UNKNOWN + 1", "3 % 2", "1 / 0"):
+        with pytest.raises(ValueError):
+            cl.eval_cpp(expr)
+    for text in (
+        "constexpr float XS_X{1.0f};",
+        "#define XS_X 1.0L",
+        "#define XS_X 1\n#define XS_X 2",
+        "enum { XS_A = 1, XS_B = XS_C };",
+    ):
+        with pytest.raises(ValueError):
+            cl.constants(text)
+    assert cl.constants("enum { XS_A = 3, XS_B, XS_C = XS_B << 1 };") == {
+        "XS_A": cl.CNum("int", 3),
+        "XS_B": cl.CNum("int", 4),
+        "XS_C": cl.CNum("int", 8),
+    }
+    with pytest.raises(ValueError, match="XS_GONE"):
+        cl.constant(_read(CUDA_SRC / "pairwise.cu"), "XS_GONE")
+    with pytest.raises(ValueError, match="cannot read the member"):
+        cl.parse_limits("template <> struct xs_limits<float> { static const float tanh_max = 15.0f; };")
+    with pytest.raises(ValueError, match="no specialisation"):
+        cl.parse_limits("template <class S> struct xs_limits;")
+    with pytest.raises(ValueError, match="cannot read the kernel"):
+        cl.parse_kernels("__global__ static void k(int n) {}")

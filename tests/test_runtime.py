@@ -29,6 +29,7 @@ from xpu_stone.runtime import (
     use_torch_allocator,
 )
 from xpu_stone.runtime import memory as M
+from xpu_stone.runtime import torch_flags as flags_module
 from xpu_stone.runtime.devices import tensor_core_flags
 from xpu_stone.runtime.policies import (
     ExecutionPolicy,
@@ -87,9 +88,9 @@ def _rpr():
 def torch_flags():
     """Puts torch's global flags back as they were, whatever the test did (through
     whichever TF32 API the process was using)."""
-    saved = policies._torch_settings_save(torch)
+    saved = flags_module.save(torch)
     yield
-    policies._torch_settings_restore(torch, saved)
+    flags_module.restore(torch, saved)
 
 
 def test_kernel_policy_applies_torch_settings_and_restores_them(torch_flags):

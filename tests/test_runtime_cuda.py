@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from xpu_stone import poincare as P
-from xpu_stone import profiler, to_cupy, to_torch
+from xpu_stone import to_cupy, to_torch
 from xpu_stone.errors import CudaError, InvalidArgumentError, OutOfMemoryError, ShapeMismatchError
 from xpu_stone.kernels import dispatcher
 from xpu_stone.runtime import (
@@ -24,6 +24,7 @@ from xpu_stone.runtime import (
     memory_stats,
     pinned_empty,
     profile,
+    profiler,
     reset_peak,
     stream,
     timed,

@@ -16,7 +16,7 @@ import torch
 
 import xpu_stone  # noqa: F401  (registers the ops)
 from xpu_stone.errors import InvalidArgumentError
-from xpu_stone.kernels import dispatcher, explain, tuned_table, tuner
+from xpu_stone.kernels import auto_table, dispatcher, explain, tuned_table, tuner
 from xpu_stone.kernels.registry import LaunchConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -204,7 +204,7 @@ def _auto(tmp_path, table=None, shipped=(), identity=GPU, env=False):
     ship.mkdir(exist_ok=True)
     for i, t in enumerate(shipped):
         t.save(ship / f"t{i}.json")
-    return tuned_table.AutoTable(paths, env=env, tables_dir=ship, identify=lambda device: identity)
+    return auto_table.AutoTable(paths, env=env, tables_dir=ship, identify=lambda device: identity)
 
 
 def test_table_round_trip_and_explain_says_table(tmp_path):
@@ -300,7 +300,7 @@ def test_shipped_tables_of_other_gpus_are_skipped_silently_stale_ones_warn(tmp_p
 def test_malformed_table_and_no_gpu_warn(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    dispatcher.set_tuned_table(tuned_table.AutoTable([bad], env=False, shipped=False, identify=lambda d: GPU))
+    dispatcher.set_tuned_table(auto_table.AutoTable([bad], env=False, shipped=False, identify=lambda d: GPU))
     with pytest.warns(tuned_table.TunedTableWarning, match="cannot read tuned table"):
         assert dispatcher.select(OP, "float32", 16, True).reason == "heuristic"
     dispatcher.set_tuned_table(_auto(tmp_path, _table(), identity=None))
@@ -314,16 +314,16 @@ def test_env_var_names_a_table_or_switches_tables_off(tmp_path, monkeypatch):
     table = _table()
     table.save(tmp_path / "env.json")
     monkeypatch.setenv(tuned_table.ENV_VAR, str(tmp_path / "env.json"))
-    auto = tuned_table.AutoTable(shipped=False, identify=lambda d: GPU)
+    auto = auto_table.AutoTable(shipped=False, identify=lambda d: GPU)
     assert auto.lookup(OP, "float32", 16, 0).variant == table.entries[(OP, "float32", 16)].variant
     monkeypatch.setenv(tuned_table.ENV_VAR, "none")
     ship = tmp_path / "ship"
     ship.mkdir()
     table.save(ship / "gpu.json")
-    auto = tuned_table.AutoTable(tables_dir=ship, identify=lambda d: pytest.fail("tables are off"))
+    auto = auto_table.AutoTable(tables_dir=ship, identify=lambda d: pytest.fail("tables are off"))
     assert auto.lookup(OP, "float32", 16, 0) is None
     # a table named in code still serves (use_table): only the automatic ones are off
-    auto = tuned_table.AutoTable([tmp_path / "env.json"], tables_dir=ship, identify=lambda d: GPU)
+    auto = auto_table.AutoTable([tmp_path / "env.json"], tables_dir=ship, identify=lambda d: GPU)
     assert auto.lookup(OP, "float32", 16, 0).variant == table.entries[(OP, "float32", 16)].variant
 
 
@@ -333,9 +333,9 @@ def test_tables_load_lazily_not_at_import(tmp_path):
     code = (
         "import warnings; warnings.simplefilter('error')\n"
         "import xpu_stone\n"
-        "from xpu_stone.kernels import dispatcher, tuned_table\n"
+        "from xpu_stone.kernels import auto_table, dispatcher, tuned_table\n"
         "assert dispatcher._table is None\n"
-        "tuned_table.device_identity = lambda d: {'gpu_name': 'x', 'compute_capability': '9.0', 'driver': 1}\n"
+        "auto_table.device_identity = lambda d: {'gpu_name': 'x', 'compute_capability': '9.0', 'driver': 1}\n"
         "try:\n"
         "    dispatcher.select('poincare_dist', 'float32', 16, True)\n"
         "except tuned_table.TunedTableWarning as e:\n"

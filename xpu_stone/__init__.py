@@ -3,6 +3,25 @@
 Importing works with no GPU and with no torch: the CuPy API needs only CuPy,
 the CPU path only torch. Kernels compile on first use and are cached on disk;
 :func:`xpu_stone.kernels.build` compiles them ahead of time.
+
+Layers, top to bottom (a module imports only its own layer or lower ones;
+``tests/test_layering.py`` checks it):
+
+* public modules: ``poincare``, ``lorentz``, ``klein``, ``convert``, ``pairwise``,
+  ``linear`` (functions), ``nn``, ``manifolds``, ``optim/``, ``compat``, ``interop``,
+  ``examples/``: checks and thin wrappers, formulas in the docstrings
+* ``ops/``: one module per ``cuda_src/*.cu``: op descriptions, kernel names,
+  torch maths, launchers, custom ops
+* ``engine/``: what every op shares: the row-op description, the scalar rule,
+  operand checks, rows, launcher chores, the CPU transcription, the custom-op scaffold
+* ``runtime/``: devices, memory, streams, graphs, the launch profiler, policies, sessions
+* ``kernels/``: NVRTC compile and disk cache, registry, dispatcher, tuned tables,
+  launch, ahead-of-time build, the tuner's bookkeeping
+* base: ``errors``, ``constants``, ``config``, ``_deps``, ``_version``, ``reference/``
+  (float64 textbook formulas, the test oracles), ``data/`` (shipped data sets)
+
+``rowwise``, ``policies``, ``profiler`` and ``kernels.tuning`` are the old import
+paths, kept as re-exports for one release.
 """
 
 from __future__ import annotations

@@ -10,11 +10,13 @@ one kernel per op for sm_90 to show that the kernels build.
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import sys
 import time
 
 import xpu_stone
+from xpu_stone import kernels, ops
 from xpu_stone.constants import BOUNDARY_EPS
 from xpu_stone.kernels import REGISTRY
 
@@ -53,23 +55,17 @@ def report(torch) -> int | None:
 
 
 def build(arch: str, dtypes) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from xpu_stone.kernels.compiler import compile_kernel
-
-    jobs = [(k.source, n, defs) for k in REGISTRY for n, defs in k.all_kernels(dtypes)]
     start = time.perf_counter()
-    done = cached = 0
-    with ThreadPoolExecutor() as pool:
-        for kern in pool.map(lambda j: compile_kernel(j[0], j[1], arch, True, j[2]), jobs):
-            done += 1
-            cached += kern.from_cache
-            if done % 50 == 0 or done == len(jobs):
-                print(
-                    f"\r  kernels {done}/{len(jobs)} ({cached} cached) {time.perf_counter() - start:5.1f} s",
-                    end="",
-                    flush=True,
-                )
+    cached = 0
+
+    def progress(done, total, result):
+        nonlocal cached
+        cached += result.kernel.from_cache
+        if done % 50 == 0 or done == total:
+            elapsed = time.perf_counter() - start
+            print(f"\r  kernels {done}/{total} ({cached} cached) {elapsed:5.1f} s", end="", flush=True)
+
+    kernels.build(dtypes=dtypes, arch=arch, progress=progress)
     print()
 
 
@@ -100,13 +96,12 @@ def self_check(torch, device: str) -> bool:
 def _check_models(torch, device: str, gen) -> bool:
     """Lorentz, Klein and the conversions, fp32 against the float64 textbook
     references on points well inside (distances up to ~3 from the origin)."""
-    from xpu_stone import convert, klein, lorentz
-    from xpu_stone.reference import convert as RC
-    from xpu_stone.reference import klein as RK
     from xpu_stone.reference import lorentz as RL
 
     ok = True
-    for family, mod, ref in (("lorentz", lorentz, RL), ("klein", klein, RK), ("convert", convert, RC)):
+    for family in (m.__name__.rsplit(".", 1)[1] for m in ops.ROW_FAMILIES if m is not ops.poincare):
+        mod = importlib.import_module(f"xpu_stone.{family}")
+        ref = importlib.import_module(f"xpu_stone.reference.{family}")
         for name, kinds in ref.ARG_KINDS.items():
             worst = 0.0
             for d, c in ((3, 0.1), (64, 1.0), (1000, 10.0)):
@@ -187,12 +182,8 @@ def main(argv=None) -> int:
         bench(torch)
     else:
         try:
-            from xpu_stone.kernels.compiler import compile_kernel
-
             start = time.perf_counter()
-            for kernels in REGISTRY:
-                name, defs = next(iter(kernels.all_kernels(["float32"])))
-                compile_kernel(kernels.source, name, "sm_90", True, defs)
+            kernels.build(dtypes=["float32"], arch="sm_90", first_only=True)
             print(
                 f"compiled one kernel of each of the {len(REGISTRY.ops)} ops for sm_90 in {time.perf_counter() - start:.1f} s"
             )

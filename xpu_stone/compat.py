@@ -6,9 +6,9 @@
     xpu_stone.compat.unpatch_geoopt()    # geoopt as it was
 
 The methods of ``geoopt.Stereographic`` (so ``PoincareBall``) listed in
-:data:`POINCARE_METHODS` -- and, when :mod:`xpu_stone.lorentz` is installed, those
-of ``geoopt.Lorentz`` in :data:`LORENTZ_METHODS` -- are wrapped. A call goes to
-xpu_stone when its inputs allow it:
+:data:`POINCARE_METHODS` and those of ``geoopt.Lorentz`` listed in
+:data:`LORENTZ_METHODS` are wrapped. A call goes to xpu_stone when its inputs
+allow it:
 
 * the curvature is negative and fixed (``k`` does not require grad), with
   ``c = -k`` on the ball and ``c = 1/k`` on geoopt's hyperboloid
@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 
 import torch
 
-from . import poincare
+from . import lorentz, poincare
 from .errors import UnsupportedOperationError
 
 POINCARE_METHODS = ("dist", "dist0", "expmap", "expmap0", "logmap", "logmap0", "mobius_add", "projx", "transp",
@@ -42,12 +41,6 @@ GEOOPT_BALL_EPS = {torch.float32: 4e-3, torch.float64: 1e-5}
 _originals: dict[tuple[type, str], object] = {}
 _state = {"devices": ("cuda",), "calls": 0, "fallbacks": 0}
 _k_cache: dict[int, tuple[int, float]] = {}
-
-
-def _lorentz_module():
-    if importlib.util.find_spec("xpu_stone.lorentz") is None:
-        return None
-    return importlib.import_module("xpu_stone.lorentz")
 
 
 def _curvature(k) -> float | None:
@@ -107,9 +100,8 @@ def _poincare_impl(name, self, args, kw):
 
 
 def _lorentz_impl(name, self, args, kw):
-    lorentz = _lorentz_module()
     k = _curvature(self.k)
-    if lorentz is None or k is None or not k > 0:
+    if k is None or not k > 0:
         return NotImplemented
     c = 1.0 / k
     dim = kw.pop("dim", -1)
@@ -159,17 +151,17 @@ def _wrap(cls, name, impl):
 
 
 def patch_geoopt(devices: tuple[str, ...] = ("cuda",)) -> list[str]:
-    """Routes geoopt's PoincareBall (and Lorentz, when :mod:`xpu_stone.lorentz` exists)
-    math to xpu_stone for tensors on ``devices``; returns the patched ``Class.method``
+    """Routes geoopt's PoincareBall and Lorentz math to xpu_stone for tensors on ``devices``; returns the patched ``Class.method``
     names. Idempotent; :func:`unpatch_geoopt` undoes it."""
     try:
         geoopt = importlib.import_module("geoopt")
     except ImportError:
         raise UnsupportedOperationError("patch_geoopt needs geoopt installed (pip install geoopt)") from None
     _state["devices"] = tuple(devices)
-    targets = [(geoopt.Stereographic, POINCARE_METHODS, _poincare_impl)]
-    if _lorentz_module() is not None:
-        targets.append((geoopt.Lorentz, LORENTZ_METHODS, _lorentz_impl))
+    targets = [
+        (geoopt.Stereographic, POINCARE_METHODS, _poincare_impl),
+        (geoopt.Lorentz, LORENTZ_METHODS, _lorentz_impl),
+    ]
     patched = []
     for cls, names, impl in targets:
         for name in names:

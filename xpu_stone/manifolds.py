@@ -35,7 +35,6 @@ silently getting Euclidean updates.
 from __future__ import annotations
 
 import functools
-import math
 import sys
 from dataclasses import dataclass
 
@@ -43,25 +42,10 @@ import torch
 
 from . import poincare
 from .constants import BOUNDARY_EPS, MIN_SQNORM
-from .errors import InvalidArgumentError, InvalidCurvatureError, UnsupportedOperationError
+from .engine.scalars import curvature_value
+from .errors import InvalidArgumentError, UnsupportedOperationError
 
 __all__ = ["Manifold", "PoincareBall", "Lorentz", "Euclidean", "ManifoldParameter", "manifold_of"]
-
-
-def _check_c(c) -> float:
-    if isinstance(c, torch.Tensor):
-        if c.numel() != 1:
-            raise InvalidCurvatureError(
-                f"c must be a positive number, got a tensor of shape {tuple(c.shape)}"
-            )
-        c = c.item()
-    try:
-        value = float(c)
-    except (TypeError, ValueError):
-        raise InvalidCurvatureError(f"c must be a positive number, got {c!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise InvalidCurvatureError(f"c must be a finite positive number, got {value}")
-    return value
 
 
 def _sqnorm_floor(x: torch.Tensor) -> float:
@@ -144,7 +128,7 @@ class PoincareBall(Manifold):
     name = "poincare"
 
     def __post_init__(self):
-        object.__setattr__(self, "c", _check_c(self.c))
+        object.__setattr__(self, "c", curvature_value(self.c))
         if self.eps is not None and not (0.0 < float(self.eps) < 1.0):
             raise InvalidArgumentError(f"eps must lie in (0, 1), got {self.eps!r}")
 
@@ -189,7 +173,7 @@ class Lorentz(Manifold):
     name = "lorentz"
 
     def __post_init__(self):
-        object.__setattr__(self, "c", _check_c(self.c))
+        object.__setattr__(self, "c", curvature_value(self.c))
 
     @staticmethod
     def minkowski(u, v):

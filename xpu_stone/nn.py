@@ -29,7 +29,8 @@ import math
 import torch
 from torch import nn
 
-from . import linear, poincare
+from . import klein, linear, lorentz, poincare
+from .engine.scalars import check_number, curvature_value
 from .errors import InvalidArgumentError, InvalidCurvatureError
 from .manifolds import ManifoldParameter, PoincareBall
 
@@ -55,10 +56,9 @@ class Curvature(nn.Module):
 
     def __init__(self, c: float = 1.0, learnable: bool = True, min_c: float = 1e-5):
         super().__init__()
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not (math.isfinite(c) and c > min_c):
-            raise InvalidCurvatureError(f"c must be a finite number above min_c={min_c}, got {c!r}")
-        if not (min_c >= 0):
-            raise InvalidCurvatureError(f"min_c must be >= 0, got {min_c!r}")
+        c = check_number(c, "c")
+        if not (isinstance(min_c, (int, float)) and 0 <= min_c < c):
+            raise InvalidCurvatureError(f"min_c must be a number in [0, c={c}), got {min_c!r}")
         self.min_c = float(min_c)
         self.learnable = bool(learnable)
         if learnable:
@@ -81,9 +81,11 @@ def _curvature(c):
     """A Curvature module or a validated float, as given to a layer."""
     if isinstance(c, Curvature):
         return c
-    if isinstance(c, bool) or not isinstance(c, (int, float)) or not (math.isfinite(c) and c > 0):
-        raise InvalidCurvatureError(f"c must be a finite positive float or a Curvature module, got {c!r}")
-    return float(c)
+    if isinstance(c, torch.Tensor) and c.requires_grad:
+        raise InvalidCurvatureError(
+            "a learnable curvature is a Curvature module: pass Curvature(c, learnable=True)"
+        )
+    return curvature_value(c)
 
 
 def _value(c):
@@ -274,8 +276,6 @@ class LorentzLayer(_GeodesicLayer):
     (:func:`xpu_stone.lorentz.geodesic`)."""
 
     def _geodesic(self):
-        from . import lorentz
-
         return lorentz.geodesic
 
 
@@ -283,6 +283,4 @@ class KleinLayer(_GeodesicLayer):
     r"""The geodesic interpolation in the Klein model (:func:`xpu_stone.klein.geodesic`)."""
 
     def _geodesic(self):
-        from . import klein
-
         return klein.geodesic

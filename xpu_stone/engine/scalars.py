@@ -32,7 +32,7 @@ from .. import config
 from .._deps import cupy, is_cupy_array, torch
 from ..errors import InvalidArgumentError, InvalidCurvatureError, ShapeMismatchError
 
-__all__ = ["check_curvature", "check_number", "check_scalar", "tracing"]
+__all__ = ["check_curvature", "check_number", "check_scalar", "curvature_value", "tracing"]
 
 
 def _error(positive: bool):
@@ -112,3 +112,11 @@ def _on_device_of(value, like, name: str, one: bool):
 def check_curvature(c, like=None, *, per_row: bool = False):
     """:func:`check_scalar` for a curvature (positive), one value by default."""
     return check_scalar(c, "c", like, positive=True, per_row=per_row)
+
+
+def curvature_value(c) -> float:
+    """A curvature fixed for the object that takes it (a manifold, a layer, an
+    optimizer's step): a positive number or a one-element tensor, read once on the
+    host (gradients do not flow through it)."""
+    c_t, value = check_curvature(c)
+    return value if c_t is None else float(c_t.detach())

@@ -4,7 +4,7 @@ Order of authority: the innermost active variant pins (what a
 :class:`~xpu_stone.runtime.policies.KernelPolicy` pushes with :func:`pin` while it
 is entered), then a per-GPU tuned table, then the heuristic below. The tuned
 table is, unless :func:`set_tuned_table` installs another,
-:class:`xpu_stone.kernels.tuned_table.AutoTable`:
+:class:`xpu_stone.kernels.auto_table.AutoTable`:
 the shipped table of the current GPU plus a user table (``XPU_STONE_TUNED_TABLE``),
 read on the first dispatch on each device. The answer is cached per (op, dtype,
 D, alignment, device, policy), so the per-call cost is one dict lookup.
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidArgumentError
+from .auto_table import AutoTable, TableChoice, TunedTable
 from .registry import DTYPES, REGISTRY, LaunchConfig
-from .tuned_table import AutoTable, TableChoice, TunedTable
 
 
 @dataclass(frozen=True)

@@ -236,8 +236,9 @@ def _torch_empty(dtype, device):
     return lambda k: torch.empty(k, dtype=dtype, device=device)
 
 
-def cdist_cuda(x, y, c_val, model):
-    """x (B, N, D), y (B, M, D) contiguous CUDA tensors -> (B, N, M)."""
+def _cuda_call(x, y, c_val, model):
+    """What both directions start with on CUDA tensors x (B, N, D), y (B, M, D):
+    (dtype name, compute dtype, B, N, M, D, device, stream, row scalars)."""
     dtype = TORCH_DTYPES[x.dtype]
     e = compute_dtype(x.dtype)
     bsz, n, d = x.shape
@@ -245,6 +246,12 @@ def cdist_cuda(x, y, c_val, model):
     dev = x.device.index
     stream = torch_stream(dev)
     scal = _scalars(x, bsz * n, y, bsz * m, d, model, dtype, c_val, stream, dev, _torch_empty(e, x.device))
+    return dtype, e, bsz, n, m, d, dev, stream, scal
+
+
+def cdist_cuda(x, y, c_val, model):
+    """x (B, N, D), y (B, M, D) contiguous CUDA tensors -> (B, N, M)."""
+    dtype, e, bsz, n, m, d, dev, stream, scal = _cuda_call(x, y, c_val, model)
     in_place = x.dtype == e
     out = torch.empty((bsz, n, m), dtype=x.dtype, device=x.device)
     poison(out)
@@ -272,16 +279,8 @@ def cdist_cuda(x, y, c_val, model):
 
 
 def cdist_bwd_cuda(grad, x, y, out, c_val, model, needs):
-    dtype = TORCH_DTYPES[x.dtype]
-    e = compute_dtype(x.dtype)
-    bsz, n, d = x.shape
-    m = y.shape[1]
-    dev = x.device.index
-    stream = torch_stream(dev)
+    dtype, e, bsz, n, m, d, dev, stream, (p0, p1, q0, q1) = _cuda_call(x, y, c_val, model)
     grad = grad.contiguous()
-    p0, p1, q0, q1 = _scalars(
-        x, bsz * n, y, bsz * m, d, model, dtype, c_val, stream, dev, _torch_empty(e, x.device)
-    )
     vec = _vec(dtype) if m % _vec(dtype) == 0 else 1
     gxc = _grid_cols(m, vec)
     tiles = max(1, min(n, 65535 // max(bsz, 1), -(-device_props(dev)[0] * 16 // (gxc * max(bsz, 1)))))

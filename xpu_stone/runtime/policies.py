@@ -34,6 +34,7 @@ from .._deps import torch as _torch
 from ..errors import InvalidArgumentError, UnsupportedOperationError
 from ..kernels import dispatcher
 from ..kernels.registry import REGISTRY
+from .torch_flags import TorchFlags
 
 _state = threading.local()
 
@@ -78,126 +79,6 @@ def _check_document(cls, data, fields: set) -> None:
         raise InvalidArgumentError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
 
 
-# ------------------------------------------------------- torch-side settings
-MATMUL_PRESETS = {
-    "ieee": {"tf32": False, "reduced_precision_reduction": False},
-    "tf32": {"tf32": True, "reduced_precision_reduction": False},
-    "fast": {"tf32": True, "reduced_precision_reduction": True},
-}
-MATMUL_KEYS = ("tf32", "reduced_precision_reduction")
-ATTENTION_BACKENDS = ("flash", "efficient", "cudnn", "math")
-
-
-def _matmul_settings(matmul) -> dict:
-    """``"auto"``, a preset name or a dict of MATMUL_KEYS -> bool, as a dict (empty for auto)."""
-    if matmul == "auto":
-        return {}
-    if isinstance(matmul, str):
-        if matmul not in MATMUL_PRESETS:
-            raise InvalidArgumentError(
-                f"matmul must be 'auto', one of {sorted(MATMUL_PRESETS)} or a dict of {MATMUL_KEYS}, "
-                f"got {matmul!r}"
-            )
-        return dict(MATMUL_PRESETS[matmul])
-    if not isinstance(matmul, dict):
-        raise InvalidArgumentError(f"matmul must be a string or a dict, got {type(matmul).__name__}")
-    for key, value in matmul.items():
-        if key not in MATMUL_KEYS:
-            raise InvalidArgumentError(f"unknown matmul setting {key!r}; known: {MATMUL_KEYS}")
-        if not isinstance(value, bool):
-            raise InvalidArgumentError(f"matmul setting {key!r} must be true or false, got {value!r}")
-    return dict(matmul)
-
-
-def _attention_backends(attention) -> tuple[str, ...]:
-    """``"auto"`` (empty tuple: leave torch's choice), one backend, or a list of allowed ones."""
-    if attention == "auto":
-        return ()
-    names = (attention,) if isinstance(attention, str) else attention
-    if not isinstance(names, (list, tuple)) or not names:
-        raise InvalidArgumentError(
-            f"attention must be 'auto', one of {ATTENTION_BACKENDS} or a non-empty list of them, "
-            f"got {attention!r}"
-        )
-    for name in names:
-        if name not in ATTENTION_BACKENDS:
-            raise InvalidArgumentError(f"unknown attention backend {name!r}; known: {ATTENTION_BACKENDS}")
-    return tuple(names)
-
-
-def _tf32_switches(torch) -> tuple:
-    """(legacy object, new-API object) of each TF32 switch: cuBLAS matmul, cuDNN conv."""
-    return (
-        (torch.backends.cuda.matmul, torch.backends.cuda.matmul),
-        (torch.backends.cudnn, torch.backends.cudnn.conv),
-    )
-
-
-def _get_tf32(legacy, new):
-    """The switch's state in the API the process uses: torch refuses to read the
-    legacy ``allow_tf32`` once the new ``fp32_precision`` was set, and vice versa
-    keeps working; so try legacy first."""
-    try:
-        return ("legacy", legacy.allow_tf32)
-    except RuntimeError:
-        return ("new", new.fp32_precision)
-
-
-def _set_tf32(legacy, new, api: str, value) -> None:
-    if api == "legacy":
-        legacy.allow_tf32 = value
-    else:
-        new.fp32_precision = value
-
-
-def _torch_settings_save(torch) -> dict:
-    m = torch.backends.cuda.matmul
-    b = torch.backends.cuda
-    return {
-        "tf32": [_get_tf32(legacy, new) for legacy, new in _tf32_switches(torch)],
-        "fp16_rpr": m.allow_fp16_reduced_precision_reduction,
-        "bf16_rpr": m.allow_bf16_reduced_precision_reduction,
-        "sdp": (
-            b.flash_sdp_enabled(),
-            b.mem_efficient_sdp_enabled(),
-            b.cudnn_sdp_enabled(),
-            b.math_sdp_enabled(),
-        ),
-    }
-
-
-def _torch_settings_apply(torch, matmul: dict, attention: tuple, saved: dict) -> None:
-    m = torch.backends.cuda.matmul
-    if "tf32" in matmul:
-        on = matmul["tf32"]
-        for (legacy, new), (api, _) in zip(_tf32_switches(torch), saved["tf32"]):
-            _set_tf32(legacy, new, api, on if api == "legacy" else ("tf32" if on else "ieee"))
-    if "reduced_precision_reduction" in matmul:
-        on = matmul["reduced_precision_reduction"]
-        m.allow_fp16_reduced_precision_reduction = on
-        m.allow_bf16_reduced_precision_reduction = on
-    if attention:
-        _set_sdp(torch, tuple(name in attention for name in ATTENTION_BACKENDS))
-
-
-def _set_sdp(torch, flags: tuple) -> None:
-    b = torch.backends.cuda
-    flash, efficient, cudnn, math = flags
-    b.enable_flash_sdp(flash)
-    b.enable_mem_efficient_sdp(efficient)
-    b.enable_cudnn_sdp(cudnn)
-    b.enable_math_sdp(math)
-
-
-def _torch_settings_restore(torch, saved: dict) -> None:
-    m = torch.backends.cuda.matmul
-    for (legacy, new), (api, value) in zip(_tf32_switches(torch), saved["tf32"]):
-        _set_tf32(legacy, new, api, value)
-    m.allow_fp16_reduced_precision_reduction = saved["fp16_rpr"]
-    m.allow_bf16_reduced_precision_reduction = saved["bf16_rpr"]
-    _set_sdp(torch, saved["sdp"])
-
-
 def _torch_or_raise(what: str):
     if _torch is None:
         raise UnsupportedOperationError(f"{what} needs PyTorch")
@@ -206,8 +87,9 @@ def _torch_or_raise(what: str):
 
 # ------------------------------------------------------------- KernelPolicy
 class KernelPolicy:
-    """Per-op variant choices (``{"poincare_dist": "warp_per_row", ...}``) and
-    torch's kernel choices.
+    """Per-op variant choices (``{"poincare_dist": "warp_per_row", ...}``), pinned in
+    the dispatcher while entered, and torch's kernel choices (a
+    :class:`~xpu_stone.runtime.torch_flags.TorchFlags`, set while entered).
 
     ``matmul``: ``"auto"`` (leave torch's flags), ``"ieee"`` (no TF32, no
     reduced-precision reductions in fp16/bf16 GEMMs), ``"tf32"`` (TF32 for fp32
@@ -229,11 +111,9 @@ class KernelPolicy:
             kernels = REGISTRY.get(op)
             if variant != "auto":
                 kernels.variant(variant)
-        self._matmul = _matmul_settings(matmul)
-        self._attention = _attention_backends(attention)
+        self._flags = TorchFlags(matmul, attention)
         self.matmul = matmul if isinstance(matmul, str) else dict(matmul)
         self.attention = attention if isinstance(attention, str) else list(attention)
-        self._saved: list[dict] = []
         self._pins: list[dispatcher.pin] = []
 
     def variant_for(self, op: str) -> str:
@@ -243,10 +123,7 @@ class KernelPolicy:
     def torch_settings(self) -> dict:
         """What the policy sets in torch: ``{"tf32": bool, "reduced_precision_reduction":
         bool, "sdp_backends": [...]}``, only the keys it pins."""
-        out = dict(self._matmul)
-        if self._attention:
-            out["sdp_backends"] = list(self._attention)
-        return out
+        return self._flags.settings
 
     def to_dict(self) -> dict:
         return {
@@ -276,19 +153,14 @@ class KernelPolicy:
         return (
             isinstance(other, KernelPolicy)
             and self.variants == other.variants
-            and self._matmul == other._matmul
-            and self._attention == other._attention
+            and self._flags == other._flags
         )
 
     def __repr__(self) -> str:
         return f"KernelPolicy({self.variants!r}, matmul={self.matmul!r}, attention={self.attention!r})"
 
     def __enter__(self) -> KernelPolicy:
-        if self._matmul or self._attention:
-            torch = _torch_or_raise("KernelPolicy(matmul=..., attention=...)")
-            saved = _torch_settings_save(torch)
-            _torch_settings_apply(torch, self._matmul, self._attention, saved)
-            self._saved.append(saved)
+        self._flags.__enter__()
         pins = dispatcher.pin(self.variants)
         pins.__enter__()
         self._pins.append(pins)
@@ -299,8 +171,7 @@ class KernelPolicy:
         stack = _stack()
         stack.pop(len(stack) - 1 - stack[::-1].index(self))
         self._pins.pop().__exit__(*exc)
-        if self._matmul or self._attention:
-            _torch_settings_restore(_torch, self._saved.pop())
+        self._flags.__exit__(*exc)
 
 
 # ---------------------------------------------------------- ExecutionPolicy

@@ -24,6 +24,7 @@ from pathlib import Path
 from .._deps import cupy, is_cupy_array, torch
 from ..errors import InvalidArgumentError, UnsupportedOperationError
 from . import profiler
+from .devices import devices
 from .graphs import CapturedGraph, input_device, map_arrays, signature
 from .policies import ExecutionPolicy, KernelPolicy, active_execution_policy
 
@@ -238,8 +239,6 @@ class OnnxRuntimeEngine(Engine):
     def __init__(self, model, example_inputs, execution, options):
         super().__init__(model, example_inputs, execution, options)
         import onnxruntime as ort
-
-        from .devices import devices
 
         if not _is_onnx(model):
             raise InvalidArgumentError("engine 'onnxruntime' takes a path to an .onnx file or its bytes")

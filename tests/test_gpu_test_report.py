@@ -1,0 +1,42 @@
+"""scripts/gpu_test_report.py counts a JUnit file's outcomes and fails on failures."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" time="12.5">
+<testcase classname="tests.test_a" name="test_ok" time="0.1"/>
+<testcase classname="tests.test_a" name="test_ok2" time="0.1"/>
+<testcase classname="tests.test_a" name="test_skip" time="0"><skipped message="no GPU"/></testcase>
+<testcase classname="tests.test_b" name="test_bad" time="0.2"><failure message="assert 1 == 2">tb</failure></testcase>
+</testsuite></testsuites>
+"""
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("gpu_test_report", ROOT / "scripts" / "gpu_test_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_counts_and_failure_exit(tmp_path):
+    junit = tmp_path / "junit.xml"
+    junit.write_text(JUNIT)
+    script = _script()
+    summary = script.summarise(junit)
+    assert (summary["passed"], summary["failed"], summary["skipped"], summary["errors"]) == (2, 1, 1, 0)
+    assert summary["seconds"] == 12.5
+    assert {"test": "tests.test_b::test_bad", "outcome": "failure", "message": "assert 1 == 2"} in summary[
+        "not_passed"
+    ]
+    assert script.main([str(junit), "--out", str(tmp_path), "--date", "2026-12-01"]) == 1  # a failure fails
+    (written,) = tmp_path.glob("gpu-tests-*-2026-12-01.json")
+    assert json.loads(written.read_text())["failed"] == 1
+    junit.write_text(JUNIT.replace('<failure message="assert 1 == 2">tb</failure>', ""))
+    assert script.main([str(junit), "--out", str(tmp_path), "--date", "2026-12-01"]) == 0
