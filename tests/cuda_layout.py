@@ -16,7 +16,12 @@ These things are written twice, once in CUDA C++ and once in Python:
   sizes, model and flag codes, clamps) and the module constants that launch
   or fill those kernels; ``__launch_bounds__`` and threads-per-row of the
   kernels against the block the host launches; the ``-D`` switches the
-  registry passes against the ``#if`` that reads them.
+  registry passes against the ``#if`` that reads them;
+* values written inside a function body: a literal (``s_max = sizeof(E) == 4 ?
+  E(80) : E(700)``, the ``fminf(fmaxf(v, lo), hi)`` of a store), the
+  ``xs_limits`` member a function clamps with (directly or through a math.cuh
+  helper), and the ``MODE`` template codes (the ``// MODE k: name`` comment and
+  the ``if (MODE == k)`` branches) against the codes the host launches with.
 
 Nothing checks these at compile time: a table or a field that drifts on one
 side still compiles and runs, and gives wrong numbers that only the GPU tests
@@ -944,4 +949,263 @@ def compare_defines(file: str, defines: Iterable[str], reads: set[str]) -> list[
         name = d.partition("=")[0]
         if name not in reads:
             p.append(f"{file}: compiled with -D{d} but no #if in it or its includes reads {name}")
+    return p
+
+
+# ------------------------------------------------- literals inside functions
+
+
+def _name_pattern(name: str) -> str:
+    """A regex for the C++ name ``name`` (``xs_from_e<xs_half>``), any spacing around ``< > , ::``."""
+    parts = re.split(r"\s*(<|>|,|::)\s*", name.strip())
+    return r"\s*".join(re.escape(p) for p in parts if p)
+
+
+def function_body(text: str, name: str) -> str:
+    """The body, braces included, of the one definition of the function (or kernel,
+    or explicit specialisation: ``xs_from_e<xs_half>``) ``name`` in ``text``
+    (comments stripped). A call or a declaration ending in ``;`` is not a
+    definition. Raises when there is none or more than one."""
+    text = strip_comments(text)
+    found = []
+    for m in re.finditer(rf"(?<![\w:]){_name_pattern(name)}\s*\(", text):
+        close = _matching(text, m.end() - 1, "(", ")")
+        brace = re.compile(r"\s*(?:const\s*)?\{").match(text, close + 1)
+        if brace is not None:
+            found.append(text[brace.end() - 1 : _matching(text, brace.end() - 1, "{", "}") + 1])
+    if len(found) != 1:
+        raise ValueError(f"{len(found)} definitions of the function {name} (expected one)")
+    return found[0]
+
+
+def calls(body: str, name: str) -> bool:
+    """Whether ``body`` calls the function ``name`` (with or without template arguments)."""
+    return re.search(rf"(?<![\w:]){re.escape(name)}\s*(?:<[^;{{}}()]*>)?\s*\(", body) is not None
+
+
+def limit_reads(body: str) -> set[str]:
+    """The members of ``xs_limits<...>`` that ``body`` reads."""
+    return set(re.findall(rf"\b{LIMITS}\s*<\s*\w+\s*>\s*::\s*(\w+)", body))
+
+
+def template_args(name: str) -> list[str]:
+    """The template arguments of a kernel name: ``xs_hnn_fwd<float, double, 1>`` ->
+    ``["float", "double", "1"]`` (no nesting in these names)."""
+    m = re.fullmatch(r"\s*[\w:]+\s*<([^<>]*)>\s*", name)
+    if m is None:
+        raise ValueError(f"cannot read the template arguments of {name!r}")
+    return [a.strip() for a in m.group(1).split(",")]
+
+
+# C++ type of sizeof(E) == n -> that type (the floating types of the kernels)
+_SIZEOF = {4: "float", 8: "double"}
+
+
+def size_select(body: str, var: str) -> dict[str, CNum]:
+    """``{"float": a, "double": b}`` from the one declaration ``const E var =
+    sizeof(E) == 4 ? E(a) : E(b);`` of ``body`` (or ``== 8`` with the branches
+    swapped), each value converted to its type. Raises on any other form."""
+    body = strip_comments(body)
+    decls = re.findall(rf"\b{re.escape(var)}\s*=\s*([^;]*);", body)
+    if len(decls) != 1:
+        raise ValueError(f"{len(decls)} assignments of {var} (expected one)")
+    m = re.fullmatch(
+        r"\s*sizeof\s*\(\s*(\w+)\s*\)\s*==\s*(\d+)\s*\?\s*(\w+)\s*\(([^()]*)\)\s*:\s*(\w+)\s*\(([^()]*)\)\s*",
+        decls[0],
+    )
+    if m is None or not m.group(1) == m.group(3) == m.group(5) or int(m.group(2)) not in _SIZEOF:
+        raise ValueError(f"{var} = {decls[0].strip()!r} is not 'sizeof(E) == 4|8 ? E(a) : E(b)'")
+    then = _SIZEOF[int(m.group(2))]
+    other = "double" if then == "float" else "float"
+    where = f"{var} = {decls[0].strip()}"
+    return {
+        then: _as_ctype(eval_cpp(m.group(4), {}, where).value, then, where),
+        other: _as_ctype(eval_cpp(m.group(6), {}, where).value, other, where),
+    }
+
+
+_MIN_MAX = {"fminf": "min", "fmin": "min", "min": "min", "fmaxf": "max", "fmax": "max", "max": "max"}
+
+
+def clamp_bounds(body: str, var: str) -> tuple[CNum, CNum]:
+    """``(lo, hi)`` of the one statement ``var = fminf(fmaxf(var, lo), hi);`` of
+    ``body`` (``fmaxf(fminf(var, hi), lo)``, ``fmin`` / ``fmax`` too). Raises on
+    any other form or when there is none."""
+    body = strip_comments(body)
+    found = []
+    for s in re.findall(rf"(?<![\w.]){re.escape(var)}\s*=\s*([^;=][^;]*);", body):
+        outer = re.fullmatch(r"\s*(\w+)\s*\((.*)\)\s*", s, re.S)
+        if outer is None or outer.group(1) not in _MIN_MAX:
+            continue
+        args = _split_top(outer.group(2))
+        inner = re.fullmatch(r"(\w+)\s*\((.*)\)", args[0], re.S) if len(args) == 2 else None
+        if (
+            inner is None
+            or inner.group(1) not in _MIN_MAX
+            or _MIN_MAX[inner.group(1)] == _MIN_MAX[outer.group(1)]
+        ):
+            raise ValueError(f"cannot read the clamp {var} = {s.strip()}")
+        inner_args = _split_top(inner.group(2))
+        if len(inner_args) != 2 or inner_args[0] != var:
+            raise ValueError(f"cannot read the clamp {var} = {s.strip()}")
+        bound = {_MIN_MAX[inner.group(1)]: inner_args[1], _MIN_MAX[outer.group(1)]: args[1]}
+        where = f"{var} = {s.strip()}"
+        found.append((eval_cpp(bound["max"], {}, where), eval_cpp(bound["min"], {}, where)))
+    if len(found) != 1:
+        raise ValueError(f"{len(found)} clamps 'var = fmin(fmax({var}, lo), hi)' (expected one)")
+    return found[0]
+
+
+def compare_value(where: str, c: CNum, py_name: str, py) -> list[str]:
+    """A one-item list when the Python value ``py`` is not the C++ value ``c`` (see :func:`_same`)."""
+    return [] if _same(c, py) else [f"{where} is {c} in C++ but {py_name} is {py!r} in Python"]
+
+
+def compare_by_type(
+    where: str, found: Mapping[str, CNum], py_name: str, py: Mapping[str, object]
+) -> list[str]:
+    """Mismatches between a value that the C++ picks by its floating type
+    (``found``: :func:`size_select`) and the Python dict ``py`` keyed by dtype
+    (``"float32"`` for ``float``): a different value, a type without its
+    entry, an entry for a type the C++ does not pick for."""
+    p = []
+    for ctype, c in sorted(found.items()):
+        key = LIMIT_DTYPES[ctype]
+        if key not in py:
+            p.append(f"{where} for {ctype} = {c}: {py_name} has no {key!r} entry")
+        else:
+            p += compare_value(f"{where} for {ctype}", c, f"{py_name}[{key!r}]", py[key])
+    known = {LIMIT_DTYPES[t] for t in found}
+    p += [f"{py_name}[{k!r}]: {where} has no value for that type" for k in sorted(set(py) - known)]
+    return p
+
+
+@dataclass(frozen=True)
+class LimitUse:
+    """A Python constant that mirrors the ``xs_limits<S>::member`` read in C++
+    function ``function``, directly (``helper`` None) or through the helper
+    ``helper`` of math.cuh that it calls (``xs_norm_from_sq`` -> ``min_sqnorm``)."""
+
+    py_name: str
+    member: str
+    function: str
+    helper: str | None = None
+
+
+def compare_limit_uses(
+    file: str,
+    text: str,
+    math_cuh: str,
+    limits: Mapping[str, CNum],
+    s_ctype: str,
+    uses: Iterable[LimitUse],
+    py: Mapping[str, object],
+) -> list[str]:
+    """Mismatches between the ``xs_limits`` members that the functions of
+    ``file`` (source ``text``) clamp with and the Python constants ``py`` that
+    mirror them: a function that no longer calls its helper, a function or
+    helper that no longer reads the member (a clamp turned into a literal, or
+    another member), a Python value other than the member of ``limits``
+    (:func:`parse_limits` of the kernels' arithmetic type ``s_ctype``)."""
+    p = []
+    for u in uses:
+        body = function_body(text, u.function)
+        where = f"{file}:{u.function}"
+        if u.helper is not None:
+            if not calls(body, u.helper):
+                p.append(f"{where} no longer calls {u.helper} (mirrored by {u.py_name})")
+                continue
+            body, where = function_body(math_cuh, u.helper), f"{where} -> {u.helper}"
+        reads = limit_reads(body)
+        if u.member not in reads:
+            p.append(
+                f"{where} does not read {LIMITS}<S>::{u.member} (reads {sorted(reads)}), mirrored by {u.py_name}"
+            )
+        if u.member not in limits:
+            p.append(f"{LIMITS}<{s_ctype}> has no member {u.member} (mirrored by {u.py_name})")
+        elif u.py_name not in py:
+            p.append(f"{where}: no Python constant {u.py_name}")
+        else:
+            p += compare_value(
+                f"{LIMITS}<{s_ctype}>::{u.member} ({where})", limits[u.member], u.py_name, py[u.py_name]
+            )
+    return p
+
+
+# ------------------------------------------------------- MODE template codes
+
+
+def mode_comments(text: str, param: str = "MODE") -> list[tuple[int, str]]:
+    """``(code, description)`` of each ``MODE k: description`` of the ``//``
+    comments of ``text`` (descriptions end at ``;`` or the end of the line)."""
+    out = []
+    for line in re.findall(r"//([^\n]*)", text):
+        out += [(int(k), d.strip()) for k, d in re.findall(rf"\b{param}\s+(\d+)\s*:\s*([^;]+)", line)]
+    return out
+
+
+def mode_branches(text: str, param: str = "MODE") -> list[tuple[int, str]]:
+    """``(k, block)`` for each ``if (MODE == k) { block }`` of ``text`` (comments
+    stripped; ``if (MODE == k && ...)`` too: the block runs only for code k).
+    Raises on any other ``if`` that tests ``MODE`` and on a block without braces."""
+    text = strip_comments(text)
+    out = []
+    for m in re.finditer(r"\bif\s*\(", text):
+        close = _matching(text, m.end() - 1, "(", ")")
+        cond = text[m.end() : close]
+        if not re.search(rf"\b{param}\b", cond):
+            continue
+        cm = re.fullmatch(rf"\s*{param}\s*==\s*(\d+)\s*(?:&&[^|?]*)?", cond)
+        brace = re.compile(r"\s*\{").match(text, close + 1)
+        if cm is None or brace is None:
+            raise ValueError(
+                f"cannot read the branch 'if ({cond.strip()})' (expected 'if ({param} == k) {{')"
+            )
+        out.append((int(cm.group(1)), text[brace.end() - 1 : _matching(text, brace.end() - 1, "{", "}") + 1]))
+    return out
+
+
+def compare_modes(
+    file: str,
+    comments: Iterable[tuple[int, str]],
+    branches: Iterable[tuple[int, str]],
+    codes: Mapping[str, int],
+    markers: Mapping[str, Iterable[str]],
+    required: Iterable[str] = (),
+) -> list[str]:
+    """Mismatches between the ``MODE`` codes of the kernels of ``file`` and the
+    codes the Python side launches them with (``codes``: ``{"MLR": 0, "FC": 1}``):
+
+    * the comment ``MODE k: NAME ...`` (:func:`mode_comments`) must name each
+      code's mode first (``codes`` keys, case-insensitive) and describe no code twice;
+    * a branch ``if (MODE == k)`` (:func:`mode_branches`) that uses a name of
+      ``markers[N]`` (identifiers only mode N's code uses) must be the branch of
+      ``codes[N]``; for a mode of ``required``, every branch of its code must use
+      one of its markers.
+    """
+    p = []
+    comments, branches = list(comments), list(branches)
+    described: dict[int, str] = {}
+    for k, d in comments:
+        if k in described:
+            p.append(f"{file}: the comments describe MODE {k} twice ({described[k]!r}, {d!r})")
+        described[k] = d
+    for name, k in codes.items():
+        if k not in described:
+            p.append(f"{file}: no comment 'MODE {k}: {name}' (Python launches {name} with MODE {k})")
+        elif not re.match(rf"{re.escape(name)}\b", described[k], re.I):
+            p.append(f"{file}: MODE {k} is {described[k]!r} in C++ but Python launches {name} with MODE {k}")
+    if not branches:
+        p.append(f"{file}: no 'if (MODE == k)' branch found")
+    uses = {n: tuple(ms) for n, ms in markers.items()}
+    for k, block in branches:
+        for name, ms in uses.items():
+            used = [x for x in ms if re.search(rf"(?<![\w]){re.escape(x)}\b", block)]
+            if used and codes[name] != k:
+                p.append(
+                    f"{file}: the branch 'if (MODE == {k})' uses {used} of {name}, "
+                    f"but Python launches {name} with MODE {codes[name]}"
+                )
+            if not used and name in required and codes[name] == k:
+                p.append(f"{file}: the branch 'if (MODE == {k})' ({name} in Python) uses none of {list(ms)}")
     return p

@@ -1,4 +1,8 @@
-"""Shared test data: points on the stress grid of DESIGN.md, op call tables."""
+"""Shared test data: points on the project's stress grid, op call tables.
+
+The stress grid: norms log-uniform from 1e-15 to 1 - 1e-7 of the radius, zero
+vectors, c from 1e-3 to 1e3; D in {1, 3, 17, 127, 1000, 4097} and zero rows;
+non-contiguous and broadcast inputs; every dtype."""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ GRAD_TOL = {torch.float64: 1e-6, torch.float32: 1e-4, torch.float16: 1e-2, torch
 
 
 def ball_points(shape, c=1.0, dtype=torch.float64, device="cpu", gen=None, boundary=False):
-    """Random points of the ball of radius 1/sqrt(c) on the stress grid of DESIGN.md:
+    """Random points of the ball of radius 1/sqrt(c) on the stress grid:
     norms log-uniform in [1e-15, 1 - 1e-7] of the radius (40 %), uniform (50 %),
     exact zeros (10 %). ``boundary=True`` replaces the uniform share by norms
     1 - log-uniform[1e-7, 1], crowding the boundary. fp32 points keep 2e-7 and

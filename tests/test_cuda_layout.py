@@ -3,8 +3,12 @@
 Each row op, the kernel parameter struct ``xs_row_args``, the optimizer
 record ``xs_opt_meta``, the clamping limits ``xs_limits``, the ``XS_*``
 constants of each source file (block sizes, model / kind / flag codes, the
-HNN++ clamp), the kernels' launch bounds and threads per row, and the ``-D``
-switches of the registry are declared once in CUDA C++ and once in Python.
+HNN++ clamp), the kernels' launch bounds and threads per row, the ``-D``
+switches of the registry, the clamps written inside kernel functions (the
+pairwise backward's exp argument, fp16's saturation, the ``xs_limits``
+members the linear kernels clamp with) and the ``MODE`` template codes of
+the linear and optimizer kernels are declared once in CUDA C++ and once in
+Python.
 A mirror that drifts still compiles and runs and silently gives wrong
 numbers (a swapped dot, a field read at the wrong offset, a flag bit the
 kernel reads as another) that only GPU numerics would notice; these CPU
@@ -17,11 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import cuda_layout as cl
+import numpy
 import pytest
 
 from xpu_stone import constants, ops
+from xpu_stone.engine import rowwise, rowwise_cpu
 from xpu_stone.engine.rowop import E0, RowOp
 from xpu_stone.kernels.launch import ROW_ARG_FIELDS, ROW_ARGS
 from xpu_stone.kernels.registry import DTYPES, REGISTRY
@@ -569,3 +576,287 @@ def test_constant_parsers_refuse_what_they_cannot_read():
         cl.parse_limits("template <class S> struct xs_limits;")
     with pytest.raises(ValueError, match="cannot read the kernel"):
         cl.parse_kernels("__global__ static void k(int n) {}")
+
+
+# ============================================ literals mirrored inside functions
+
+HYP_CU = CUDA_SRC / "hyperbolic_linear.cu"
+# The clamps of ops/hyperbolic_linear.py's torch maths: the xs_limits<S> member each
+# kernel function of hyperbolic_linear.cu reads (itself or through a math.cuh helper).
+HYP_LIMIT_USES = (
+    cl.LimitUse("PHI_MIN_SQNORM", "min_sqnorm", "xs_matvec_phi", "xs_norm_from_sq"),
+    cl.LimitUse("PHI_ARTANH_MAX", "artanh_max", "xs_matvec_phi", "xs_artanh_c"),
+    cl.LimitUse("PHI_TANH_MAX", "tanh_max", "xs_matvec_phi", "xs_tanh_c"),
+    cl.LimitUse("LAMBDA_MIN_DENOM", "min_denom", "xs_lambda"),
+    cl.LimitUse("LAMBDA_MIN_DENOM", "min_denom", "xs_hnn_bwd"),  # its `clamped` (gamma = 0)
+)
+# identifiers only one mode's code uses: a branch `if (MODE == k)` using them is that mode's
+HYP_MODE_MARKERS = {"FC": ("xs_hnn_w",)}
+OPTIM_MODE_MARKERS = {
+    "Adam": ("m.bc1", "m.bc2", "XS_AMSGRAD", "vmax"),
+    "SGD": ("XS_MOMENTUM", "XS_NESTEROV", "XS_FIRST_STEP"),
+}
+
+
+def _exp_arg_problems(edited: dict[str, str] | None = None, py=None) -> list[str]:
+    """``s_max`` of xs_cdist_bwd (``sizeof(E) == 4 ? E(80) : E(700)``) against
+    ``ops.pairwise.EXP_ARG_MAX``, which ``_epilogue_bwd_torch`` clamps with."""
+    found = cl.size_select(cl.function_body(_text("pairwise.cu", edited), "xs_cdist_bwd"), "s_max")
+    py = pairwise.EXP_ARG_MAX if py is None else py
+    return cl.compare_by_type("pairwise.cu:xs_cdist_bwd s_max", found, "ops.pairwise.EXP_ARG_MAX", py)
+
+
+def _fp16_problems(edited: dict[str, str] | None = None, py: float | None = None) -> list[str]:
+    """The saturation of ``xs_from_e<xs_half>`` (dtype.cuh) against ``FP16_MAX``,
+    which the CPU path's stores (``engine.rowwise_cpu._store``) and the custom
+    op's gradient reductions (``engine.rowwise._reduce_to``) clamp to."""
+    body = cl.function_body(_text("common/dtype.cuh", edited), "xs_from_e<xs_half>")
+    lo, hi = cl.clamp_bounds(body, "v")
+    where = "common/dtype.cuh:xs_from_e<xs_half>"
+    problems = []
+    for module in (rowwise_cpu, rowwise):
+        value = module.FP16_MAX if py is None else py
+        name = f"{module.__name__.removeprefix('xpu_stone.')}.FP16_MAX"
+        problems += cl.compare_value(f"{where} upper bound", hi, name, value)
+        problems += cl.compare_value(f"{where} lower bound", lo, f"-{name}", -value)
+    return problems
+
+
+def _hyp_s_ctype(names=None) -> str:
+    """The arithmetic type S (second template argument) of every kernel of hyperbolic_linear.cu."""
+    names = [n for _, n in hyperbolic_linear.KERNELS.kernels] if names is None else names
+    types = {cl.template_args(n)[1] for n in names}
+    assert len(types) == 1, f"kernels of hyperbolic_linear.cu with S in {types}"
+    return types.pop()
+
+
+def _hyp_limit_problems(edited: dict[str, str] | None = None, py=None, s_ctype=None) -> list[str]:
+    s_ctype = _hyp_s_ctype() if s_ctype is None else s_ctype
+    limits = cl.parse_limits(_text("common/math.cuh", edited))[s_ctype]
+    return cl.compare_limit_uses(
+        "hyperbolic_linear.cu",
+        _text("hyperbolic_linear.cu", edited),
+        _text("common/math.cuh", edited),
+        limits,
+        s_ctype,
+        HYP_LIMIT_USES,
+        vars(hyperbolic_linear) if py is None else py,
+    )
+
+
+def _hyp_mode_problems(edited: dict[str, str] | None = None, codes=None) -> list[str]:
+    """MLR / FC against the MODE of xs_hnn_fwd / xs_hnn_bwd: the kernel that the
+    launchers name with ``f"hnn_fwd_{mode}"`` has template argument MODE = mode."""
+    codes = {"MLR": hyperbolic_linear.MLR, "FC": hyperbolic_linear.FC} if codes is None else codes
+    text = _text("hyperbolic_linear.cu", edited)
+    return cl.compare_modes(
+        "hyperbolic_linear.cu",
+        cl.mode_comments(text),
+        cl.mode_branches(text),
+        codes,
+        HYP_MODE_MARKERS,
+        required=("FC",),
+    )
+
+
+class _Launched(Exception):
+    pass
+
+
+def _optim_launch_modes(monkeypatch) -> dict[str, int]:
+    """``{"SGD": k, "Adam": k}``: the MODE template argument of the kernel that
+    ``ops.optim.launch_records`` launches with ``adam`` False / True (its
+    ``get_function`` stubbed to record the name; nothing is launched)."""
+
+    def record(source, name, *args, **kwargs):
+        raise _Launched(name)
+
+    monkeypatch.setattr(optim, "get_function", record)
+    modes = {}
+    for label, adam in (("SGD", False), ("Adam", True)):
+        with pytest.raises(_Launched) as launched:
+            optim.launch_records(None, 1, 1, SimpleNamespace(index=0), "float32", adam)
+        name = launched.value.args[0]
+        assert name in {n for _, n in optim.KERNELS.kernels}
+        modes[label] = int(cl.template_args(name)[-1])
+    return modes
+
+
+def _optim_mode_problems(codes: dict[str, int], edited: dict[str, str] | None = None) -> list[str]:
+    text = _text("optim.cu", edited)
+    return cl.compare_modes(
+        "optim.cu", cl.mode_comments(text), cl.mode_branches(text), codes, OPTIM_MODE_MARKERS
+    )
+
+
+# ------------------------------------------------------ the mirrors agree
+
+
+def test_pairwise_exp_clamp_matches_exp_arg_max():
+    """``s_max`` of the backward epilogue (pairwise.cu, a bare literal per type
+    E) is ``ops.pairwise.EXP_ARG_MAX`` for both compute dtypes."""
+    assert set(pairwise.EXP_ARG_MAX) == {"float32", "float64"}
+    assert _exp_arg_problems() == []
+
+
+def test_fp16_saturation_matches_fp16_max():
+    """fp16 stores saturate at ``+-65504.0f`` (dtype.cuh), the largest finite
+    half; the CPU path and the custom op's reductions clamp to the same
+    ``FP16_MAX`` (one constant, imported by rowwise.py)."""
+    assert rowwise.FP16_MAX is rowwise_cpu.FP16_MAX
+    assert rowwise_cpu.FP16_MAX == float(numpy.finfo(numpy.float16).max)
+    assert _fp16_problems() == []
+
+
+def test_hyperbolic_linear_clamps_match_the_kernels_limits():
+    """The torch maths of ops/hyperbolic_linear.py clamps with PHI_MIN_SQNORM,
+    PHI_ARTANH_MAX, PHI_TANH_MAX and LAMBDA_MIN_DENOM; the kernel functions that
+    they mirror read ``xs_limits<S>::min_sqnorm / artanh_max / tanh_max /
+    min_denom`` (through ``xs_norm_from_sq`` etc.), S being double in every
+    kernel name, and the values agree with ``xs_limits<double>``."""
+    assert _hyp_s_ctype() == "double"
+    assert {u.py_name for u in HYP_LIMIT_USES} <= set(vars(hyperbolic_linear))
+    assert _hyp_limit_problems() == []
+
+
+def test_hnn_mode_codes_match_the_kernels():
+    """MLR and FC are the MODE of the kernels the launchers name: the comment of
+    hyperbolic_linear.cu says which MODE is which, and only FC's branches apply
+    ``xs_hnn_w`` (w = sinh(sqrt(c) v) / sqrt(c), the FC layer's output map)."""
+    for mode in (hyperbolic_linear.MLR, hyperbolic_linear.FC):
+        for kind in ("hnn_fwd", "hnn_bwd"):
+            name = hyperbolic_linear.kernel_name(f"{kind}_{mode}", "float32")
+            assert cl.template_args(name)[-1] == str(mode)
+            assert name in {n for _, n in hyperbolic_linear.KERNELS.kernels}
+    branches = cl.mode_branches(_read(HYP_CU))
+    assert {k for k, _ in branches} == {hyperbolic_linear.MLR, hyperbolic_linear.FC}
+    assert _hyp_mode_problems() == []
+
+
+def test_optim_mode_codes_match_the_kernel(monkeypatch):
+    """``launch_records`` launches ``xs_riemannian_step<T, 1>`` for Adam and
+    ``<T, 0>`` for SGD (ops/optim.py spells it ``1 if adam else 0``); optim.cu's
+    comment says ``MODE 1: Adam``, and its ``if (MODE == k)`` branches that read
+    Adam's bias corrections / AMSGrad state are k = Adam's code, those that read
+    SGD's momentum flags k = SGD's."""
+    codes = _optim_launch_modes(monkeypatch)
+    assert codes == {"SGD": 0, "Adam": 1}
+    branches = cl.mode_branches(_read(OPTIM_CU))
+    assert {k for k, _ in branches} == {0, 1}
+    assert _optim_mode_problems(codes) == []
+
+
+# ------------------------------------------------------- the checks can fail
+
+
+def test_changed_exp_clamp_is_reported():
+    changed = _edit("pairwise.cu", "E(80) : E(700)", "E(88) : E(700)")
+    _one_naming(_exp_arg_problems(changed), "s_max for float", "EXP_ARG_MAX['float32'] is 80.0")
+    swapped = _edit("pairwise.cu", "sizeof(E) == 4 ? E(80)", "sizeof(E) == 8 ? E(80)")
+    problems = _exp_arg_problems(swapped)
+    _one_naming(problems, "s_max for double is 80.0 (double)", "EXP_ARG_MAX['float64'] is 700.0")
+    _one_naming(problems, "s_max for float is 700.0 (float)", "EXP_ARG_MAX['float32'] is 80.0")
+    respelled = _edit(
+        "pairwise.cu", "sizeof(E) == 4 ? E(80) : E(700)", "sizeof(E) == 8 ? E(700.0) : E(80.0f)"
+    )
+    assert _exp_arg_problems(respelled) == []
+    py = {"float64": 700.0, "float32": 88.0, "float16": 11.0}
+    problems = _exp_arg_problems(py=py)
+    _one_naming(problems, "EXP_ARG_MAX['float32'] is 88.0")
+    _one_naming(problems, "EXP_ARG_MAX['float16']", "no value for that type")
+    bare = _edit("pairwise.cu", "sizeof(E) == 4 ? E(80) : E(700)", "E(80)")
+    with pytest.raises(ValueError, match="s_max"):
+        _exp_arg_problems(bare)
+
+
+def test_changed_fp16_saturation_is_reported():
+    upper = _edit("common/dtype.cuh", "-65504.0f), 65504.0f)", "-65504.0f), 60000.0f)")
+    problems = _fp16_problems(upper)
+    _one_naming(problems, "upper bound is 60000.0 (float)", "engine.rowwise_cpu.FP16_MAX is 65504.0")
+    _one_naming(problems, "upper bound", "engine.rowwise.FP16_MAX")
+    lower = _edit("common/dtype.cuh", "fmaxf(v, -65504.0f)", "fmaxf(v, -65000.0f)")
+    _one_naming(_fp16_problems(lower), "lower bound is -65000.0", "-engine.rowwise_cpu.FP16_MAX")
+    reordered = _edit(
+        "common/dtype.cuh", "fminf(fmaxf(v, -65504.0f), 65504.0f)", "fmaxf(fminf(v, 65504.0), -65504.0f)"
+    )
+    assert _fp16_problems(reordered) == []
+    _one_naming(_fp16_problems(py=65519.0), "upper bound", "FP16_MAX is 65519.0")
+    gone = _edit("common/dtype.cuh", "  v = fminf(fmaxf(v, -65504.0f), 65504.0f);\n", "")
+    with pytest.raises(ValueError, match="0 clamps"):
+        _fp16_problems(gone)
+
+
+def test_changed_hyperbolic_linear_clamps_are_reported():
+    literal = _edit(
+        "hyperbolic_linear.cu",
+        "fmax(S(1) - c * xx, S(xs_limits<S>::min_denom))",
+        "fmax(S(1) - c * xx, S(1e-14))",
+    )
+    _one_naming(
+        _hyp_limit_problems(literal), "xs_lambda does not read xs_limits<S>::min_denom", "LAMBDA_MIN_DENOM"
+    )
+    unclamped = _edit("hyperbolic_linear.cu", "xs_tanh_c<R, S>(r / n", "xs_tanh(r / n")
+    _one_naming(_hyp_limit_problems(unclamped), "xs_matvec_phi no longer calls xs_tanh_c", "PHI_TANH_MAX")
+    helper = _edit(
+        "common/math.cuh", "xs_max(sq, xs_limits<S>::min_sqnorm)", "xs_max(sq, xs_limits<S>::min_denom)"
+    )
+    _one_naming(_hyp_limit_problems(helper), "xs_norm_from_sq does not read xs_limits<S>::min_sqnorm")
+    value = _edit("common/math.cuh", "artanh_max = 1.0 - 1e-15;", "artanh_max = 1.0 - 1e-14;")
+    _one_naming(
+        _hyp_limit_problems(value), "xs_limits<double>::artanh_max", "PHI_ARTANH_MAX is 0.999999999999999"
+    )
+    py = {**vars(hyperbolic_linear), "PHI_MIN_SQNORM": 1e-36, "PHI_TANH_MAX": 15}
+    problems = _hyp_limit_problems(py=py)
+    _one_naming(problems, "xs_limits<double>::min_sqnorm", "PHI_MIN_SQNORM is 1e-36")
+    assert not any("PHI_TANH_MAX" in p for p in problems)  # the int 15 is 15.0
+    # kernels instantiated with S = float would clamp with xs_limits<float>
+    _one_naming(_hyp_limit_problems(s_ctype="float"), "xs_limits<float>::artanh_max", "PHI_ARTANH_MAX")
+    with pytest.raises(AssertionError, match="S in"):
+        _hyp_s_ctype(["xs_matvec_fwd<float, double>", "xs_hnn_fwd<float, float, 0>"])
+
+
+def test_changed_mode_codes_are_reported(monkeypatch):
+    fwd = _edit("hyperbolic_linear.cu", "  if (MODE == 0) {\n", "  if (MODE == 1) {\n")
+    _one_naming(_hyp_mode_problems(fwd), "'if (MODE == 1)' (FC in Python) uses none of ['xs_hnn_w']")
+    bwd = _edit("hyperbolic_linear.cu", "  if (MODE == 1) {\n    S s[2]", "  if (MODE == 0) {\n    S s[2]")
+    _one_naming(_hyp_mode_problems(bwd), "'if (MODE == 0)' uses ['xs_hnn_w'] of FC", "MODE 1")
+    comment = _edit(
+        "hyperbolic_linear.cu", "// MODE 0: MLR logits; MODE 1: FC", "// MODE 0: FC logits; MODE 1: MLR"
+    )
+    _one_naming(_hyp_mode_problems(comment), "MODE 0 is 'FC logits'", "launches MLR with MODE 0")
+    _one_naming(_hyp_mode_problems(codes={"MLR": 1, "FC": 0}), "uses ['xs_hnn_w'] of FC", "MODE 0")
+    codes = _optim_launch_modes(monkeypatch)
+    adam = _edit("optim.cu", "  if (MODE == 1) {\n    vrow", "  if (MODE == 0) {\n    vrow")
+    _one_naming(_optim_mode_problems(codes, adam), "'if (MODE == 0)'", "of Adam", "MODE 1")
+    sgd = _edit("optim.cu", "    if (MODE == 0) {\n      double dj", "    if (MODE == 1) {\n      double dj")
+    _one_naming(_optim_mode_problems(codes, sgd), "'if (MODE == 1)'", "of SGD", "MODE 0")
+    comment = _edit(
+        "optim.cu",
+        "// MODE 0: SGD (momentum, dampening, Nesterov); MODE 1: Adam",
+        "// MODE 0: Adam; MODE 1: SGD",
+    )
+    _one_naming(
+        _optim_mode_problems(codes, comment), "MODE 1 is 'SGD (AMSGrad).'", "launches Adam with MODE 1"
+    )
+    # the Python side swapped (as `0 if adam else 1` would launch them)
+    _one_naming(_optim_mode_problems({"SGD": 1, "Adam": 0}), "of Adam", "launches Adam with MODE 0")
+
+
+def test_function_literal_parsers_refuse_what_they_cannot_read():
+    with pytest.raises(ValueError, match="2 definitions"):
+        cl.function_body("void f(int a) { }\nvoid f(double a) { }", "f")
+    with pytest.raises(ValueError, match="0 definitions"):
+        cl.function_body("void g(); int h() { return g(); }", "g")
+    assert (
+        cl.function_body("template <> float k< half >(float v) const { return v; }", "k<half>")
+        == "{ return v; }"
+    )
+    with pytest.raises(ValueError, match="not 'sizeof"):
+        cl.size_select("const E s = sizeof(E) == 2 ? E(1) : E(2);", "s")
+    with pytest.raises(ValueError, match="cannot read the clamp"):
+        cl.clamp_bounds("v = fminf(fminf(v, 1.0f), 2.0f);", "v")
+    with pytest.raises(ValueError, match="cannot read the branch"):
+        cl.mode_branches("if (MODE != 0) { x(); }")
+    with pytest.raises(ValueError, match="cannot read the branch"):
+        cl.mode_branches("if (MODE == 1) x();")
+    assert cl.mode_comments("// MODE 0: a b; MODE 1: c\nint MODE2;") == [(0, "a b"), (1, "c")]

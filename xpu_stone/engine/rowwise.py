@@ -17,7 +17,7 @@ from .checks import batch_shape, validate_cupy, validate_torch
 from .custom_op import Impls, define_differentiable, empty_if_none, none_unless
 from .launch import TORCH_DTYPES, compute_dtype
 from .rowop import RowOp
-from .rowwise_cpu import cpu_backward, cpu_forward
+from .rowwise_cpu import FP16_MAX, cpu_backward, cpu_forward
 from .rowwise_cuda import launch_backward, launch_forward, launch_forward_cupy
 
 __all__ = ["OPS", "call", "dtype_name", "keepdim", "row_op"]
@@ -76,7 +76,7 @@ def _reduce_to(g, like):
     if g.shape != like.shape:
         g = g.sum_to_size(like.shape)
     if like.dtype == torch.float16 and g.dtype != torch.float16:
-        g = g.clamp(-65504.0, 65504.0)
+        g = g.clamp(-FP16_MAX, FP16_MAX)
     return g.to(like.dtype)
 
 

@@ -28,6 +28,8 @@ __all__ = [
     "tanh_c",
 ]
 
+FP16_MAX = 65504.0  # fp16 stores saturate at +-this: fminf(fmaxf(v, ..)) of xs_from_e<xs_half>, dtype.cuh
+
 
 def clamp_min(x, lo):
     return torch.clamp_min(x, lo)
@@ -64,7 +66,7 @@ def cosh_c(x):
 def _store(x, dtype: torch.dtype):
     """Rounds to the storage dtype; fp16 saturates at +-65504 as the kernels do."""
     if dtype == torch.float16:
-        x = x.clamp(-65504.0, 65504.0)
+        x = x.clamp(-FP16_MAX, FP16_MAX)
     return x.to(dtype)
 
 

@@ -15,6 +15,7 @@ import math
 import numpy
 
 from .._deps import torch
+from ..constants import ARTANH_MAX, MIN_DENOM, MIN_SQNORM, TANH_MAX
 from ..engine.custom_op import Impls, define_differentiable, empty_if_none, none_unless
 from ..engine.launch import TORCH_DTYPES, compute_dtype, launch, poison, ptr, torch_stream
 from ..kernels.launch import get_function
@@ -24,8 +25,13 @@ __all__ = ["FC", "KERNELS", "MLR", "hnn_op", "matvec_op"]
 
 MIN_COL_NORM = 1e-15  # |z_k| below this counts as this (a zero column gives zero logits)
 HYP_ARG_MAX = 50.0  # XS_HYP_ARG_MAX of hyperbolic_linear.cu
-MLR, FC = 0, 1
+MLR, FC = 0, 1  # the MODE template argument of xs_hnn_fwd / xs_hnn_bwd (hyperbolic_linear.cu)
 BLOCK = 256
+# The kernels' clamps, xs_limits<S> of math.cuh with S = double (kernel_name): the float64 ones.
+PHI_MIN_SQNORM = MIN_SQNORM["float64"]  # xs_limits<S>::min_sqnorm: xs_norm_from_sq in xs_matvec_phi
+PHI_ARTANH_MAX = ARTANH_MAX["float64"]  # xs_limits<S>::artanh_max: xs_artanh_c in xs_matvec_phi
+PHI_TANH_MAX = TANH_MAX  # xs_limits<S>::tanh_max: xs_tanh_c in xs_matvec_phi
+LAMBDA_MIN_DENOM = MIN_DENOM  # xs_limits<S>::min_denom: xs_lambda, and `clamped` of xs_hnn_bwd
 
 
 def kernel_name(kind: str, dtype: str) -> str:
@@ -52,7 +58,7 @@ def _sqnorm64(a):
 
 
 def _clamp_sq(sq):
-    return sq.clamp_min(1e-200)
+    return sq.clamp_min(PHI_MIN_SQNORM)
 
 
 def matvec_phi(vv, xx, c):
@@ -60,8 +66,8 @@ def matvec_phi(vv, xx, c):
     sc = torch.sqrt(c)
     r = torch.sqrt(_clamp_sq(vv))
     n = torch.sqrt(_clamp_sq(xx))
-    art = torch.atanh((sc * n).clamp(-(1 - 1e-15), 1 - 1e-15))
-    return torch.tanh((r / n * art).clamp(-15, 15)) / (sc * r)
+    art = torch.atanh((sc * n).clamp(-PHI_ARTANH_MAX, PHI_ARTANH_MAX))
+    return torch.tanh((r / n * art).clamp(-PHI_TANH_MAX, PHI_TANH_MAX)) / (sc * r)
 
 
 def hnn_v(p, lam, r, zn, c: float):
@@ -80,7 +86,7 @@ def hnn_w(v, c: float):
 
 
 def hnn_lambda(xx, c: float):
-    return 2 / (1 - c * xx).clamp_min(1e-15)
+    return 2 / (1 - c * xx).clamp_min(LAMBDA_MIN_DENOM)
 
 
 def _matvec_fwd_torch(x, v, c_val, c):
@@ -135,7 +141,7 @@ def _hnn_bwd_torch(x, pz, g, zn, r, c_val, mode):
         dpsi = -c_val / (2 * root * (1 + root) ** 2)
         gv = (psi * gv + 2 * dpsi * (gv * w).sum(-1, keepdim=True) * w) * dw
     buf = torch.cat([gv * d_p / zn, gv * d_zn, gv * d_r], dim=-1)
-    clamped = (1 - c_val * xx) < 1e-15
+    clamped = (1 - c_val * xx) < LAMBDA_MIN_DENOM
     gamma = torch.where(clamped, torch.zeros_like(xx), (gv * d_lam).sum(-1, keepdim=True) * c_val * lam * lam)
     p = compute_dtype(x.dtype)
     return buf.to(p), gamma.squeeze(-1).to(p)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._deps import torch
-from ..engine.launch import TORCH_DTYPES, launch
+from ..engine.launch import TORCH_DTYPES, launch, torch_stream
 from ..errors import InvalidArgumentError, UnsupportedOperationError
 from ..kernels.launch import get_function
 from ..kernels.registry import CXX_TYPE, DTYPES, REGISTRY, KernelList
@@ -113,6 +113,7 @@ def _device_meta(ints: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor |
 
 
 def _ptr(t) -> int:
+    """A state tensor's address in a record (0: the step has no such state)."""
     return 0 if t is None else t.data_ptr()
 
 
@@ -181,7 +182,7 @@ def launch_records(meta: torch.Tensor, count: int, rows: int, device, dtype: str
     """One launch of the fused step over ``count`` records (on ``device``) covering ``rows`` rows."""
     name = KERNELS.name(dtype, 1 if adam else 0)
     fn = get_function(KERNELS.source, name, device.index, KERNELS.defines(dtype))
-    stream = torch.cuda.current_stream(device).cuda_stream
+    stream = torch_stream(device.index)
     grid = -(-rows * 32 // BLOCK)
     launch(
         fn,

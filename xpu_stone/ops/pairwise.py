@@ -28,6 +28,7 @@ __all__ = ["GEMM_CHUNK_BYTES", "KERNELS", "MODELS", "cdist_cupy", "cdist_op", "s
 MODELS = {"poincare": 0, "lorentz": 1}
 BLOCK = 256  # XS_PAIR_BLOCK in pairwise.cu
 WARPS = BLOCK // 32
+EXP_ARG_MAX = {"float64": 700.0, "float32": 80.0}  # s_max of xs_cdist_bwd (pairwise.cu), by its type E
 # Bytes of the GEMM output computed before its epilogue runs. A chunk that fits in
 # L2 is still there when the epilogue reads it, so the epilogue adds little memory
 # traffic to the GEMM's. None: half the device's L2; 0: one GEMM for the whole matrix.
@@ -111,7 +112,7 @@ def _epilogue_bwd_torch(dist, grad, p0, p1, q0, q1, model, c, need_c):
     d = dist.to(e)
     g = grad.to(e)
     sc = math.sqrt(c)
-    s = (sc * d).clamp_max(700.0 if e == torch.float64 else 80.0)
+    s = (sc * d).clamp_max(EXP_ARG_MAX["float64" if e == torch.float64 else "float32"])
     em = torch.expm1(s)
     half = 0.5 * em
     sinh_s = half * ((em + 2) / (em + 1))
