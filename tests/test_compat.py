@@ -139,3 +139,23 @@ def test_cuda_routing_matches_geoopt(name, nargs, kw):
     torch.testing.assert_close(mine, theirs, rtol=2e-5, atol=2e-6)
     for a, b in zip(mine_g, theirs_g, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_manifolds_created_and_freed_never_reuse_a_stale_curvature(patched_cpu):
+    """Many manifolds of both curvature signs, each used then freed: a new manifold's
+    ``k`` can land at a freed one's address, and must still get its own curvature
+    (the patched result equals geoopt's own maths for that ``k``, call after call)."""
+    from geoopt.manifolds.stereographic import math as gmath
+
+    gen = torch.Generator().manual_seed(5)
+    served = compat.stats()["calls"]
+    for i in range(300):
+        k = (0.3 + torch.rand((), generator=gen, dtype=torch.float64).item()) * (-1 if i % 2 else 1)
+        m = geoopt.Stereographic(k=k)
+        x = torch.randn(4, 3, dtype=torch.float64, generator=gen) * 0.2
+        y = torch.randn(4, 3, dtype=torch.float64, generator=gen) * 0.2
+        got = m.dist(x, y)
+        want = gmath.dist(x, y, k=m.k)
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-9), (i, k, (got - want).abs().max().item())
+        del m
+    assert compat.stats()["calls"] > served  # the ball's calls were served by xpu_stone

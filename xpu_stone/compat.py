@@ -28,6 +28,7 @@ import functools
 import importlib
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import lorentz, poincare
 from .errors import UnsupportedOperationError
@@ -40,7 +41,10 @@ GEOOPT_BALL_EPS = {torch.float32: 4e-3, torch.float64: 1e-5}
 
 _originals: dict[tuple[type, str], object] = {}
 _state = {"devices": ("cuda",), "calls": 0, "fallbacks": 0}
-_k_cache: dict[int, tuple[int, float]] = {}
+# k tensor -> (its version, its value). Held weakly: an entry goes when its tensor is
+# freed, before another tensor can be made at the same address (a cache keyed by id()
+# gave a new manifold the curvature of a freed one).
+_k_cache = WeakIdKeyDictionary()
 
 
 def _curvature(k) -> float | None:
@@ -49,11 +53,11 @@ def _curvature(k) -> float | None:
         return float(k)
     if k.requires_grad or k.numel() != 1:
         return None
-    hit = _k_cache.get(id(k))
+    hit = _k_cache.get(k)
     if hit is not None and hit[0] == k._version:
         return hit[1]
     value = float(k)
-    _k_cache[id(k)] = (k._version, value)
+    _k_cache[k] = (k._version, value)
     return value
 
 
