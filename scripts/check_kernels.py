@@ -21,7 +21,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import xpu_stone  # noqa: E402,F401  (registers the ops)
-from xpu_stone import kernels  # noqa: E402
+from xpu_stone.kernels.build import compile_all  # noqa: E402
 from xpu_stone.kernels.launch import device_arch  # noqa: E402
 from xpu_stone.kernels.registry import DTYPES  # noqa: E402
 
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
                 flush=True,
             )
 
-    kernels.build(
+    compile_all(
         args.ops, args.dtypes, archs, args.workers, progress, use_cache=not args.no_cache, raise_errors=False
     )
     elapsed = time.perf_counter() - start

@@ -702,7 +702,7 @@ def test_pairwise_exp_clamp_matches_exp_arg_max():
 def test_fp16_saturation_matches_fp16_max():
     """fp16 stores saturate at ``+-65504.0f`` (dtype.cuh), the largest finite
     half; the CPU path and the custom op's reductions clamp to the same
-    ``FP16_MAX`` (one constant, imported by rowwise.py)."""
+    ``FP16_MAX`` (one constant, imported by engine/rowwise.py)."""
     assert rowwise.FP16_MAX is rowwise_cpu.FP16_MAX
     assert rowwise_cpu.FP16_MAX == float(numpy.finfo(numpy.float16).max)
     assert _fp16_problems() == []

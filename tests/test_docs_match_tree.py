@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "xpu_stone"
-SHIMS = {"rowwise", "policies", "profiler"}  # old import paths, named as such in the note
+SHIMS = {"rowwise", "torch_ops", "policies", "profiler"}  # old import paths, named as such in the note
 
 
 def tree_names(package: Path) -> tuple[set[str], set[str]]:

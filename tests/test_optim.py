@@ -199,7 +199,7 @@ def test_replayed_step_writes_the_records_of_a_full_step(monkeypatch, adam):
     builds (CPU: the launch is replaced by a recorder)."""
     import numpy as np
 
-    from xpu_stone.ops import optim as _fused
+    from xpu_stone.ops import optim as fused
     from xpu_stone.optim import optimizers as O
 
     launched = []
@@ -212,9 +212,9 @@ def test_replayed_step_writes_the_records_of_a_full_step(monkeypatch, adam):
             return records.copy()
 
     monkeypatch.setattr(O._Riemannian, "_fusable", lambda self, p, g: True)
-    monkeypatch.setattr(_fused, "_device_meta", lambda ints, device: (ints.copy(), None))
-    monkeypatch.setattr(_fused, "PinnedRing", Ring)
-    monkeypatch.setattr(_fused, "launch_records", lambda meta, *a: launched.append(np.array(meta)))
+    monkeypatch.setattr(fused, "_device_meta", lambda ints, device: (ints.copy(), None))
+    monkeypatch.setattr(fused, "PinnedRing", Ring)
+    monkeypatch.setattr(fused, "launch_records", lambda meta, *a: launched.append(np.array(meta)))
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
 
     def make():
@@ -231,14 +231,14 @@ def test_replayed_step_writes_the_records_of_a_full_step(monkeypatch, adam):
         return ps, opt
 
     replays = []
-    replay = _fused.ReplayPlan.replay
+    replay = fused.ReplayPlan.replay
     monkeypatch.setattr(
-        _fused.ReplayPlan, "replay", lambda self, opt: replays.append(replay(self, opt)) or replays[-1]
+        fused.ReplayPlan, "replay", lambda self, opt: replays.append(replay(self, opt)) or replays[-1]
     )
     (pa, a), (pb, b) = make(), make()
     sched = torch.optim.lr_scheduler.StepLR(a, step_size=1, gamma=0.5)
     sched_b = torch.optim.lr_scheduler.StepLR(b, step_size=1, gamma=0.5)
-    pointer_cols = [_fused.FIELD[k] for k in ("param", "grad", "buf", "v", "vmax", "idx")]
+    pointer_cols = [fused.FIELD[k] for k in ("param", "grad", "buf", "v", "vmax", "idx")]
     for step in range(4):
         for p, q in zip(pa, pb):
             p.grad = torch.rand_like(p)  # fresh tensors: new pointers every step
@@ -249,7 +249,7 @@ def test_replayed_step_writes_the_records_of_a_full_step(monkeypatch, adam):
         b.step()
         ra, rb = launched
         assert np.array_equal(np.delete(ra, pointer_cols, axis=1), np.delete(rb, pointer_cols, axis=1)), step
-        assert list(ra[:, _fused.FIELD["grad"]]) == [p.grad.data_ptr() for p in pa]
+        assert list(ra[:, fused.FIELD["grad"]]) == [p.grad.data_ptr() for p in pa]
         sched.step()
         sched_b.step()
     assert replays == [True, True, True]  # steps 2-4 were replays

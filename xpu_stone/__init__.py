@@ -20,13 +20,27 @@ Layers, top to bottom (a module imports only its own layer or lower ones;
 * base: ``errors``, ``constants``, ``config``, ``_deps``, ``_version``, ``reference/``
   (float64 textbook formulas, the test oracles), ``data/`` (shipped data sets)
 
-``rowwise``, ``policies``, ``profiler`` and ``kernels.tuning`` are the old import
-paths, kept as re-exports for one release.
+``rowwise``, ``torch_ops``, ``policies``, ``profiler`` and ``kernels.tuning`` are
+the old import paths, kept as re-exports for one release.
 """
 
 from __future__ import annotations
 
-from . import config, constants, convert, errors, klein, linear, lorentz, pairwise, poincare, runtime
+from . import (  # noqa: F401  (old import paths, kept for one release)
+    config,
+    constants,
+    convert,
+    errors,
+    klein,
+    linear,
+    lorentz,
+    pairwise,
+    poincare,
+    policies,
+    profiler,
+    rowwise,
+    runtime,
+)
 from ._deps import torch as _torch
 from ._version import __version__
 from .convert import (

@@ -58,9 +58,9 @@ def build(arch: str, dtypes) -> None:
     start = time.perf_counter()
     cached = 0
 
-    def progress(done, total, result):
+    def progress(done, total, kernel):
         nonlocal cached
-        cached += result.kernel.from_cache
+        cached += kernel.from_cache
         if done % 50 == 0 or done == total:
             elapsed = time.perf_counter() - start
             print(f"\r  kernels {done}/{total} ({cached} cached) {elapsed:5.1f} s", end="", flush=True)

@@ -57,8 +57,10 @@ class Curvature(nn.Module):
     def __init__(self, c: float = 1.0, learnable: bool = True, min_c: float = 1e-5):
         super().__init__()
         c = check_number(c, "c")
-        if not (isinstance(min_c, (int, float)) and 0 <= min_c < c):
-            raise InvalidCurvatureError(f"min_c must be a number in [0, c={c}), got {min_c!r}")
+        if isinstance(min_c, bool) or not isinstance(min_c, (int, float)) or not min_c >= 0:
+            raise InvalidCurvatureError(f"min_c must be >= 0, got {min_c!r}")
+        if not c > min_c:
+            raise InvalidCurvatureError(f"c must be a finite number above min_c={min_c}, got {c!r}")
         self.min_c = float(min_c)
         self.learnable = bool(learnable)
         if learnable:

@@ -32,7 +32,9 @@ nearby pairs matter, use the row-wise :func:`xpu_stone.poincare.dist` on the pai
 torch, :math:`u` is :math:`2^{-11}`.
 
 ``c`` is a positive float or a one-element tensor (a tensor that requires grad gets
-its gradient; it is read on the host, which synchronises once a call).
+its gradient; it is read on the host, which synchronises once a call). The size of
+the GEMM blocks that stay in L2 for their epilogue is
+``xpu_stone.ops.pairwise.GEMM_CHUNK_BYTES`` (None: half the L2; 0: one GEMM).
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ import math
 from ._deps import cupy, is_cupy_array, require_cupy, require_torch, torch
 from .engine import call, check_curvature
 from .engine.launch import TORCH_DTYPES
+from .engine.scalars import check_number
 from .errors import InvalidArgumentError, ShapeMismatchError
 from .ops import poincare as _poincare_ops
-from .ops.pairwise import MODELS, cdist_cupy, cdist_op
+from .ops.pairwise import MODELS, cdist_cupy, cdist_op, snap_tau  # noqa: F401  (snap_tau: the documented threshold)
 
 __all__ = ["cdist", "knn"]
 
@@ -103,8 +106,7 @@ def cdist(x, y, c=1.0, model="poincare"):
     mid = check_model(model)
     if is_cupy_array(x):
         _cupy_check(x, y)
-        _, c_val = check_curvature(c)  # a number: CuPy inputs take no tensor curvature
-        return cdist_cupy(x, y, c_val, mid)
+        return cdist_cupy(x, y, check_number(c, "c"), mid)  # CuPy inputs take a number only
     require_torch("xpu_stone.pairwise.cdist on non-CuPy inputs")
     batch = _check_pair(x, y)
     c_t, c_val = check_curvature(c, x)

@@ -112,11 +112,6 @@ def launch_rows(label: str, variant: str, fn, grid: int, block: int, fields, d: 
 
 
 def launch(fn, grid, block, args: tuple, stream: int, dev: int, *, op: str, shape=(), dtype="", shared_mem=0):
-    """Any other kernel (see :func:`xpu_stone.kernels.launch.launch_kernel`), named
-    ``op`` for the profiler."""
-    if _ACTIVE:
-        profiler.record_launch(
-            op, "", shape, dtype, dev, stream, launch_kernel, fn, grid, block, args, stream, dev, shared_mem
-        )
-    else:
-        launch_kernel(fn, grid, block, args, stream, dev, shared_mem)
+    """Any other kernel: :func:`xpu_stone.kernels.launch.launch_kernel`, named ``op``
+    for the profiler."""
+    launch_kernel(fn, grid, block, args, stream, dev, shared_mem, op=op, shape=shape, dtype=dtype)

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..kernels.registry import REGISTRY, ROWWISE_VARIANTS, SCALAR_ROW_VARIANTS, OpKernels
+from ..kernels.registry import ROWWISE_VARIANTS, SCALAR_ROW_VARIANTS, OpKernels
 
 __all__ = ["ALONE", "E0", "RowOp"]
 
@@ -70,7 +70,3 @@ class RowOp:
     def out_width(self, d: int) -> int:
         """Features of the output for inputs of ``d`` features."""
         return d + self.in_shift - self.out_shift
-
-    def register_kernels(self) -> RowOp:
-        REGISTRY.register(self.kernels)
-        return self

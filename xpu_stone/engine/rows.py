@@ -19,6 +19,7 @@ __all__ = [
     "prepare",
     "prepare_contiguous",
     "torch_rows",
+    "torch_scalar_rows",
 ]
 
 

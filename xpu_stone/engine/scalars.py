@@ -44,7 +44,7 @@ def check_number(value, name: str = "c", *, positive: bool = True) -> float:
     err = _error(positive)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         what = "positive number" if positive else "number"
-        raise err(f"{name} must be a {what} or a tensor, got {type(value).__name__}")
+        raise err(f"{name} must be a {what}, got {type(value).__name__}")
     v = float(value)
     if not math.isfinite(v) or (positive and v <= 0):
         raise err(f"{name} must be a finite{' positive' if positive else ''} number, got {value!r}")
@@ -68,6 +68,9 @@ def check_scalar(value, name: str = "c", like=None, *, positive: bool = True, pe
     cupy_input = is_cupy_array(like)
     is_tensor = is_cupy_array(value) if cupy_input else torch is not None and isinstance(value, torch.Tensor)
     if not is_tensor:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            what = "positive number" if positive else "number"
+            raise err(f"{name} must be a {what} or a tensor, got {type(value).__name__}")
         return None, check_number(value, name, positive=positive)
     floating = value.dtype.kind == "f" if cupy_input else value.dtype.is_floating_point
     if not floating:
@@ -119,4 +122,4 @@ def curvature_value(c) -> float:
     optimizer's step): a positive number or a one-element tensor, read once on the
     host (gradients do not flow through it)."""
     c_t, value = check_curvature(c)
-    return value if c_t is None else float(c_t.detach())
+    return value if c_t is None else check_number(float(c_t.detach()), "c")  # checked whatever the config

@@ -14,7 +14,7 @@ from .compiler import CompiledKernel, compile_kernel
 from .launch import device_arch
 from .registry import DTYPES, REGISTRY
 
-__all__ = ["BuildResult", "build", "jobs"]
+__all__ = ["BuildResult", "build", "compile_all", "jobs"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def jobs(ops=None, dtypes=None, archs=("sm_90",), first_only: bool = False) -> l
     return out
 
 
-def build(
+def compile_all(
     ops: Iterable[str] | None = None,
     dtypes: Iterable[str] | None = None,
     arch: str | Iterable[str] | None = None,
@@ -57,13 +57,12 @@ def build(
     first_only: bool = False,
     raise_errors: bool = True,
 ) -> list[BuildResult]:
-    """Compiles (or loads from the disk cache) every kernel of ``ops`` for
-    ``arch`` (a target such as ``"sm_90"``, a list of them, or None for the current
-    GPU's). ``progress(done, total, result)`` is called after each kernel.
-
-    With ``raise_errors`` (the default) the first failure raises its
+    """The build loop: compiles (or loads from the disk cache) every kernel of ``ops``
+    for ``arch`` (a target such as ``"sm_90"``, a list of them, or None for the
+    current GPU's) on ``workers`` threads; ``progress(done, total, result)`` after
+    each kernel. With ``raise_errors`` the first failure raises its
     :class:`~xpu_stone.errors.CompilationError`; otherwise failures come back as
-    results with ``error`` set."""
+    results with ``error`` set (what ``scripts/check_kernels.py`` reports)."""
     if arch is None:
         archs = [device_arch(require_cupy("building kernels").cuda.runtime.getDevice())]
     else:
@@ -86,3 +85,12 @@ def build(
             if progress is not None:
                 progress(len(results), len(todo), result)
     return results
+
+
+def build(ops=None, dtypes=None, arch=None, workers=None, progress=None, *, first_only: bool = False):
+    """Compiles (or loads from the disk cache) every kernel of ``ops`` (default: all
+    registered) for ``arch`` (default: the current GPU's). Returns the compiled
+    kernels; ``progress(done, total, kernel)`` is called after each one. Raises
+    :class:`~xpu_stone.errors.CompilationError` on the first failure."""
+    report = None if progress is None else (lambda done, total, result: progress(done, total, result.kernel))
+    return [r.kernel for r in compile_all(ops, dtypes, arch, workers, report, first_only=first_only)]

@@ -111,14 +111,46 @@ def launch_row(fn, grid: int, block: int, fields: tuple, stream_ptr: int, device
         raise CudaError(str(e), _error_name(e)) from e
 
 
-def launch_kernel(fn, grid, block, args: tuple, stream_ptr: int, device_id: int, shared_mem: int = 0) -> None:
+# While a profile is open, xpu_stone.runtime.profiler installs its recorder here
+# (the kernel layer knows nothing of the runtime above it).
+_recorder: list = [None]
+
+
+def set_recorder(recorder) -> None:
+    """Installs ``recorder(op, variant, shape, dtype, device, stream, launch, *args)``,
+    which must run ``launch(*args)``, for every :func:`launch_kernel`; None removes it."""
+    _recorder[0] = recorder
+
+
+def launch_kernel(
+    fn,
+    grid,
+    block,
+    args: tuple,
+    stream_ptr: int,
+    device_id: int,
+    shared_mem: int = 0,
+    *,
+    op: str = "",
+    shape: tuple = (),
+    dtype: str = "",
+) -> None:
     """Launches any loaded kernel (see :func:`get_function`) on the stream with
     handle ``stream_ptr``. ``args`` are CuPy arrays or NumPy scalars of the exact
     C types of the kernel's parameters (``numpy.uint64(ptr)`` for a raw device
     pointer, ``numpy.int64``, ``numpy.float32``...); ``grid`` and ``block`` are
-    ints or tuples. For kernels off the per-call hot path: this costs a few µs
-    more than :func:`launch_row`. (Profiled launches go through
-    :mod:`xpu_stone.engine.launch`.)"""
+    ints or tuples. ``op``, ``shape`` and ``dtype`` label the launch for
+    :mod:`xpu_stone.runtime.profiler`. For kernels off the per-call hot path: this
+    costs a few µs more than :func:`launch_row`."""
+    recorder = _recorder[0]
+    if recorder is not None:
+        recorder(op or "kernel", "", shape, dtype, device_id, stream_ptr, _launch_kernel, fn, grid, block,
+                 args, stream_ptr, device_id, shared_mem)  # fmt: skip
+    else:
+        _launch_kernel(fn, grid, block, args, stream_ptr, device_id, shared_mem)
+
+
+def _launch_kernel(fn, grid, block, args, stream_ptr, device_id, shared_mem):
     cupy = require_cupy("running kernels")
     try:
         with cupy.cuda.Device(device_id):

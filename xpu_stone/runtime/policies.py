@@ -114,7 +114,9 @@ class KernelPolicy:
         self._flags = TorchFlags(matmul, attention)
         self.matmul = matmul if isinstance(matmul, str) else dict(matmul)
         self.attention = attention if isinstance(attention, str) else list(attention)
-        self._pins: list[dispatcher.pin] = []
+        self._pin = dispatcher.pin(
+            self.variants
+        )  # one token per policy: the dispatcher's caches stay bounded
 
     def variant_for(self, op: str) -> str:
         return self.variants.get(op, "auto")
@@ -161,16 +163,14 @@ class KernelPolicy:
 
     def __enter__(self) -> KernelPolicy:
         self._flags.__enter__()
-        pins = dispatcher.pin(self.variants)
-        pins.__enter__()
-        self._pins.append(pins)
+        self._pin.__enter__()
         _stack().append(self)
         return self
 
     def __exit__(self, *exc) -> None:
         stack = _stack()
         stack.pop(len(stack) - 1 - stack[::-1].index(self))
-        self._pins.pop().__exit__(*exc)
+        self._pin.__exit__(*exc)
         self._flags.__exit__(*exc)
 
 
@@ -208,7 +208,12 @@ class ExecutionPolicy:
         cuda_graphs: bool = True,
         max_graph_shapes: int = 8,
         notes: dict[str, str] | None = None,
+        reference_fallback: bool | None = None,
     ):
+        if reference_fallback is not None:  # retired in 0.1.x: read by no op path
+            warnings.warn(
+                "ExecutionPolicy(reference_fallback=...) is retired and ignored", DeprecationWarning, 2
+            )
         for name, value in (
             ("deterministic", deterministic),
             ("cuda_graphs", cuda_graphs),

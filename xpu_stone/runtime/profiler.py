@@ -5,7 +5,7 @@
     print(p.table())
     p.export_chrome_trace("trace.json")   # open in chrome://tracing or ui.perfetto.dev
 
-The launch paths (:mod:`xpu_stone.engine.launch`) call :func:`record_launch` only while :data:`ACTIVE` is
+The launch paths call :func:`record_launch` only while :data:`ACTIVE` is
 non-empty (one list truth test per call when profiling is off). While a profile
 is open every launch is recorded (op, dispatcher variant, rows x features,
 dtype, device, stream, host time) and wrapped in an NVTX range named
@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 from .._deps import require_cupy
 from ..errors import XpuStoneError
+from ..kernels import launch as kernel_launch
 
 ACTIVE: list = []  # open profiles, innermost last
 
@@ -201,6 +202,7 @@ def _refresh() -> None:
     emitter = nvtx_emitter() if any(p.nvtx for p in ACTIVE) else None
     _nvtx_push, _nvtx_pop = (emitter.push, emitter.pop) if emitter is not None else (None, None)
     _gpu_events = _event_pool() if any(p.gpu_time for p in ACTIVE) else None
+    kernel_launch.set_recorder(record_launch if ACTIVE else None)
     if not ACTIVE:
         _sink.clear()
 
