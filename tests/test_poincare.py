@@ -286,3 +286,35 @@ def test_cpu_and_cuda_mix_is_rejected():
     y = torch.zeros(3, 4, device="meta")
     with pytest.raises(InvalidArgumentError, match="is on meta"):
         P.mobius_add(x, y)
+
+
+def test_bad_keepdim_and_eps_raise_before_anything_runs():
+    from xpu_stone import klein
+
+    x = torch.rand(3, 4, dtype=torch.float32) * 0.1
+    for fn in (
+        lambda: P.dist(x, x, keepdim="yes"),
+        lambda: P.lambda_x(x, keepdim=1),
+        lambda: klein.dist(x, x, keepdim="no"),
+    ):
+        with pytest.raises(xpu_stone.InvalidArgumentError, match="keepdim"):
+            fn()
+    for eps in (2, -0.5, float("nan"), 0.0, True, "1e-3"):
+        with pytest.raises(xpu_stone.InvalidArgumentError, match="eps"):
+            P.project(x, eps=eps)
+    with pytest.raises(xpu_stone.InvalidArgumentError, match="rounds to 1"):
+        P.project(x, eps=1e-8)  # 1 - 1e-8 is 1.0 in float32
+    with pytest.raises(xpu_stone.InvalidArgumentError, match="rounds to 1"):
+        klein.project(x.half(), eps=1e-5)
+    assert P.project(x.double(), eps=1e-8).shape == x.shape  # float64 holds it
+    assert P.dist(x, x, keepdim=True).shape == (3, 1)
+
+
+def test_interop_rejects_wrong_types():
+    pytest.importorskip("cupy")
+    with pytest.raises(xpu_stone.InvalidArgumentError, match="torch.Tensor"):
+        xpu_stone.to_cupy([1.0, 2.0])
+    with pytest.raises(xpu_stone.InvalidArgumentError, match="CUDA tensor"):
+        xpu_stone.to_cupy(torch.zeros(2))
+    with pytest.raises(xpu_stone.InvalidArgumentError, match="cupy.ndarray"):
+        xpu_stone.to_torch([1.0, 2.0])

@@ -18,9 +18,7 @@ except ImportError:  # the torch API on CPU works without CuPy
 def require_torch(feature: str):
     """Returns the torch module, or raises a clear error naming ``feature``."""
     if torch is None:
-        raise UnsupportedOperationError(
-            f"{feature} needs PyTorch; install it with `pip install xpu-stone[torch]`"
-        )
+        raise UnsupportedOperationError(f"{feature} needs PyTorch; install it with `pip install torch`")
     return torch
 
 
@@ -28,7 +26,7 @@ def require_cupy(feature: str):
     """Returns the cupy module, or raises a clear error naming ``feature``."""
     if cupy is None:
         raise UnsupportedOperationError(
-            f"{feature} needs CuPy; install it with `pip install xpu-stone[cu12]` or `[cu13]`"
+            f"{feature} needs CuPy and NVRTC; install them with `pip install cupy-cuda13x nvidia-cuda-nvrtc` (CUDA 13 drivers) or `pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12`"
         )
     return cupy
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from . import engine
 from ._deps import is_cupy_array
 from .constants import BOUNDARY_EPS
+from .engine.scalars import check_boundary_eps
 from .errors import InvalidArgumentError
 from .ops import klein as _ops
 from .ops import poincare as _poincare_ops
@@ -25,13 +26,12 @@ from .ops import poincare as _poincare_ops
 __all__ = ["dist", "geodesic", "project", "lorentz_factor", "einstein_midpoint"]
 
 _call = engine.call
-_keepdim = engine.keepdim
 
 
 def dist(u, v, c=1.0, keepdim=False):
     r"""Geodesic distance
     :math:`\frac{1}{\sqrt c}\operatorname{asinh}\sqrt{c\,(A\|d\|^2 + c\langle u,d\rangle^2)/(AB)}`."""
-    return _keepdim(_call(_ops.DIST, (u, v), c), keepdim)
+    return _call(_ops.DIST, (u, v), c, keepdim=keepdim)
 
 
 def geodesic(u, v, t, c=1.0):
@@ -53,14 +53,14 @@ def project(x, c=1.0, eps=None):
     r"""Pulls ``x`` inside the ball: rows with :math:`\sqrt c\|x\| > 1 - \epsilon` are
     rescaled to norm :math:`(1 - \epsilon)/\sqrt c` (the same map as
     :func:`xpu_stone.poincare.project`; ``eps`` per dtype by default)."""
-    if eps is None:
-        eps = BOUNDARY_EPS[engine.dtype_name(x)]
-    return _call(_poincare_ops.PROJECT, (x,), c, eps=float(eps))
+    dtype = engine.dtype_name(x)
+    eps = BOUNDARY_EPS[dtype] if eps is None else check_boundary_eps(eps, dtype)
+    return _call(_poincare_ops.PROJECT, (x,), c, eps=eps)
 
 
 def lorentz_factor(x, c=1.0, keepdim=False):
     r"""Lorentz factor :math:`\gamma_x = 1/\sqrt{1 - c\|x\|^2}`."""
-    return _keepdim(_call(_ops.LORENTZ_FACTOR, (x,), c), keepdim)
+    return _call(_ops.LORENTZ_FACTOR, (x,), c, keepdim=keepdim)
 
 
 def einstein_midpoint(x, weights=None, dim=-2, c=1.0, keepdim=False):

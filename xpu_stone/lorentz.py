@@ -58,30 +58,29 @@ __all__ = [
 ]
 
 _call = engine.call
-_keepdim = engine.keepdim
 
 
 def inner(u, v, c=1.0, keepdim=False):
     r"""Minkowski product :math:`\langle u, v\rangle_L = -u_0 v_0 + \sum_{i\ge1} u_i v_i`
     (``c`` is accepted for a uniform signature and not used)."""
-    return _keepdim(_call(_ops.INNER, (u, v), c), keepdim)
+    return _call(_ops.INNER, (u, v), c, keepdim=keepdim)
 
 
 def norm(u, c=1.0, keepdim=False):
     r"""Norm of a tangent vector :math:`\|u\|_L = \sqrt{\max(\langle u,u\rangle_L, 0)}`."""
-    return _keepdim(_call(_ops.NORM, (u,), c), keepdim)
+    return _call(_ops.NORM, (u,), c, keepdim=keepdim)
 
 
 def dist(x, y, c=1.0, keepdim=False):
     r"""Geodesic distance
     :math:`\frac{2}{\sqrt c}\operatorname{asinh}(\frac{\sqrt c}{2}\|y - x\|_L)`
     (:math:`= \operatorname{arcosh}(-c\langle x,y\rangle_L)/\sqrt c` on the hyperboloid)."""
-    return _keepdim(_call(_ops.DIST, (x, y), c), keepdim)
+    return _call(_ops.DIST, (x, y), c, keepdim=keepdim)
 
 
 def dist0(x, c=1.0, keepdim=False):
     r"""Distance to the origin :math:`\operatorname{asinh}(\sqrt c\,\|x_{1:}\|)/\sqrt c`."""
-    return _keepdim(_call(_ops.DIST0, (x,), c), keepdim)
+    return _call(_ops.DIST0, (x,), c, keepdim=keepdim)
 
 
 def expmap0(u, c=1.0):

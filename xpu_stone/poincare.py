@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from . import engine, pairwise
 from .constants import BOUNDARY_EPS
+from .engine.scalars import check_boundary_eps
 from .ops import poincare as _ops
 
 __all__ = [
@@ -45,7 +46,6 @@ __all__ = [
 
 
 _call = engine.call
-_keepdim = engine.keepdim
 
 
 def mobius_add(x, y, c=1.0):
@@ -93,26 +93,28 @@ def logmap(x, y, c=1.0):
 def dist(x, y, c=1.0, keepdim=False):
     r"""Geodesic distance
     :math:`\frac{2}{\sqrt c}\operatorname{artanh}(\sqrt c\|(-x)\oplus_c y\|)`."""
-    return _keepdim(_call(_ops.DIST, (x, y), c), keepdim)
+    return _call(_ops.DIST, (x, y), c, keepdim=keepdim)
 
 
 def dist0(x, c=1.0, keepdim=False):
     r"""Distance to the origin :math:`\frac{2}{\sqrt c}\operatorname{artanh}(\sqrt c\|x\|)`."""
-    return _keepdim(_call(_ops.DIST0, (x,), c), keepdim)
+    return _call(_ops.DIST0, (x,), c, keepdim=keepdim)
 
 
 def project(x, c=1.0, eps=None):
     r"""Pulls ``x`` inside the ball: rows with :math:`\sqrt c\|x\| > 1 - \epsilon` are
     rescaled to norm :math:`(1 - \epsilon)/\sqrt c`. ``eps`` defaults per dtype to
-    :data:`xpu_stone.constants.BOUNDARY_EPS`."""
-    if eps is None:
-        eps = BOUNDARY_EPS[engine.dtype_name(x)]
-    return _call(_ops.PROJECT, (x,), c, eps=float(eps))
+    :data:`xpu_stone.constants.BOUNDARY_EPS`; a given ``eps`` must lie in (0, 1) with
+    :math:`1 - \epsilon` below 1 in the dtype of ``x`` (else
+    :class:`~xpu_stone.errors.InvalidArgumentError`)."""
+    dtype = engine.dtype_name(x)
+    eps = BOUNDARY_EPS[dtype] if eps is None else check_boundary_eps(eps, dtype)
+    return _call(_ops.PROJECT, (x,), c, eps=eps)
 
 
 def lambda_x(x, c=1.0, keepdim=False):
     r"""Conformal factor :math:`\lambda_x = 2/(1 - c\|x\|^2)`."""
-    return _keepdim(_call(_ops.LAMBDA_X, (x,), c), keepdim)
+    return _call(_ops.LAMBDA_X, (x,), c, keepdim=keepdim)
 
 
 def gyration(a, b, u, c=1.0):

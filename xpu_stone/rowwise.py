@@ -3,7 +3,7 @@
 from .engine.checks import batch_shape, broadcast
 from .engine.launch import CUPY_DTYPES, TORCH_DTYPES, TORCH_OF
 from .engine.rowop import E0, RowOp
-from .engine.rowwise import call, dtype_name, keepdim
+from .engine.rowwise import call, dtype_name
 from .engine.rowwise_cpu import (
     artanh_c,
     clamp_min,
@@ -34,7 +34,6 @@ __all__ = [
     "cpu_backward",
     "cpu_forward",
     "dtype_name",
-    "keepdim",
     "launch_backward",
     "launch_forward",
 ]

@@ -18,7 +18,7 @@ module             what it holds
 """
 
 from .rowop import ALONE, E0, RowOp
-from .rowwise import OPS, call, dtype_name, keepdim, row_op
+from .rowwise import OPS, call, dtype_name, row_op
 from .scalars import check_curvature, check_scalar
 
 __all__ = [
@@ -30,6 +30,5 @@ __all__ = [
     "check_curvature",
     "check_scalar",
     "dtype_name",
-    "keepdim",
     "row_op",
 ]

@@ -12,6 +12,7 @@ CuPy arrays is checked and launched on CuPy's current stream (no torch needed).
 from __future__ import annotations
 
 from .._deps import is_cupy_array, require_torch, torch
+from ..errors import InvalidArgumentError
 from ..kernels.registry import REGISTRY
 from .checks import batch_shape, validate_cupy, validate_torch
 from .custom_op import Impls, define_differentiable, empty_if_none, none_unless
@@ -20,7 +21,7 @@ from .rowop import RowOp
 from .rowwise_cpu import FP16_MAX, cpu_backward, cpu_forward
 from .rowwise_cuda import launch_backward, launch_forward, launch_forward_cupy
 
-__all__ = ["OPS", "call", "dtype_name", "keepdim", "row_op"]
+__all__ = ["OPS", "call", "dtype_name", "row_op"]
 
 OPS: dict[str, object] = {}  # qualname -> torch.ops.xpu_stone.<qualname>.default
 
@@ -35,22 +36,24 @@ def row_op(family: str, name: str, struct: str, vectors, terms, dots, out, coeff
     return op
 
 
-def call(op: RowOp, vecs: tuple, c, t=None, eps: float = 0.0):
-    """Runs ``op`` on torch tensors or CuPy arrays (see the module docstring)."""
+def call(op: RowOp, vecs: tuple, c, t=None, eps: float = 0.0, keepdim: bool | None = None):
+    """Runs ``op`` on torch tensors or CuPy arrays (see the module docstring);
+    ``keepdim`` (scalar ops) keeps the feature dim as size 1. Everything is checked
+    before anything runs."""
+    if keepdim is not None and not isinstance(keepdim, bool):
+        raise InvalidArgumentError(f"keepdim must be True or False, got {keepdim!r}")
     if is_cupy_array(vecs[0]):
         c, c_val, t, t_val, dtype, batch = validate_cupy(op, vecs, c, t)
-        return launch_forward_cupy(op, vecs, c, c_val, t, t_val, eps, dtype, batch)
-    if torch is None:
-        require_torch(f"xpu_stone.{op.family}.{op.name} on non-CuPy inputs")
-    c, c_val, t, t_val, dtype, batch = validate_torch(op, vecs, c, t)
-    if vecs[0].is_cuda and not _needs_grad(vecs, c, t) and not torch.compiler.is_compiling():
-        return launch_forward(op, vecs, c, c_val, t, t_val, eps, dtype, batch)
-    return OPS[op.qualname](*vecs, c, c_val, t, t_val, eps)
-
-
-def keepdim(out, keep: bool):
-    """A scalar op's output with the feature dim kept (size 1) or dropped."""
-    return out[..., None] if keep else out
+        out = launch_forward_cupy(op, vecs, c, c_val, t, t_val, eps, dtype, batch)
+    else:
+        if torch is None:
+            require_torch(f"xpu_stone.{op.family}.{op.name} on non-CuPy inputs")
+        c, c_val, t, t_val, dtype, batch = validate_torch(op, vecs, c, t)
+        if vecs[0].is_cuda and not _needs_grad(vecs, c, t) and not torch.compiler.is_compiling():
+            out = launch_forward(op, vecs, c, c_val, t, t_val, eps, dtype, batch)
+        else:
+            out = OPS[op.qualname](*vecs, c, c_val, t, t_val, eps)
+    return out[..., None] if keepdim else out
 
 
 def dtype_name(x) -> str:

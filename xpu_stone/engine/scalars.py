@@ -32,7 +32,14 @@ from .. import config
 from .._deps import cupy, is_cupy_array, torch
 from ..errors import InvalidArgumentError, InvalidCurvatureError, ShapeMismatchError
 
-__all__ = ["check_curvature", "check_number", "check_scalar", "curvature_value", "tracing"]
+__all__ = [
+    "check_boundary_eps",
+    "check_curvature",
+    "check_number",
+    "check_scalar",
+    "curvature_value",
+    "tracing",
+]
 
 
 def _error(positive: bool):
@@ -123,3 +130,32 @@ def curvature_value(c) -> float:
     host (gradients do not flow through it)."""
     c_t, value = check_curvature(c)
     return value if c_t is None else check_number(float(c_t.detach()), "c")  # checked whatever the config
+
+
+def check_boundary_eps(eps, dtype: str) -> float:
+    """A boundary margin for points stored in ``dtype`` ("float32", ...): a number with
+    ``0 < eps < 1`` such that ``1 - eps`` rounds below 1 in that dtype (otherwise the
+    "projected" points would sit on the boundary, where the maps are infinite)."""
+    v = check_number(eps, "eps", positive=True) if _positive_number(eps) else None
+    if v is None or not v < 1:
+        raise InvalidArgumentError(f"eps must be a number in (0, 1), got {eps!r}")
+    if _one_minus_rounds_to_one(v, dtype):
+        raise InvalidArgumentError(
+            f"eps={eps!r} is too small for {dtype}: 1 - eps rounds to 1 there (take eps of at least "
+            f"xpu_stone.constants.BOUNDARY_EPS[{dtype!r}])"
+        )
+    return v
+
+
+def _positive_number(value) -> bool:
+    return (
+        not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value) and value > 0
+    )
+
+
+def _one_minus_rounds_to_one(v: float, dtype: str) -> bool:
+    if torch is not None:
+        return bool(torch.tensor(1.0 - v, dtype=getattr(torch, dtype)) >= 1)
+    import numpy  # the CuPy-only installation: no bfloat16 there
+
+    return bool(numpy.asarray(1.0 - v, dtype=dtype) >= 1)

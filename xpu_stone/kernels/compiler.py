@@ -76,7 +76,7 @@ def _nvrtc():
         from cupy.cuda import nvrtc
     except ImportError as e:  # pragma: no cover - depends on the installation
         raise UnsupportedOperationError(
-            "compiling kernels needs CuPy (pip install xpu-stone[cu12] or [cu13])"
+            "compiling kernels needs CuPy and NVRTC (pip install cupy-cuda13x nvidia-cuda-nvrtc)"
         ) from e
     return nvrtc
 
