@@ -477,3 +477,27 @@ def test_table_of_an_empty_profile():
         pass
     lines = p.table().splitlines()
     assert len(lines) == 2 and lines[0].split()[:2] == ["op", "variant"]
+
+
+def test_profile_installs_the_recorder_every_launch_path_reads(monkeypatch):
+    """While a profile is open the kernel layer's RECORDER is the profiler's, so row
+    launches (engine.launch.launch_rows) and other launches (launch_kernel) are recorded;
+    closed, it is None again."""
+    from xpu_stone.engine import launch as engine_launch
+    from xpu_stone.kernels import launch as kernel_launch
+
+    calls = []
+    monkeypatch.setattr(engine_launch, "launch_row", lambda *a: calls.append("row"))
+    monkeypatch.setattr(kernel_launch, "_launch_kernel", lambda *a: calls.append("kernel"))
+    assert kernel_launch.RECORDER[0] is None
+    with profiler.profile(nvtx=False) as p:
+        assert kernel_launch.RECORDER[0] is profiler.record_launch
+        engine_launch.launch_rows("op.fwd", "warp_per_row", None, 1, 256, (5, 8), 8, "float32", 0, 0)
+        kernel_launch.launch_kernel(None, 1, 256, (), 0, 0, op="gemm.fwd", shape=(5, 8), dtype="float32")
+    assert calls == ["row", "kernel"] and kernel_launch.RECORDER[0] is None
+    assert [(r.op, r.variant, r.shape) for r in p.records] == [
+        ("op.fwd", "warp_per_row", (5, 8)),
+        ("gemm.fwd", "", (5, 8)),
+    ]
+    engine_launch.launch_rows("op.fwd", "warp_per_row", None, 1, 256, (5, 8), 8, "float32", 0, 0)
+    assert calls == ["row", "kernel", "row"]  # launched, not recorded

@@ -1,7 +1,8 @@
 """The chores every launcher shares, row-wise and GEMM-style alike: the dtype
 tables, the compute dtype, the caller's stream, raw pointers, NaN-poisoning of
-outputs, device properties, and the launch itself (recorded by the profiler
-while a profile is open).
+outputs, device properties, and the row-wise launch (recorded, like every
+launch, through :data:`xpu_stone.kernels.launch.RECORDER` while a profile is
+open). Other kernels launch through :func:`xpu_stone.kernels.launch.launch_kernel`.
 """
 
 from __future__ import annotations
@@ -10,17 +11,16 @@ import numpy
 
 from .. import config
 from .._deps import require_cupy, torch
-from ..kernels.launch import launch_kernel, launch_row
-from ..runtime import profiler
+from ..kernels.launch import RECORDER, launch_row
 
 __all__ = [
     "CUPY_DTYPES",
     "TORCH_DTYPES",
     "TORCH_OF",
+    "address",
     "compute_dtype",
     "compute_dtype_name",
     "device_props",
-    "launch",
     "launch_rows",
     "poison",
     "ptr",
@@ -38,8 +38,6 @@ else:  # the CuPy-only installation
     TORCH_DTYPES = {}
 TORCH_OF = {v: k for k, v in TORCH_DTYPES.items()}
 CUPY_DTYPES = {"float32": "float32", "float64": "float64", "float16": "float16"}
-
-_ACTIVE = profiler.ACTIVE  # open profiles: one list truth test per launch when profiling is off
 
 
 def compute_dtype_name(dtype: str) -> str:
@@ -59,11 +57,16 @@ def torch_stream(device_index: int) -> int:
     return torch._C._cuda_getCurrentRawStream(device_index)
 
 
+def address(a) -> int:
+    """A torch tensor's or CuPy array's device address; 0 for None."""
+    if a is None:
+        return 0
+    return a.data_ptr() if hasattr(a, "data_ptr") else a.data.ptr
+
+
 def ptr(t) -> numpy.uint64:
-    """A tensor's (or CuPy array's) device address as a kernel argument; 0 for None."""
-    if t is None:
-        return numpy.uint64(0)
-    return numpy.uint64(t.data_ptr() if hasattr(t, "data_ptr") else t.data.ptr)
+    """:func:`address` as a kernel argument."""
+    return numpy.uint64(address(t))
 
 
 def poison(*arrays) -> None:
@@ -90,9 +93,10 @@ def device_props(dev: int) -> tuple[int, int]:
 
 def launch_rows(label: str, variant: str, fn, grid: int, block: int, fields, d: int, dtype: str, stream, dev):
     """One row-wise launch (``fields`` in :data:`xpu_stone.kernels.launch.ROW_ARG_FIELDS`
-    order); ``label``, ``variant`` and ``(rows, d)`` name it for the profiler."""
-    if _ACTIVE:
-        profiler.record_launch(
+    order); ``label``, ``variant`` and ``(rows, d)`` name it for the profiler's recorder."""
+    recorder = RECORDER[0]
+    if recorder is not None:
+        recorder(
             label,
             variant,
             (fields[0], d),
@@ -109,9 +113,3 @@ def launch_rows(label: str, variant: str, fn, grid: int, block: int, fields, d: 
         )
     else:
         launch_row(fn, grid, block, fields, stream, dev)
-
-
-def launch(fn, grid, block, args: tuple, stream: int, dev: int, *, op: str, shape=(), dtype="", shared_mem=0):
-    """Any other kernel: :func:`xpu_stone.kernels.launch.launch_kernel`, named ``op``
-    for the profiler."""
-    launch_kernel(fn, grid, block, args, stream, dev, shared_mem, op=op, shape=shape, dtype=dtype)

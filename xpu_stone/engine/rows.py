@@ -10,6 +10,7 @@ import math
 
 from .._deps import cupy
 from ..kernels.registry import VEC_WIDTH
+from .launch import address
 
 __all__ = [
     "collapse",
@@ -103,7 +104,7 @@ def prepare(vecs, scalars, dtype: str, batch, rows_of, scalar_rows, param_dtype)
     for j, v in enumerate(vecs):
         ve, rs, es = rows_of(v, batch, d)
         keep.append(ve)
-        p = ptrs[j] = _address(ve)
+        p = ptrs[j] = address(ve)
         rss[j], ess[j] = rs, es
         aligned = aligned and is_aligned(p, rs, es, d, dtype)
     fields = [rows, d, *ptrs, *rss, *ess]
@@ -113,7 +114,7 @@ def prepare(vecs, scalars, dtype: str, batch, rows_of, scalar_rows, param_dtype)
         else:
             se, rs = scalar_rows(s, batch, param_dtype)
             keep.append(se)
-            fields += (_address(se), rs, 0.0)
+            fields += (address(se), rs, 0.0)
     return d, rows, keep, fields, aligned
 
 
@@ -134,7 +135,3 @@ def prepare_contiguous(vecs, c_val, t_val, dtype: str, batch):
     es = [1] * nv + [0] * (3 - nv)
     rows = math.prod(batch)
     return d, rows, vecs, [rows, d, *ptrs, *rs, *es, 0, 0, c_val, 0, 0, t_val], aligned
-
-
-def _address(a) -> int:
-    return a.data_ptr() if hasattr(a, "data_ptr") else a.data.ptr

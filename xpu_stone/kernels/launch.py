@@ -112,14 +112,14 @@ def launch_row(fn, grid: int, block: int, fields: tuple, stream_ptr: int, device
 
 
 # While a profile is open, xpu_stone.runtime.profiler installs its recorder here
-# (the kernel layer knows nothing of the runtime above it).
-_recorder: list = [None]
+# (the kernel layer knows nothing of the runtime above it); every launch path reads it.
+RECORDER: list = [None]
 
 
 def set_recorder(recorder) -> None:
     """Installs ``recorder(op, variant, shape, dtype, device, stream, launch, *args)``,
-    which must run ``launch(*args)``, for every :func:`launch_kernel`; None removes it."""
-    _recorder[0] = recorder
+    which must run ``launch(*args)`` and record it, for every launch; None removes it."""
+    RECORDER[0] = recorder
 
 
 def launch_kernel(
@@ -142,7 +142,7 @@ def launch_kernel(
     ints or tuples. ``op``, ``shape`` and ``dtype`` label the launch for
     :mod:`xpu_stone.runtime.profiler`. For kernels off the per-call hot path: this
     costs a few µs more than :func:`launch_row`."""
-    recorder = _recorder[0]
+    recorder = RECORDER[0]
     if recorder is not None:
         recorder(op or "kernel", "", shape, dtype, device_id, stream_ptr, _launch_kernel, fn, grid, block,
                  args, stream_ptr, device_id, shared_mem)  # fmt: skip

@@ -17,8 +17,8 @@ import numpy
 from .._deps import torch
 from ..constants import ARTANH_MAX, MIN_DENOM, MIN_SQNORM, TANH_MAX
 from ..engine.custom_op import Impls, define_differentiable, empty_if_none, none_unless
-from ..engine.launch import TORCH_DTYPES, compute_dtype, launch, poison, ptr, torch_stream
-from ..kernels.launch import get_function
+from ..engine.launch import TORCH_DTYPES, compute_dtype, poison, ptr, torch_stream
+from ..kernels.launch import get_function, launch_kernel
 from ..kernels.registry import CXX_TYPE, DTYPES, REGISTRY, KernelList
 
 __all__ = ["FC", "KERNELS", "MLR", "hnn_op", "matvec_op"]
@@ -154,7 +154,7 @@ def _launch(kind, dtype, rows, args, c_val, dev, din, dout):
         return
     fn = get_function(KERNELS.source, kernel_name(kind, dtype), dev, KERNELS.defines(dtype))
     args = (*args, numpy.int64(rows), numpy.int64(din), numpy.int64(dout), numpy.float64(c_val))
-    launch(fn, -(-rows * 32 // BLOCK), BLOCK, args, torch_stream(dev), dev, op=f"hyperbolic_linear.{kind}",
+    launch_kernel(fn, -(-rows * 32 // BLOCK), BLOCK, args, torch_stream(dev), dev, op=f"hyperbolic_linear.{kind}",
            shape=(rows, din, dout), dtype=dtype)  # fmt: skip
 
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._deps import torch
-from ..engine.launch import TORCH_DTYPES, launch, torch_stream
+from ..engine.launch import TORCH_DTYPES, address, torch_stream
 from ..errors import InvalidArgumentError, UnsupportedOperationError
-from ..kernels.launch import get_function
+from ..kernels.launch import get_function, launch_kernel
 from ..kernels.registry import CXX_TYPE, DTYPES, REGISTRY, KernelList
 
 __all__ = [
@@ -112,11 +112,6 @@ def _device_meta(ints: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor |
     return meta, host
 
 
-def _ptr(t) -> int:
-    """A state tensor's address in a record (0: the step has no such state)."""
-    return 0 if t is None else t.data_ptr()
-
-
 def build_records(items: list) -> tuple[np.ndarray, list, int]:
     """``(records, keep, rows)``: one ``xs_opt_meta`` record per item (see
     :func:`fused_step`), the coalesced sparse-gradient tensors the records point
@@ -139,7 +134,7 @@ def build_records(items: list) -> tuple[np.ndarray, list, int]:
             rows = -(-numel // d)
             gptr, iptr = grad.data_ptr(), 0
         ints[i, :INT_FIELDS] = (
-            param.data_ptr(), gptr, _ptr(buf), _ptr(v), _ptr(vmax), iptr,
+            param.data_ptr(), gptr, address(buf), address(v), address(vmax), iptr,
             start, rows, d, numel, h.kind, _flags(h), 0,
         )  # fmt: skip
         floats[i, INT_FIELDS:22] = (h.c, h.ball_eps, h.lr, h.wd, h.beta1, h.beta2, h.eps, h.bc1, h.bc2)
@@ -184,7 +179,7 @@ def launch_records(meta: torch.Tensor, count: int, rows: int, device, dtype: str
     fn = get_function(KERNELS.source, name, device.index, KERNELS.defines(dtype))
     stream = torch_stream(device.index)
     grid = -(-rows * 32 // BLOCK)
-    launch(
+    launch_kernel(
         fn,
         grid,
         BLOCK,

@@ -19,8 +19,8 @@ import numpy
 from .._deps import cupy, torch
 from ..constants import MIN_DENOM
 from ..engine.custom_op import Impls, define_differentiable, empty_if_none, none_unless
-from ..engine.launch import TORCH_DTYPES, compute_dtype, device_props, launch, poison, ptr, torch_stream
-from ..kernels.launch import get_function
+from ..engine.launch import TORCH_DTYPES, compute_dtype, device_props, poison, ptr, torch_stream
+from ..kernels.launch import get_function, launch_kernel
 from ..kernels.registry import CXX_TYPE, DTYPES, REGISTRY, KernelList
 
 __all__ = ["GEMM_CHUNK_BYTES", "KERNELS", "MODELS", "cdist_cupy", "cdist_op", "snap_tau"]
@@ -194,7 +194,7 @@ def _launch_scalars(a, rows, d, model, dtype, c, scale, p0, p1, stream, dev):
     args = (ptr(a), numpy.int64(rows), numpy.int64(d), numpy.int64(d), numpy.float64(c), numpy.float64(scale),
             ptr(p0), ptr(p1))  # fmt: skip
     fn = _fn("scalars", model, dtype, 1, dev)
-    launch(
+    launch_kernel(
         fn,
         -(-rows * 32 // BLOCK),
         BLOCK,
@@ -230,7 +230,9 @@ def _launch_fwd(gram, out, scal, rows, n, m, model, dtype, c, tau, stream, dev, 
     args = (ptr(gram), ptr(out), numpy.uint64(p0 + offset * step), numpy.uint64(p1 + offset * step),
             numpy.uint64(q0), numpy.uint64(q1), numpy.int64(rows), numpy.int64(n), numpy.int64(m), f(c), f(tau))  # fmt: skip
     fn = _fn("fwd", model, dtype, vec, dev)
-    launch(fn, (gx, gy), BLOCK, args, stream, dev, op="pairwise_cdist.fwd", shape=(rows, m), dtype=dtype)
+    launch_kernel(
+        fn, (gx, gy), BLOCK, args, stream, dev, op="pairwise_cdist.fwd", shape=(rows, m), dtype=dtype
+    )
 
 
 def _torch_empty(dtype, device):
@@ -299,7 +301,7 @@ def cdist_bwd_cuda(grad, x, y, out, c_val, model, needs):
                 ptr(q1), numpy.int64(n), numpy.int64(m), numpy.int64(tiles), numpy.int64(tile_rows), f(c_val),
                 numpy.int32(1 if needs[2] else 0))  # fmt: skip
         fn = _fn("bwd", model, dtype, vec, dev)
-        launch(
+        launch_kernel(
             fn,
             (gxc, bsz * tiles),
             BLOCK,

@@ -5,8 +5,9 @@
     print(p.table())
     p.export_chrome_trace("trace.json")   # open in chrome://tracing or ui.perfetto.dev
 
-The launch paths call :func:`record_launch` only while :data:`ACTIVE` is
-non-empty (one list truth test per call when profiling is off). While a profile
+While a profile is open (:data:`ACTIVE` non-empty) :func:`record_launch` is
+installed as :data:`xpu_stone.kernels.launch.RECORDER`, which every launch path
+reads (one list lookup per call when profiling is off). While a profile
 is open every launch is recorded (op, dispatcher variant, rows x features,
 dtype, device, stream, host time) and wrapped in an NVTX range named
 ``op[variant]`` in the ``xpu_stone`` domain (the ``nvtx`` package when
