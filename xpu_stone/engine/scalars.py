@@ -46,11 +46,12 @@ def _error(positive: bool):
     return InvalidCurvatureError if positive else InvalidArgumentError
 
 
-def check_number(value, name: str = "c", *, positive: bool = True) -> float:
-    """``value`` as a float, if it is a finite (positive) real number; else a typed error."""
+def check_number(value, name: str = "c", *, positive: bool = True, or_tensor: bool = False) -> float:
+    """``value`` as a float, if it is a finite (positive) real number; else a typed error
+    (``or_tensor``: the message says a tensor would do too)."""
     err = _error(positive)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        what = "positive number" if positive else "number"
+        what = ("positive number" if positive else "number") + (" or a tensor" if or_tensor else "")
         raise err(f"{name} must be a {what}, got {type(value).__name__}")
     v = float(value)
     if not math.isfinite(v) or (positive and v <= 0):
@@ -75,10 +76,7 @@ def check_scalar(value, name: str = "c", like=None, *, positive: bool = True, pe
     cupy_input = is_cupy_array(like)
     is_tensor = is_cupy_array(value) if cupy_input else torch is not None and isinstance(value, torch.Tensor)
     if not is_tensor:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            what = "positive number" if positive else "number"
-            raise err(f"{name} must be a {what} or a tensor, got {type(value).__name__}")
-        return None, check_number(value, name, positive=positive)
+        return None, check_number(value, name, positive=positive, or_tensor=True)
     floating = value.dtype.kind == "f" if cupy_input else value.dtype.is_floating_point
     if not floating:
         raise err(f"{name} must have a floating dtype, got {value.dtype}")
@@ -136,21 +134,15 @@ def check_boundary_eps(eps, dtype: str) -> float:
     """A boundary margin for points stored in ``dtype`` ("float32", ...): a number with
     ``0 < eps < 1`` such that ``1 - eps`` rounds below 1 in that dtype (otherwise the
     "projected" points would sit on the boundary, where the maps are infinite)."""
-    v = check_number(eps, "eps", positive=True) if _positive_number(eps) else None
-    if v is None or not v < 1:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < 1:  # NaN fails too
         raise InvalidArgumentError(f"eps must be a number in (0, 1), got {eps!r}")
+    v = float(eps)
     if _one_minus_rounds_to_one(v, dtype):
         raise InvalidArgumentError(
             f"eps={eps!r} is too small for {dtype}: 1 - eps rounds to 1 there (take eps of at least "
             f"xpu_stone.constants.BOUNDARY_EPS[{dtype!r}])"
         )
     return v
-
-
-def _positive_number(value) -> bool:
-    return (
-        not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value) and value > 0
-    )
 
 
 def _one_minus_rounds_to_one(v: float, dtype: str) -> bool:

@@ -83,8 +83,9 @@ class pin:  # noqa: N801 - used as a context manager, like a function
     nest; the innermost wins. Names are not checked here:
     :class:`~xpu_stone.runtime.policies.KernelPolicy` validates them."""
 
-    def __init__(self, variants: Mapping[str, str]):
+    def __init__(self, variants: Mapping[str, str], owner=None):
         self.variants = dict(variants)
+        self.owner = owner  # what pinned them (a KernelPolicy), for active_policy()
         self.token = next(_pin_tokens)
 
     def __enter__(self) -> pin:

@@ -39,12 +39,6 @@ from .torch_flags import TorchFlags
 _state = threading.local()
 
 
-def _stack() -> list:
-    if not hasattr(_state, "stack"):
-        _state.stack = []
-    return _state.stack
-
-
 def _exec_stack() -> list:
     if not hasattr(_state, "exec_stack"):
         _state.exec_stack = []
@@ -52,9 +46,10 @@ def _exec_stack() -> list:
 
 
 def active_policy() -> KernelPolicy | None:
-    """The innermost :class:`KernelPolicy` entered on this thread, if any."""
-    stack = _stack()
-    return stack[-1] if stack else None
+    """The innermost :class:`KernelPolicy` entered on this thread, if any (the owner of
+    the dispatcher's innermost pins)."""
+    pins = dispatcher.active_pins()
+    return pins.owner if pins is not None and isinstance(pins.owner, KernelPolicy) else None
 
 
 def active_execution_policy() -> ExecutionPolicy:
@@ -114,9 +109,8 @@ class KernelPolicy:
         self._flags = TorchFlags(matmul, attention)
         self.matmul = matmul if isinstance(matmul, str) else dict(matmul)
         self.attention = attention if isinstance(attention, str) else list(attention)
-        self._pin = dispatcher.pin(
-            self.variants
-        )  # one token per policy: the dispatcher's caches stay bounded
+        # one pin (one cache token) per policy, so the dispatcher's caches stay bounded
+        self._pin = dispatcher.pin(self.variants, owner=self)
 
     def variant_for(self, op: str) -> str:
         return self.variants.get(op, "auto")
@@ -164,12 +158,9 @@ class KernelPolicy:
     def __enter__(self) -> KernelPolicy:
         self._flags.__enter__()
         self._pin.__enter__()
-        _stack().append(self)
         return self
 
     def __exit__(self, *exc) -> None:
-        stack = _stack()
-        stack.pop(len(stack) - 1 - stack[::-1].index(self))
         self._pin.__exit__(*exc)
         self._flags.__exit__(*exc)
 
