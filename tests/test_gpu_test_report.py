@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import load_script
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" time="12.5">
@@ -18,17 +16,10 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 """
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("gpu_test_report", ROOT / "scripts" / "gpu_test_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_counts_and_failure_exit(tmp_path):
     junit = tmp_path / "junit.xml"
     junit.write_text(JUNIT)
-    script = _script()
+    script = load_script("gpu_test_report")
     summary = script.summarise(junit)
     assert (summary["passed"], summary["failed"], summary["skipped"], summary["errors"]) == (2, 1, 1, 0)
     assert summary["seconds"] == 12.5

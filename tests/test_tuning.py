@@ -3,7 +3,6 @@ recorded cache, table validation and fallback, explain, and the benchmark report
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script
 
 import xpu_stone  # noqa: F401  (registers the ops)
 from xpu_stone.errors import InvalidArgumentError
@@ -23,13 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 GPU = {"gpu_name": "NVIDIA Test GPU", "compute_capability": "9.0", "driver": 13000}
 PROBLEM = {"target_bytes": 1000, "warmup": 1, "reps": 2}
 OP = "poincare_dist"
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +89,7 @@ def test_replayed_cache_picks_checked_winners_and_resumes(tmp_path):
         for e in (e_small, e_large)
     )
     assert "2 cells, 1 differ from the heuristic" in tuner.summary(table)
-    lines = _script("tune_kernels").summary_lines(table).splitlines()  # the tuner's closing report
+    lines = load_script("tune_kernels").summary_lines(table).splitlines()  # the tuner's closing report
     assert len(lines) == 2 and "+25.0%" in lines[0] and "+0.0%" in lines[1]
     # appending resumes the file; a cache of another problem is moved aside
     cache.add(large, *missing[0], status="ok", fwd_ms=9.0, bwd_ms=9.0)
@@ -116,7 +109,7 @@ class _FakeBench:
 
 
 def test_verification_keeps_confirmed_winners_and_reverts_the_others(tmp_path):
-    script = _script("tune_kernels")
+    script = load_script("tune_kernels")
     cells = tuner.plan([OP], ["float32"], [16, 64])
     lines = [json.dumps({"format": tuner.CACHE_FORMAT, **_header()})]
     for cell in cells:  # in both cells the sweep saw a configuration 25 % faster
@@ -348,7 +341,7 @@ def test_tables_load_lazily_not_at_import(tmp_path):
 
 
 def test_tuner_dry_run_prints_plan_and_estimate(capsys):
-    tuner = _script("tune_kernels")
+    tuner = load_script("tune_kernels")
     assert tuner.main(["--dry-run", "--ops", OP, "--dtypes", "float32", "--buckets", "16", "64"]) == 0
     out = capsys.readouterr().out
     assert "2 cells" in out and "estimate" in out
@@ -359,7 +352,7 @@ def test_tuner_dry_run_prints_plan_and_estimate(capsys):
 
 def test_tuner_check_rejects_a_missing_element():
     torch = pytest.importorskip("torch")
-    tuner = _script("tune_kernels")
+    tuner = load_script("tune_kernels")
     ref = torch.rand(8, 64, dtype=torch.float64) + 0.5
     good = ref.to(torch.bfloat16)
     assert tuner.elementwise_error(good, ref, "bfloat16", torch) <= tuner.FWD_TOL["bfloat16"]
@@ -388,7 +381,7 @@ def _row(op, impl, mode, d, ms, gbps, dtype="float32"):
 
 def test_bench_report_plots_a_tiny_synthetic_run(tmp_path):
     pytest.importorskip("matplotlib")
-    report = _script("bench_report")
+    report = load_script("bench_report")
     rows = [
         _row("host_overhead_64x64", impl, "fwd", 64, us / 1000, 0)
         for impl, us in (("torch.add", 7), ("xpu_stone", 15))

@@ -4,31 +4,22 @@ resumes from the cache without measuring again."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script
 
 from xpu_stone import poincare
 from xpu_stone.kernels import dispatcher, tuned_table
 from xpu_stone.reference import poincare as R
 
 pytestmark = pytest.mark.gpu
-ROOT = Path(__file__).resolve().parent.parent
 OP = "poincare_dist"
 
 
-def _tuner():
-    spec = importlib.util.spec_from_file_location("tune_kernels", ROOT / "scripts" / "tune_kernels.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tuner_smoke_run_writes_a_table_the_dispatcher_uses(tmp_path):
-    tuner = _tuner()
+    tuner = load_script("tune_kernels")
     out = tmp_path / "table.json"
     args = ["--ops", OP, "--dtypes", "float32", "--buckets", "64", "1024", "--target-mb", "32",
             "--warmup", "2", "--reps", "5", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
