@@ -25,8 +25,11 @@ linear), :mod:`xpu_stone.manifolds`, :mod:`xpu_stone.nn` and the optimizers.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+
+import numpy
 
 from .. import config
 from .._deps import cupy, is_cupy_array, torch
@@ -50,7 +53,7 @@ def check_number(value, name: str = "c", *, positive: bool = True, or_tensor: bo
     """``value`` as a float, if it is a finite (positive) real number; else a typed error
     (``or_tensor``: the message says a tensor would do too)."""
     err = _error(positive)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if type(value) is not float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
         what = ("positive number" if positive else "number") + (" or a tensor" if or_tensor else "")
         raise err(f"{name} must be a {what}, got {type(value).__name__}")
     v = float(value)
@@ -145,9 +148,9 @@ def check_boundary_eps(eps, dtype: str) -> float:
     return v
 
 
+@functools.lru_cache(maxsize=256)
 def _one_minus_rounds_to_one(v: float, dtype: str) -> bool:
+    """Cached: a manifold's projection asks with the same margin at every step."""
     if torch is not None:
         return bool(torch.tensor(1.0 - v, dtype=getattr(torch, dtype)) >= 1)
-    import numpy  # the CuPy-only installation: no bfloat16 there
-
-    return bool(numpy.asarray(1.0 - v, dtype=dtype) >= 1)
+    return bool(numpy.asarray(1.0 - v, dtype=dtype) >= 1)  # the CuPy-only installation: no bfloat16
