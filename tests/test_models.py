@@ -185,6 +185,25 @@ def test_bad_input_raises_typed_errors():
         K.geodesic(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.float64), 0.5)
 
 
+def test_einstein_midpoint_bad_input():
+    x = torch.rand(4, 3) * 0.1
+    with pytest.raises(ShapeMismatchError, match="broadcast"):
+        K.einstein_midpoint(x, torch.ones(5))
+    for w in (torch.zeros(4), torch.tensor([1.0, -1.0, 1.0, 1.0]), torch.tensor([1.0, float("nan"), 1, 1])):
+        with pytest.raises(InvalidArgumentError, match="non-negative"):
+            K.einstein_midpoint(x, w)
+    with pytest.raises(InvalidArgumentError, match="dtype"):
+        K.einstein_midpoint(x, torch.ones(4, dtype=torch.float64))
+    with pytest.raises(InvalidArgumentError, match="torch tensor"):
+        K.einstein_midpoint(x, [1.0, 1.0, 1.0, 1.0])
+    with pytest.raises(InvalidArgumentError, match="x must be"):
+        K.einstein_midpoint(x.tolist())
+    with pytest.raises(InvalidArgumentError, match="dim"):
+        K.einstein_midpoint(x, dim=5)
+    # one point with all the weight is that point
+    torch.testing.assert_close(K.einstein_midpoint(x, torch.tensor([0.0, 2.0, 0.0, 0.0])), x[1])
+
+
 def test_opcheck_cpu():
     from xpu_stone.engine import OPS
 

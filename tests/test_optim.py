@@ -180,6 +180,42 @@ def test_invalid_arguments():
     assert torch.equal(p.detach(), before)
 
 
+@pytest.mark.parametrize("opt", (RiemannianSGD, RiemannianAdam))
+def test_a_bad_parameter_anywhere_steps_nothing(opt):
+    """The first parameter is good, the second bad: the step raises and neither the
+    first parameter nor any optimizer state has moved."""
+    good = ManifoldParameter(torch.full((3, 2), 0.1), PoincareBall())
+    good.grad = torch.ones(3, 2)
+    bad_cases = (
+        (ManifoldParameter(torch.zeros(3, 2), PoincareBall(eps=1e-8)), torch.ones(3, 2),
+         InvalidArgumentError),  # a boundary margin float32 cannot hold
+        (torch.zeros(2, 3, 2), torch.sparse_coo_tensor(torch.tensor([[0]]), torch.ones(1, 3, 2), (2, 3, 2)),
+         InvalidArgumentError),  # sparse gradient of a 3-D parameter
+    )  # fmt: skip
+    for data, grad, error in bad_cases:
+        bad = data if isinstance(data, torch.nn.Parameter) else torch.nn.Parameter(data)
+        bad.grad = grad
+        o = opt([good, bad], lr=0.1)
+        before = good.detach().clone()
+        with pytest.raises(error):
+            o.step()
+        assert torch.equal(good.detach(), before)
+        assert not o.state, "optimizer state was created before the check"
+
+
+@pytest.mark.parametrize("opt", (RiemannianSGD, RiemannianAdam))
+def test_group_hyperparameters_are_checked(opt):
+    p = ManifoldParameter(torch.zeros(3, 2), PoincareBall())
+    q = ManifoldParameter(torch.zeros(3, 2), PoincareBall())
+    o = opt([p], lr=0.1)
+    for bad in (dict(lr=-1.0), dict(lr=float("nan")), dict(weight_decay=-1.0), dict(retraction="cayley")):
+        with pytest.raises(InvalidArgumentError):
+            o.add_param_group({"params": [q], **bad})
+        assert len(o.param_groups) == 1
+    with pytest.raises(InvalidArgumentError):
+        opt([{"params": [p]}, {"params": [q], "lr": -0.5}], lr=0.1)
+
+
 def test_boundary_margin_must_fit_the_dtype():
     ball = PoincareBall(eps=1e-8)
     assert ball.boundary_eps(torch.float64) == 1e-8

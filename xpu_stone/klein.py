@@ -15,11 +15,12 @@ Inputs as in :mod:`xpu_stone.poincare`.
 
 from __future__ import annotations
 
-from . import engine
-from ._deps import is_cupy_array
+from . import config, engine
+from ._deps import cupy, is_cupy_array, torch
 from .constants import BOUNDARY_EPS
-from .engine.scalars import check_boundary_eps
-from .errors import InvalidArgumentError
+from .engine.checks import broadcast
+from .engine.scalars import check_boundary_eps, tracing
+from .errors import InvalidArgumentError, ShapeMismatchError
 from .ops import klein as _ops
 from .ops import poincare as _poincare_ops
 
@@ -71,18 +72,53 @@ def einstein_midpoint(x, weights=None, dim=-2, c=1.0, keepdim=False):
         m = \frac{\sum_i w_i \gamma_{x_i} x_i}{\sum_i w_i \gamma_{x_i}}
 
     (the weighted hyperbolic centroid in the Klein model; Ungar 2008). ``weights``
-    broadcasts against ``x`` without its feature dim (default: all ones);
-    non-negative weights keep ``m`` inside the ball. ``dim`` indexes ``x`` and must
-    not be the feature dim. The Lorentz factors come from a fused kernel; the
-    weighted sums are torch's (or CuPy's) reductions.
+    (same array type, dtype and device as ``x``) broadcasts against ``x`` without
+    its feature dim (default: all ones); weights must be finite and non-negative
+    with a positive sum along ``dim`` (otherwise the midpoint is undefined): checked
+    like a tensor curvature, on the host unless ``config.check_tensor_values`` is
+    off or the call is traced/captured. ``dim`` indexes ``x`` and must not be the
+    feature dim. The Lorentz factors come from a fused kernel; the weighted sums are
+    torch's (or CuPy's) reductions.
     """
+    cupy_input = is_cupy_array(x)
+    if not (cupy_input or (torch is not None and isinstance(x, torch.Tensor))):
+        raise InvalidArgumentError(f"x must be a torch tensor or a CuPy array, got {type(x).__name__}")
     nd = x.ndim
+    if not isinstance(dim, int) or isinstance(dim, bool) or not -nd <= dim < nd:
+        raise InvalidArgumentError(f"dim must be an int indexing x of shape {tuple(x.shape)}, got {dim!r}")
     axis = dim % nd
     if axis == nd - 1:
         raise InvalidArgumentError(f"dim={dim} is the feature dim of x (shape {tuple(x.shape)})")
     g = lorentz_factor(x, c, keepdim=True)
     if weights is not None:
+        _check_weights(weights, x, axis, cupy_input)
         g = g * weights[..., None]
-    num = (g * x).sum(axis, keepdims=keepdim) if is_cupy_array(x) else (g * x).sum(axis, keepdim)
-    den = g.sum(axis, keepdims=keepdim) if is_cupy_array(x) else g.sum(axis, keepdim)
+    num = (g * x).sum(axis, keepdims=keepdim) if cupy_input else (g * x).sum(axis, keepdim)
+    den = g.sum(axis, keepdims=keepdim) if cupy_input else g.sum(axis, keepdim)
     return num / den
+
+
+def _check_weights(w, x, axis: int, cupy_input: bool) -> None:
+    if not (is_cupy_array(w) if cupy_input else isinstance(w, torch.Tensor)):
+        raise InvalidArgumentError(
+            f"weights must be a {'CuPy array' if cupy_input else 'torch tensor'} like x, got {type(w).__name__}"
+        )
+    if w.dtype != x.dtype or w.device != x.device:
+        raise InvalidArgumentError(
+            f"weights must have x's dtype and device ({x.dtype} on {x.device}), got {w.dtype} on {w.device}"
+        )
+    try:
+        shape = broadcast((tuple(w.shape), tuple(x.shape[:-1])))
+    except ShapeMismatchError:
+        shape = None
+    if shape != tuple(x.shape[:-1]):
+        raise ShapeMismatchError(
+            f"weights of shape {tuple(w.shape)} do not broadcast to x's points {tuple(x.shape[:-1])}"
+        )
+    if config.check_tensor_values and not tracing(x):
+        xp = cupy if cupy_input else torch
+        total = (xp.broadcast_to(w, shape) if cupy_input else w.expand(shape)).sum(axis)
+        if not bool((xp.isfinite(w) & (w >= 0)).all() & (total > 0).all()):
+            raise InvalidArgumentError(
+                "weights must be finite and non-negative with a positive sum along dim"
+            )

@@ -150,11 +150,32 @@ def launch_kernel(
         _launch_kernel(fn, grid, block, args, stream_ptr, device_id, shared_mem)
 
 
+class _StreamHandle:
+    """A raw ``cudaStream_t`` handle offered through the CUDA stream protocol
+    (``__cuda_stream__`` returns ``(version 0, handle)``), the form CuPy 14's
+    ``Stream.from_external`` takes; CuPy holds it and never destroys the stream."""
+
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: int):
+        self.ptr = int(ptr)
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return (0, self.ptr)
+
+
+def cupy_stream(stream_ptr: int):
+    """A CuPy stream object for the raw handle ``stream_ptr`` (torch's stream, a
+    side stream...), for CuPy calls that take a stream. It does not own the
+    stream; use it inside ``cupy.cuda.Device(d)`` of the stream's device."""
+    return require_cupy("CUDA streams").cuda.Stream.from_external(_StreamHandle(stream_ptr))
+
+
 def _launch_kernel(fn, grid, block, args, stream_ptr, device_id, shared_mem):
     cupy = require_cupy("running kernels")
     try:
         with cupy.cuda.Device(device_id):
-            stream = cupy.cuda.ExternalStream(stream_ptr, device_id)
+            stream = cupy_stream(stream_ptr)
             fn(
                 grid if isinstance(grid, tuple) else (grid,),
                 block if isinstance(block, tuple) else (block,),

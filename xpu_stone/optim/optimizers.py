@@ -25,7 +25,7 @@ import torch
 
 from .._deps import cupy
 from ..engine.launch import TORCH_DTYPES
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..manifolds import Euclidean, Lorentz, PoincareBall, manifold_of
 from ..ops.optim import EUCLIDEAN, LORENTZ, POINCARE, ReplayPlan, StepConfig, fused_step
 from ._math import torch_step
@@ -61,10 +61,6 @@ class _Riemannian(torch.optim.Optimizer):
     _adam = False
 
     def __init__(self, params, defaults, fused):
-        if defaults["retraction"] not in _RETRACTIONS:
-            raise InvalidArgumentError(
-                f"retraction must be one of {_RETRACTIONS}, got {defaults['retraction']!r}"
-            )
         if fused not in (None, True, False):
             raise InvalidArgumentError(f"fused must be None, True or False, got {fused!r}")
         self.fused = fused
@@ -76,8 +72,20 @@ class _Riemannian(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
 
     def add_param_group(self, param_group):
+        """torch's ``add_param_group``, with the group's hyperparameters (its own or
+        the defaults) checked first: a bad value raises and adds nothing."""
+        if isinstance(param_group, dict):
+            merged = {**self.defaults, **param_group}
+            if merged["retraction"] not in _RETRACTIONS:
+                raise InvalidArgumentError(
+                    f"retraction must be one of {_RETRACTIONS}, got {merged['retraction']!r}"
+                )
+            self._check_hyperparameters(merged)
         self._plan = None
         super().add_param_group(param_group)
+
+    def _check_hyperparameters(self, group) -> None:
+        raise NotImplementedError
 
     def _fusable(self, p, grad) -> bool:
         if self.fused is False or not p.is_cuda:
@@ -106,9 +114,43 @@ class _Riemannian(torch.optim.Optimizer):
     def _state_tensors(self, state):
         raise NotImplementedError
 
+    def _checked_params(self) -> list:
+        """Every parameter that has a gradient, with its group, geometry and route,
+        all checked before any of them is stepped: one bad parameter anywhere fails
+        the step with nothing updated."""
+        todo = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                grad = p.grad
+                if grad is None:
+                    continue
+                if not p.is_floating_point():
+                    raise InvalidArgumentError(
+                        f"parameters must be floating point, got a {p.dtype} parameter"
+                    )
+                if grad.dtype != p.dtype or grad.device != p.device:
+                    raise InvalidArgumentError(
+                        f"a gradient must have its parameter's dtype and device: {grad.dtype} on "
+                        f"{grad.device} for a {p.dtype} parameter on {p.device}"
+                    )
+                if grad.shape != p.shape:
+                    raise ShapeMismatchError(
+                        f"gradient of shape {tuple(grad.shape)} for a parameter of shape {tuple(p.shape)}"
+                    )
+                if grad.is_sparse and p.dim() != 2:
+                    raise InvalidArgumentError(
+                        f"sparse gradients are supported for 2-D parameters (embeddings), got shape "
+                        f"{tuple(p.shape)}"
+                    )
+                todo.append((group, p, grad, *_geometry(p), self._fusable(p, grad)))
+        return todo
+
     @torch.no_grad()
     def step(self, closure=None):
-        """One update of every parameter that has a gradient; returns ``closure()``'s loss."""
+        """One update of every parameter that has a gradient; returns ``closure()``'s loss.
+        Every parameter is checked first (:class:`~xpu_stone.errors.InvalidArgumentError`,
+        :class:`~xpu_stone.errors.ShapeMismatchError`); a failed check leaves all
+        parameters and all optimizer state as they were."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -117,35 +159,25 @@ class _Riemannian(torch.optim.Optimizer):
             return loss
         self._plan = None
         fused = defaultdict(list)
-        for group in self.param_groups:
-            for p in group["params"]:
-                grad = p.grad
-                if grad is None:
-                    continue
-                if grad.is_sparse and p.dim() != 2:
-                    raise InvalidArgumentError(
-                        f"sparse gradients are supported for 2-D parameters (embeddings), got shape "
-                        f"{tuple(p.shape)}"
-                    )
-                kind, c, ball_eps = _geometry(p)
-                state = self.state[p]
-                if not state:
-                    self._init_state(state, p, kind, group)
-                state["step"] += 1
-                h = self._config(group, state, kind, c, ball_eps)
-                buf, v, vmax = self._state_tensors(state)
-                if self._fusable(p, grad):
-                    fused[(p.device, p.dtype)].append((h, p, grad, buf, v, vmax))
-                else:
-                    torch_step(h, p, grad, buf, v, vmax)
+        todo = self._checked_params()
+        for group, p, grad, kind, c, ball_eps, fusable in todo:
+            state = self.state[p]
+            if not state:
+                self._init_state(state, p, kind, group)
+            state["step"] += 1
+            h = self._config(group, state, kind, c, ball_eps)
+            buf, v, vmax = self._state_tensors(state)
+            if fusable:
+                fused[(p.device, p.dtype)].append((h, p, grad, buf, v, vmax))
+            else:
+                torch_step(h, p, grad, buf, v, vmax)
         launched = {key: fused_step(items, self._adam) for key, items in fused.items()}
         if (
             fused
             and all(r is not None for r in launched.values())
             and not torch.cuda.is_current_stream_capturing()  # no pinned buffers while capturing
             and not any(g.is_sparse for items in fused.values() for (_, _, g, *_r) in items)
-            and sum(len(items) for items in fused.values())
-            == sum(p.grad is not None for group in self.param_groups for p in group["params"])
+            and sum(len(items) for items in fused.values()) == len(todo)
         ):
             self._plan = ReplayPlan(self, fused, launched)
         return loss
@@ -177,12 +209,6 @@ class RiemannianSGD(_Riemannian):
         *,
         fused: bool | None = None,
     ):
-        _check("lr", lr)
-        _check("momentum", momentum)
-        _check("dampening", dampening, high=1.0 + 1e-12)
-        _check("weight_decay", weight_decay)
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise InvalidArgumentError("nesterov momentum needs momentum > 0 and dampening = 0")
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -192,6 +218,14 @@ class RiemannianSGD(_Riemannian):
             retraction=retraction,
         )
         super().__init__(params, defaults, fused)
+
+    def _check_hyperparameters(self, group):
+        _check("lr", group["lr"])
+        _check("momentum", group["momentum"])
+        _check("dampening", group["dampening"], high=1.0 + 1e-12)
+        _check("weight_decay", group["weight_decay"])
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise InvalidArgumentError("nesterov momentum needs momentum > 0 and dampening = 0")
 
     def _init_state(self, state, p, kind, group):
         state["step"] = 0
@@ -247,20 +281,25 @@ class RiemannianAdam(_Riemannian):
         *,
         fused: bool | None = None,
     ):
-        _check("lr", lr)
-        _check("betas[0]", betas[0], high=1.0)
-        _check("betas[1]", betas[1], high=1.0)
-        _check("eps", eps)
-        _check("weight_decay", weight_decay)
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=betas,
             eps=eps,
             weight_decay=weight_decay,
             amsgrad=amsgrad,
             retraction=retraction,
         )
         super().__init__(params, defaults, fused)
+
+    def _check_hyperparameters(self, group):
+        _check("lr", group["lr"])
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise InvalidArgumentError(f"betas must be a pair of numbers, got {betas!r}")
+        _check("betas[0]", betas[0], high=1.0)
+        _check("betas[1]", betas[1], high=1.0)
+        _check("eps", group["eps"])
+        _check("weight_decay", group["weight_decay"])
 
     def _init_state(self, state, p, kind, group):
         state["step"] = 0

@@ -168,7 +168,7 @@ class _EventPool:
             return self._rt.eventCreate()
 
     def start(self, device: int, stream_ptr: int):
-        if self._cupy.cuda.ExternalStream(stream_ptr, device).is_capturing():
+        if self._rt.streamIsCapturing(stream_ptr):
             return None
         start, end = self._take(device), self._take(device)
         self._rt.eventRecord(start, stream_ptr)

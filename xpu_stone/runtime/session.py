@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .._deps import cupy, is_cupy_array, torch
 from ..errors import InvalidArgumentError, UnsupportedOperationError
+from ..kernels.launch import cupy_stream
 from . import profiler
 from .devices import devices
 from .graphs import CapturedGraph, input_device, map_arrays, signature
@@ -200,7 +201,7 @@ def _fresh_copy(a):
     if isinstance(a, torch.Tensor):
         return a.clone()
     dev = a.device.id
-    with cupy.cuda.ExternalStream(torch.cuda.current_stream(dev).cuda_stream, dev):
+    with cupy.cuda.Device(dev), cupy_stream(torch.cuda.current_stream(dev).cuda_stream):
         return a.copy()
 
 

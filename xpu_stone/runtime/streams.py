@@ -21,6 +21,7 @@ from contextlib import ExitStack, contextmanager
 
 from .._deps import cupy, require_cupy, torch
 from ..errors import InvalidArgumentError
+from ..kernels.launch import cupy_stream
 from .devices import current_device
 
 
@@ -38,13 +39,13 @@ class Stream:
             with cp.cuda.Device(dev):
                 self._init(None, cp.cuda.Stream(non_blocking=True, priority=priority), dev)
 
-    def _init(self, torch_stream, cupy_stream, device: int) -> None:
+    def _init(self, torch_stream, cupy_stream_, device: int) -> None:
         self.device = device
-        self.ptr = int(torch_stream.cuda_stream if torch_stream is not None else cupy_stream.ptr)
+        self.ptr = int(torch_stream.cuda_stream if torch_stream is not None else cupy_stream_.ptr)
         self.torch = torch_stream
         if self.torch is None and torch is not None:
             self.torch = torch.cuda.ExternalStream(self.ptr, device=device)
-        self.cupy = cupy_stream if cupy_stream is not None else cupy.cuda.ExternalStream(self.ptr, device)
+        self.cupy = cupy_stream_ if cupy_stream_ is not None else cupy_stream(self.ptr)
 
     @classmethod
     def wrap(cls, s, device: int | None = None) -> Stream:
@@ -60,7 +61,7 @@ class Stream:
             out._init(None, s, s.device_id if s.device_id >= 0 else current_device())
         elif isinstance(s, int) and not isinstance(s, bool):
             dev = current_device() if device is None else device
-            out._init(None, cupy.cuda.ExternalStream(s, dev), dev)
+            out._init(None, cupy_stream(s), dev)
         else:
             raise InvalidArgumentError(
                 f"a stream must be an xpu_stone Stream, a torch.cuda.Stream, a CuPy stream or an int "
