@@ -34,6 +34,8 @@ def test_descriptors_are_values():
             PoincareBall(bad)
     with pytest.raises(InvalidArgumentError):
         ManifoldParameter(torch.zeros(2), manifold="poincare")
+    with pytest.raises(InvalidArgumentError, match="floating point"):
+        ManifoldParameter(torch.zeros(2, dtype=torch.int64), PoincareBall())
 
 
 def test_parameter_basics():

@@ -97,6 +97,15 @@ def test_poincare_linear_and_mlr():
         hnn.HypMLR(4, 2, c=hnn.Curvature(1.0))
 
 
+@pytest.mark.parametrize("layer", (hnn.HypLinear, hnn.PoincareLinear, hnn.HypMLR))
+def test_layer_sizes_must_be_positive_ints(layer):
+    for bad in (0, -1, 2.5, True, "3"):
+        with pytest.raises(InvalidArgumentError, match="positive int"):
+            layer(bad, 2)
+        with pytest.raises(InvalidArgumentError, match="positive int"):
+            layer(2, bad)
+
+
 def test_hyp_act():
     x = _ball((9, 4), 2.0, seed=4)
     assert torch.allclose(hnn.HypAct(nn.Identity(), 2.0)(x), x, atol=1e-6)

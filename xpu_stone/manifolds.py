@@ -219,6 +219,8 @@ class ManifoldParameter(torch.nn.Parameter):
             data = torch.empty(0)
         if not isinstance(data, torch.Tensor):
             raise InvalidArgumentError(f"data must be a torch.Tensor, got {type(data).__name__}")
+        if requires_grad and not data.is_floating_point():
+            raise InvalidArgumentError(f"a trainable parameter must be floating point, got {data.dtype}")
         if manifold is None:
             manifold = Euclidean()
         if not isinstance(manifold, Manifold):

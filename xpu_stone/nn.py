@@ -79,6 +79,15 @@ class Curvature(nn.Module):
         return f"learnable={self.learnable}, min_c={self.min_c}"
 
 
+def _sizes(layer: str, **sizes) -> tuple[int, ...]:
+    """The layer's feature counts, each a positive int (``torch.nn.Linear`` would
+    take 0 and build an empty layer; here it is an error)."""
+    for name, n in sizes.items():
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise InvalidArgumentError(f"{layer}: {name} must be a positive int, got {n!r}")
+    return tuple(sizes.values())
+
+
 def _curvature(c):
     """A Curvature module or a validated float, as given to a layer."""
     if isinstance(c, Curvature):
@@ -152,7 +161,9 @@ class HypLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, c=1.0, bias: bool = True):
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        self.in_features, self.out_features = _sizes(
+            "HypLinear", in_features=in_features, out_features=out_features
+        )
         self.c = _curvature(c)
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
@@ -185,7 +196,9 @@ class PoincareLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, c=1.0, bias: bool = True):
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        self.in_features, self.out_features = _sizes(
+            "PoincareLinear", in_features=in_features, out_features=out_features
+        )
         self.c = _float_value(_curvature(c), "PoincareLinear")
         self.weight = nn.Parameter(
             torch.randn(in_features, out_features) * (2 * in_features * out_features) ** -0.5
@@ -206,7 +219,9 @@ class HypMLR(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, c=1.0):
         super().__init__()
-        self.in_features, self.num_classes = in_features, num_classes
+        self.in_features, self.num_classes = _sizes(
+            "HypMLR", in_features=in_features, num_classes=num_classes
+        )
         self.c = _float_value(_curvature(c), "HypMLR")
         self.weight = nn.Parameter(
             torch.randn(in_features, num_classes) * (2 * in_features * num_classes) ** -0.5
