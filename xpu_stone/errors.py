@@ -27,6 +27,33 @@ class InvalidArgumentError(XpuStoneError, ValueError):
     """An argument of the wrong type, dtype, device or value."""
 
 
+class NonFiniteError(XpuStoneError, ValueError):
+    """An input row holds a NaN or an inf. Raised only in the checked mode
+    (``xpu_stone.config.check_finite``); otherwise such a row gives NaN outputs.
+    ``op`` names the function, ``argument`` the input, ``row`` the index of its
+    first such row (a tuple over its leading dims)."""
+
+    def __init__(self, message: str, op: str | None = None, argument: str | None = None, row=None):
+        super().__init__(message)
+        self.op = op
+        self.argument = argument
+        self.row = row
+
+
+class DomainError(XpuStoneError, ValueError):
+    """An input that must be a point of its model is outside the domain beyond
+    rounding (outside the Poincare ball or the Klein disk, off the hyperboloid).
+    Raised only in the checked mode (``xpu_stone.config.check_finite``);
+    otherwise such a row gives NaN outputs. ``op``, ``argument`` and ``row`` as
+    for :class:`NonFiniteError`."""
+
+    def __init__(self, message: str, op: str | None = None, argument: str | None = None, row=None):
+        super().__init__(message)
+        self.op = op
+        self.argument = argument
+        self.row = row
+
+
 class UnsupportedOperationError(XpuStoneError, NotImplementedError):
     """An operation the current build, device or installation cannot run."""
 
@@ -83,3 +110,15 @@ class CompilationError(XpuStoneError, RuntimeError):
         super().__init__(f"NVRTC failed to compile {kernel}:\n{log}")
         self.kernel = kernel
         self.log = log
+
+
+class RBEFormatError(XpuStoneError, ValueError):
+    """A Packed128 code, compressed-layer file or state dict that breaks the RBE format
+    (``xpu_stone.rbe.format``): a reserved track, a version byte other than 1, a radius
+    ``r`` outside ``[0, 1)``, a NaN or infinite parameter, a field out of its range, a
+    truncated or inconsistent file."""
+
+
+class KernelCacheWarning(UserWarning):
+    """The on-disk kernel cache could not be used as it is: a damaged entry (recompiled
+    and rewritten) or a folder that cannot be written (kernels kept in memory)."""

@@ -1,23 +1,28 @@
 """The chores every launcher shares, row-wise and GEMM-style alike: the dtype
 tables, the compute dtype, the caller's stream, raw pointers, NaN-poisoning of
-outputs, device properties, and the row-wise launch (recorded, like every
-launch, through :data:`xpu_stone.kernels.launch.RECORDER` while a profile is
-open). Other kernels launch through :func:`xpu_stone.kernels.launch.launch_kernel`.
+outputs, device properties, typed out-of-memory errors (:func:`allocates`), and
+the row-wise launch (recorded, like every launch, through
+:data:`xpu_stone.kernels.launch.RECORDER` while a profile is open). Other kernels
+launch through :func:`xpu_stone.kernels.launch.launch_kernel`.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy
 
 from .. import config
 from .._deps import require_cupy, torch
 from ..kernels.launch import RECORDER, launch_row
+from ..runtime.memory import OOM_CANDIDATES, typed_out_of_memory
 
 __all__ = [
     "CUPY_DTYPES",
     "TORCH_DTYPES",
     "TORCH_OF",
     "address",
+    "allocates",
     "compute_dtype",
     "compute_dtype_name",
     "device_props",
@@ -76,6 +81,27 @@ def poison(*arrays) -> None:
         for a in arrays:
             if a is not None:
                 a.fill_(float("nan")) if hasattr(a, "fill_") else a.fill(float("nan"))
+
+
+def allocates(launcher):
+    """Decorator for a launcher (a function that allocates its outputs and
+    workspaces, then launches): a failed device allocation inside it (torch's or
+    CuPy's out-of-memory error, or a CUDA call such as a kernel load that failed
+    out of memory) is raised as :class:`~xpu_stone.errors.OutOfMemoryError`, from the original
+    error. Launchers allocate before they launch and never write their inputs, so
+    after the error the inputs are as they were and the next call starts afresh."""
+
+    @functools.wraps(launcher)
+    def guarded(*args, **kwargs):
+        try:
+            return launcher(*args, **kwargs)
+        except OOM_CANDIDATES as e:
+            typed = typed_out_of_memory(e)
+            if typed is None:
+                raise
+            raise typed from e
+
+    return guarded
 
 
 _PROPS: dict[int, tuple[int, int]] = {}

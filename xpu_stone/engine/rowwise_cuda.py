@@ -1,7 +1,8 @@
 """GPU launches of row-wise ops: the forward and backward kernels on torch CUDA
 tensors, and the forward on CuPy arrays. Each call flattens its operands to rows
 (:mod:`xpu_stone.engine.rows`), asks the dispatcher for the variant (cached per
-shape class), and makes one launch on the caller's current stream."""
+shape class), and makes one launch on the caller's current stream. A failed
+allocation raises :class:`~xpu_stone.errors.OutOfMemoryError` (:func:`~xpu_stone.engine.launch.allocates`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from .._deps import cupy, torch
 from ..constants import ACCUM_DTYPE
 from ..kernels import dispatcher
 from ..kernels.launch import get_function
-from .launch import TORCH_OF, compute_dtype_name, launch_rows, poison, torch_stream
+from .launch import TORCH_OF, allocates, compute_dtype_name, launch_rows, poison, torch_stream
 from .rowop import RowOp
 from .rows import (
     collapse,
@@ -29,6 +30,7 @@ def _param_dtype(dtype: str):
     return TORCH_OF[compute_dtype_name(dtype)]
 
 
+@allocates
 def launch_forward(op: RowOp, vecs, c, c_val, t, t_val, eps, dtype, batch):
     """Runs the forward kernel on torch CUDA tensors; returns a new tensor."""
     x = vecs[0]
@@ -48,6 +50,7 @@ def launch_forward(op: RowOp, vecs, c, c_val, t, t_val, eps, dtype, batch):
     return out
 
 
+@allocates
 def launch_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, dtype, batch, needs):
     """Runs the backward kernel; returns per-row gradients (None where not needed):
     one rows-shaped tensor per vector, then c and t as (*batch, 1) tensors."""
@@ -80,6 +83,7 @@ def launch_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, dtype, batch
     return outs
 
 
+@allocates
 def launch_forward_cupy(op: RowOp, vecs, c, c_val, t, t_val, eps, dtype, batch):
     """The forward on CuPy arrays (no torch needed), on CuPy's current stream."""
     x = vecs[0]

@@ -1,4 +1,4 @@
-"""CUDA sources -> NVRTC -> cubin, cached on disk, loaded per device.
+r"""CUDA sources -> NVRTC -> cubin, cached on disk, loaded per device.
 
 A kernel is named by its source file (under ``cuda_src/``) and a C++ name
 expression such as ``xs_rowwise_fwd<PoincareMobiusAdd, float, double, 32, 2, 4, 256>``.
@@ -6,14 +6,32 @@ Each kernel is compiled on its first use into its own cubin, so a first call
 costs one small compile (about 0.1-0.3 s) and never the whole library.
 
 ``#include "..."`` lines are inlined before compiling, so the cache key (a
-SHA-256 of the inlined source, options, name expression, target and NVRTC
-version) changes whenever a header does; CuPy's own cache keys miss header
+SHA-256 of the inlined source, options, name expression, target, NVRTC
+version and cache format) changes whenever a header does; CuPy's own cache keys miss header
 edits. Compilation needs only the NVRTC library (no GPU): ``compile_kernel`` is
 what ``scripts/check_kernels.py`` runs on CPU-only CI.
+
+Cache format: one file a kernel, ``<key>.xsk`` in :func:`cache_dir`::
+
+    XSKC 1\n                                          magic and format version (7 bytes)
+    {"key": ..., "meta": {...}, "sha256": ..., "size": N}\n     one line of JSON
+    <N bytes>                                          the cubin (an ELF image)
+
+``key`` is the file's own name (the hash above, which covers the format version),
+``meta`` the mangled name and what ptxas reported, ``sha256`` and ``size`` those
+of the cubin. An entry is written to a temporary file in the same folder and
+renamed over its name (``os.replace``, atomic), so a reader sees a whole entry or
+none, and processes that compile the same kernel at once each rename a whole
+entry (the last one stays). An entry whose magic, header, key, size, checksum or
+ELF signature is wrong (a truncated or garbage file) is reported with one
+:class:`~xpu_stone.errors.KernelCacheWarning`, recompiled and rewritten. A cache
+folder that cannot be written (read-only, or not a folder) costs one
+KernelCacheWarning; the process then keeps the kernels it compiles in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -21,10 +39,11 @@ import os
 import re
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CompilationError, UnsupportedOperationError
+from ..errors import CompilationError, KernelCacheWarning, UnsupportedOperationError
 
 NVRTC_OPTIONS = ("-std=c++17", "-default-device", "-Xptxas=-v")
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
@@ -119,36 +138,146 @@ def _resources(log: str) -> dict:
     }
 
 
-_cache_lock = threading.Lock()
+CACHE_MAGIC = b"XSKC 1\n"
+CACHE_SUFFIX = ".xsk"
+_ELF_MAGIC = b"\x7fELF"
+_META_FIELDS = ("lowered_name", "registers", "spill_bytes", "stack_bytes", "smem_bytes")
+
+
+def _options(arch: str, defines: tuple[str, ...]) -> tuple[str, ...]:
+    return (*NVRTC_OPTIONS, f"-arch={arch}", *(f"-D{d}" for d in defines))
+
+
+def cache_key(source: str, name: str, arch: str, defines: tuple[str, ...] = ()) -> str:
+    """The cache key of a kernel: a hash of its inlined source, NVRTC options, name
+    expression, target, NVRTC version and the cache format."""
+    options = _options(arch, defines)
+    key_text = json.dumps([CACHE_MAGIC.decode(), load_source(source), options, name, arch, nvrtc_version()])
+    return hashlib.sha256(key_text.encode()).hexdigest()[:40]
+
+
+def entry_path(key: str) -> Path:
+    """Where the cache entry of ``key`` lives."""
+    return cache_dir() / f"{key}{CACHE_SUFFIX}"
+
+
+def encode_entry(key: str, cubin: bytes, meta: dict) -> bytes:
+    """The bytes of a cache entry (see the module docstring)."""
+    header = {"key": key, "meta": meta, "sha256": hashlib.sha256(cubin).hexdigest(), "size": len(cubin)}
+    return CACHE_MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + cubin
+
+
+def decode_entry(key: str, blob: bytes) -> tuple[dict, bytes]:
+    """``(meta, cubin)`` of the cache entry ``blob`` of ``key``; ValueError saying
+    what is wrong when it is not a whole, valid entry of that key."""
+    if not blob.startswith(CACHE_MAGIC):
+        raise ValueError("no xpu_stone cache header (garbage, or another format)")
+    end = blob.find(b"\n", len(CACHE_MAGIC))
+    if end < 0:
+        raise ValueError("truncated header")
+    try:
+        header = json.loads(blob[len(CACHE_MAGIC) : end])
+        size, digest, meta = header["size"], header["sha256"], header["meta"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"unreadable header ({type(e).__name__})") from None
+    if header.get("key") != key:
+        raise ValueError("the header names another kernel")
+    cubin = blob[end + 1 :]
+    if len(cubin) != size:
+        raise ValueError(f"{len(cubin)} bytes of cubin where the header says {size} (truncated?)")
+    if hashlib.sha256(cubin).hexdigest() != digest:
+        raise ValueError("the cubin's SHA-256 does not match the header's")
+    if not cubin.startswith(_ELF_MAGIC):
+        raise ValueError("the payload is not a cubin (no ELF signature)")
+    if not isinstance(meta, dict) or sorted(meta) != sorted(_META_FIELDS):
+        raise ValueError("the header's metadata has other fields")
+    return meta, cubin
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` through a temporary file in the same folder that is
+    then renamed over ``path``: a reader sees the old file or the new one, never a
+    part. Raises OSError (nothing is left behind)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the entry from other users of the cache
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# Entries of cache folders this process could not write, by path, and those folders
+# (each warned about once).
+_in_memory: dict[str, bytes] = {}
+_unwritable: set[str] = set()
+_warn_lock = threading.Lock()
+
+
+def _read_entry(path: Path) -> tuple[dict, bytes] | None:
+    """The entry at ``path`` (or kept in memory for it), None when there is none or it is damaged."""
+    blob = _in_memory.get(str(path))
+    if blob is None:
+        try:
+            blob = path.read_bytes()
+        except OSError:  # none yet, or not readable: a miss
+            return None
+    try:
+        return decode_entry(path.name.removesuffix(CACHE_SUFFIX), blob)
+    except ValueError as e:
+        warnings.warn(
+            f"damaged kernel cache entry {path}: {e}; recompiling the kernel",
+            KernelCacheWarning,
+            stacklevel=3,
+        )
+        return None
+
+
+def _store_entry(path: Path, blob: bytes) -> None:
+    try:
+        write_atomic(path, blob)
+    except OSError as e:
+        _in_memory[str(path)] = blob
+        folder = str(path.parent)
+        with _warn_lock:
+            if folder in _unwritable:
+                return
+            _unwritable.add(folder)
+        warnings.warn(
+            f"cannot write the kernel cache {folder} ({e}); this process keeps the kernels it compiles "
+            "in memory (set XPU_STONE_CACHE_DIR to a writable folder)",
+            KernelCacheWarning,
+            stacklevel=3,
+        )
 
 
 def compile_kernel(
     source: str, name: str, arch: str, use_cache: bool = True, defines: tuple[str, ...] = ()
 ) -> CompiledKernel:
     """Compiles kernel ``name`` of ``source`` for ``arch`` (e.g. ``"sm_90"``), with
-    extra preprocessor ``defines`` such as ``("XS_FAST_TRANSCENDENTALS=1",)``.
+    extra preprocessor ``defines`` such as ``("XS_FAST_TRANSCENDENTALS=1",)``; with
+    ``use_cache``, loads it from the disk cache or stores it there (see the module
+    docstring: damaged entries and unwritable folders warn, they never raise).
 
     Raises :class:`CompilationError` carrying NVRTC's log when the compile fails.
     """
-    code = load_source(source)
-    options = (*NVRTC_OPTIONS, f"-arch={arch}", *(f"-D{d}" for d in defines))
-    key_text = json.dumps([code, options, name, arch, nvrtc_version()])
-    key = hashlib.sha256(key_text.encode()).hexdigest()[:40]
-    path = cache_dir() / f"{key}.cubin"
-    meta_path = path.with_suffix(".json")
-    if use_cache and path.exists() and meta_path.exists():
-        try:
-            meta = json.loads(meta_path.read_text())
-            return CompiledKernel(source, name, arch, path.read_bytes(), from_cache=True, **meta)
-        except (OSError, ValueError, TypeError):
-            pass  # a damaged entry is recompiled below
+    path = entry_path(cache_key(source, name, arch, defines))
+    if use_cache:
+        hit = _read_entry(path)
+        if hit is not None:
+            meta, cubin = hit
+            return CompiledKernel(source, name, arch, cubin, from_cache=True, **meta)
 
     nvrtc = _nvrtc()
-    prog = nvrtc.createProgram(code, source, [], [])
+    prog = nvrtc.createProgram(load_source(source), source, [], [])
     try:
         nvrtc.addNameExpression(prog, name)
         try:
-            nvrtc.compileProgram(prog, list(options))
+            nvrtc.compileProgram(prog, list(_options(arch, defines)))
         except nvrtc.NVRTCError:
             raise CompilationError(f"{name} ({source}, {arch})", nvrtc.getProgramLog(prog)) from None
         log = nvrtc.getProgramLog(prog)
@@ -158,18 +287,5 @@ def compile_kernel(
         nvrtc.destroyProgram(prog)
     meta = {"lowered_name": lowered, **_resources(log)}
     if use_cache:
-        _write_atomic(path, cubin, meta_path, json.dumps(meta).encode())
+        _store_entry(path, encode_entry(path.name.removesuffix(CACHE_SUFFIX), cubin, meta))
     return CompiledKernel(source, name, arch, cubin, from_cache=False, **meta)
-
-
-def _write_atomic(path: Path, data: bytes, meta_path: Path, meta: bytes) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with _cache_lock:
-            for target, payload in ((path, data), (meta_path, meta)):
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp")
-                with os.fdopen(fd, "wb") as f:
-                    f.write(payload)
-                os.replace(tmp, target)
-    except OSError:
-        pass  # a read-only cache only costs a recompile next time

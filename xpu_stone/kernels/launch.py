@@ -15,7 +15,7 @@ import threading
 
 from .._deps import cupy as _cupy
 from .._deps import require_cupy
-from ..errors import CudaError
+from ..errors import cuda_error
 from .compiler import compile_kernel
 
 _driver = _cupy.cuda.driver if _cupy is not None else None
@@ -108,7 +108,7 @@ def launch_row(fn, grid: int, block: int, fields: tuple, stream_ptr: int, device
             with cupy.cuda.Device(device_id):
                 _driver.launchKernel(fn.ptr, grid, 1, 1, block, 1, 1, 0, stream_ptr, buf.params_ptr, 0)
     except _driver.CUDADriverError as e:
-        raise CudaError(str(e), _error_name(e)) from e
+        raise cuda_error(e) from e
 
 
 # While a profile is open, xpu_stone.runtime.profiler installs its recorder here
@@ -184,9 +184,4 @@ def _launch_kernel(fn, grid, block, args, stream_ptr, device_id, shared_mem):
                 stream=stream,
             )
     except _driver.CUDADriverError as e:
-        raise CudaError(str(e), _error_name(e)) from e
-
-
-def _error_name(e) -> str | None:
-    text = str(e)
-    return text.split(":", 1)[0] if text.startswith("CUDA_ERROR") else None
+        raise cuda_error(e) from e

@@ -17,7 +17,7 @@ import numpy
 from .._deps import torch
 from ..constants import ARTANH_MAX, MIN_DENOM, MIN_SQNORM, TANH_MAX
 from ..engine.custom_op import Impls, define_differentiable, empty_if_none, none_unless
-from ..engine.launch import TORCH_DTYPES, compute_dtype, poison, ptr, torch_stream
+from ..engine.launch import TORCH_DTYPES, allocates, compute_dtype, poison, ptr, torch_stream
 from ..kernels.launch import get_function, launch_kernel
 from ..kernels.registry import CXX_TYPE, DTYPES, REGISTRY, KernelList
 
@@ -229,11 +229,13 @@ def _col_norms(z):
 
 
 # ---------------------------------------------------- custom op: mobius_matvec
+@allocates
 def _matvec(x, weight, c, c_val):
     v = torch.matmul(x, weight.t())
     return _matvec_fwd(x, v, c_val, c), v
 
 
+@allocates
 def _matvec_backward_impl(grad, x, weight, v, c, c_val, needs):
     gv, gamma, gc = _matvec_bwd(x, v, grad, c_val, c, needs[2] and c is not None)
     gx = torch.addcmul(_gemm(gv, weight), gamma[:, None], x.to(gamma.dtype)).to(x.dtype) if needs[0] else None
@@ -268,11 +270,13 @@ def _matvec_backward(backward_op, ctx, grad, _grad_v):
 
 
 # ------------------------------------------------------- custom op: HNN++ maps
+@allocates
 def _hnn(x, z, r, c_val, mode):
     pz = torch.matmul(x, z)
     return _hnn_fwd(x, pz, _col_norms(z), r.double(), c_val, mode), pz
 
 
+@allocates
 def _hnn_backward_impl(grad, x, z, r, pz, c_val, mode, needs):
     zn = _col_norms(z)
     buf, gamma = _hnn_bwd(x, pz, grad, zn, r.double(), c_val, mode)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._deps import torch
-from ..engine.launch import TORCH_DTYPES, address, torch_stream
+from ..engine.launch import TORCH_DTYPES, address, allocates, torch_stream
 from ..errors import InvalidArgumentError, UnsupportedOperationError
 from ..kernels.launch import get_function, launch_kernel
 from ..kernels.registry import CXX_TYPE, DTYPES, REGISTRY, KernelList
@@ -142,6 +142,7 @@ def build_records(items: list) -> tuple[np.ndarray, list, int]:
     return ints, keep, start
 
 
+@allocates
 def fused_step(items: list, adam: bool) -> tuple[np.ndarray, int] | None:
     """``items``: ``(h, param, grad, buf, v, vmax)`` with CUDA tensors of one device and
     dtype, contiguous; ``grad`` dense (same shape) or sparse COO over the first dim of a

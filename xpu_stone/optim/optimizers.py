@@ -24,7 +24,7 @@ from collections import defaultdict
 import torch
 
 from .._deps import cupy
-from ..engine.launch import TORCH_DTYPES
+from ..engine.launch import TORCH_DTYPES, allocates
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..manifolds import Euclidean, Lorentz, PoincareBall, manifold_of
 from ..ops.optim import EUCLIDEAN, LORENTZ, POINCARE, ReplayPlan, StepConfig, fused_step
@@ -108,6 +108,20 @@ class _Riemannian(torch.optim.Optimizer):
     def _init_state(self, state, p, kind, group) -> None:
         raise NotImplementedError
 
+    @allocates
+    def _init_states(self, todo) -> None:
+        """Creates the state of every parameter stepped for the first time, all before any
+        update: an allocation that fails (:class:`~xpu_stone.errors.OutOfMemoryError`)
+        leaves no half-made state behind."""
+        fresh = [(group, p, kind) for group, p, _grad, kind, *_ in todo if not self.state[p]]
+        try:
+            for group, p, kind in fresh:
+                self._init_state(self.state[p], p, kind, group)
+        except BaseException:
+            for _, p, _ in fresh:
+                self.state.pop(p, None)
+            raise
+
     def _config(self, group, state, kind, c, ball_eps) -> StepConfig:
         raise NotImplementedError
 
@@ -160,10 +174,9 @@ class _Riemannian(torch.optim.Optimizer):
         self._plan = None
         fused = defaultdict(list)
         todo = self._checked_params()
+        self._init_states(todo)
         for group, p, grad, kind, c, ball_eps, fusable in todo:
             state = self.state[p]
-            if not state:
-                self._init_state(state, p, kind, group)
             state["step"] += 1
             h = self._config(group, state, kind, c, ball_eps)
             buf, v, vmax = self._state_tensors(state)
@@ -171,7 +184,14 @@ class _Riemannian(torch.optim.Optimizer):
                 fused[(p.device, p.dtype)].append((h, p, grad, buf, v, vmax))
             else:
                 torch_step(h, p, grad, buf, v, vmax)
-        launched = {key: fused_step(items, self._adam) for key, items in fused.items()}
+        launched = {}
+        for key, items in fused.items():
+            try:
+                launched[key] = fused_step(items, self._adam)
+            except BaseException:  # nothing of this group was launched: its steps are not counted
+                for _h, p, *_rest in items:
+                    self.state[p]["step"] -= 1
+                raise
         if (
             fused
             and all(r is not None for r in launched.values())

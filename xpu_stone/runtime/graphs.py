@@ -8,13 +8,17 @@ CuPy launch on another stream would be left out of the graph), and CuPy's
 allocations come from torch's allocator, hence from the graph's private pool
 (CuPy's own pool would call ``cudaMalloc``, which capture forbids). Work that
 synchronises with the host (``.item()``, ``bool(array.any())``) cannot be
-captured, as with any CUDA graph.
+captured, as with any CUDA graph: the capture then raises (a
+:class:`~xpu_stone.errors.CudaError` for a CUDA call it refused) with the caller's
+stream, CuPy's stream and allocator, torch's allocator and random generator put
+back as they were, and the graph's memory released.
 """
 
 from __future__ import annotations
 
 from .._deps import cupy, is_cupy_array, require_cupy, require_torch, torch
 from ..errors import InvalidArgumentError, ShapeMismatchError, XpuStoneError, cuda_error
+from ..kernels.launch import cupy_stream
 from .devices import current_device
 from .memory import use_torch_allocator
 from .streams import Stream, stream
@@ -109,18 +113,22 @@ class CapturedGraph:
             with stream(side):
                 for _ in range(warmup):
                     fn(*self.inputs)
-            torch.cuda.current_stream().wait_stream(side)
+            caller_stream = torch.cuda.current_stream()
+            caller_stream.wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
+            # a pool id of our own (unless given one), to release it if the capture fails
+            pool = torch.cuda.graph_pool_handle() if pool is None else pool
             try:
                 with use_torch_allocator(), torch.cuda.graph(self.graph, pool=pool):
                     capture_stream = Stream.wrap(torch.cuda.current_stream())
                     with cp.cuda.Device(self.device), capture_stream.cupy:
                         self.outputs = fn(*self.inputs)
-            except RuntimeError as e:  # a CUDA call the capture refused (a host sync, say)
-                _reset_rng_after_failed_capture(self.device)
-                if isinstance(e, XpuStoneError) or not (hasattr(e, "error_code") or "CUDA" in str(e)):
+            except BaseException as e:
+                _undo_failed_capture(self.device, pool, caller_stream)
+                cuda_call = isinstance(e, RuntimeError) and (hasattr(e, "error_code") or "CUDA" in str(e))
+                if isinstance(e, XpuStoneError) or not cuda_call:
                     raise
-                raise cuda_error(e, "CUDA-graph capture") from e
+                raise cuda_error(e, "CUDA-graph capture") from e  # a CUDA call the capture refused
         self._cupy_inputs = any(is_cupy_array(x) for x in self.inputs)
 
     def replay(self) -> None:
@@ -135,7 +143,7 @@ class CapturedGraph:
             )
         with torch.cuda.device(self.device):
             if self._cupy_inputs:
-                ext = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream, self.device)
+                ext = cupy_stream(torch.cuda.current_stream().cuda_stream)
             for i, (static, x) in enumerate(zip(self.inputs, inputs)):
                 if x is static:
                     continue
@@ -153,11 +161,27 @@ class CapturedGraph:
         return self.outputs
 
 
-def _reset_rng_after_failed_capture(device: int) -> None:
-    """A capture that fails part-way leaves torch's CUDA generator marked as
-    capturing, and every later random op on the device then fails ("Offset
-    increment outside graph capture"). Give the generator a fresh state with
-    the same seed and offset."""
+def _undo_failed_capture(device: int, pool, caller_stream) -> None:
+    """Puts back what a capture that failed part-way leaves behind (when the capture
+    itself failed, ``CUDAGraph.capture_end`` raises before its own clean-up):
+
+    * the caller's current stream (``torch.cuda.graph`` leaves its capture stream
+      current when ending the capture raises);
+    * torch's caching allocator, still routing to the graph's pool, which is then
+      never released: end the routing and release the pool, once, only if the
+      routing was still on (otherwise the graph object releases it);
+    * torch's CUDA generator, still marked as capturing, so that every later random
+      op on the device fails ("Offset increment outside graph capture"): a fresh
+      state with the same seed and offset.
+
+    The CuPy stream and allocator come back through their context managers."""
+    torch.cuda.set_stream(caller_stream)
+    try:
+        torch._C._cuda_endAllocateToPool(device, pool)
+    except (AttributeError, RuntimeError):  # capture_end ended it (or a torch without the binding)
+        pass
+    else:
+        torch._C._cuda_releasePool(device, pool)
     gen = torch.cuda.default_generators[device]
     try:
         gen.graphsafe_set_state(gen.clone_state())

@@ -1,5 +1,6 @@
 """Device memory: statistics over torch's and CuPy's pools, one pool for both,
-pinned host buffers, typed out-of-memory errors.
+pinned host buffers, typed out-of-memory errors (:func:`typed_out_of_memory`: the
+one conversion of torch's and CuPy's allocator errors).
 
 torch and CuPy each keep a caching pool of device memory; memory cached by one
 is not available to the other. :func:`use_torch_allocator` routes CuPy's
@@ -15,11 +16,12 @@ would call ``cudaMalloc``, which is illegal during capture)::
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 
 from .._deps import cupy, require_cupy, require_torch, torch
-from ..errors import OutOfMemoryError, UnsupportedOperationError
+from ..errors import OutOfMemoryError, UnsupportedOperationError, XpuStoneError, cuda_error
 from .devices import current_device
 
 
@@ -137,24 +139,80 @@ def pinned_empty(shape, dtype=None):
         raise UnsupportedOperationError(f"pinned host memory needs a CUDA device and driver ({e})") from e
 
 
-# ------------------------------------------- CuPy through torch's allocator
-def out_of_memory(requested: int, device: int) -> OutOfMemoryError:
-    """The typed error for a failed allocation of ``requested`` bytes on ``device``,
-    saying how much the device and torch's cache still have free."""
+# ------------------------------------------------------ out-of-memory errors
+def out_of_memory(requested: int | None, device: int | None, cause: str = "") -> OutOfMemoryError:
+    """The typed error for a failed allocation of ``requested`` bytes on ``device``
+    (None: not known), saying how much the device and torch's cache still have
+    free; ``cause`` is the failed allocator's own message."""
     free = cached = None
     try:
-        if torch is not None:
+        if torch is not None and device is not None:
             free, _ = torch.cuda.mem_get_info(device)
             cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     except (RuntimeError, AssertionError):  # no usable device (AssertionError: a CPU build of torch)
         pass
     detail = "unknown" if free is None else f"{free} bytes free on the device, {cached} cached by torch"
+    size = "memory" if requested is None else f"{requested} bytes"
     return OutOfMemoryError(
-        f"could not allocate {requested} bytes on GPU {device} ({detail})",
+        f"could not allocate {size} on {'the GPU' if device is None else f'GPU {device}'} ({detail})"
+        + (f": {cause}" if cause else ""),
         "cudaErrorMemoryAllocation",
         requested=requested,
         free=free,
     )
+
+
+# torch's and CuPy's allocator errors, and the CUDA call errors that may name an
+# out-of-memory failure (a module load, a launch, a cudaMalloc)
+_ALLOCATOR_ERRORS = tuple(
+    t
+    for t in (
+        getattr(torch, "OutOfMemoryError", None),
+        cupy.cuda.memory.OutOfMemoryError if cupy is not None else None,
+    )
+    if t is not None
+)
+_CUDA_CALL_ERRORS = (
+    (cupy.cuda.runtime.CUDARuntimeError, cupy.cuda.driver.CUDADriverError) if cupy is not None else ()
+)
+OOM_CANDIDATES = _ALLOCATOR_ERRORS + _CUDA_CALL_ERRORS
+"""The exception types :func:`typed_out_of_memory` may turn into OutOfMemoryError."""
+_GPU_IN_TEXT = re.compile(r"\bGPU (\d+)\b")  # torch: "Tried to allocate 2.00 GiB. GPU 0 has ..."
+_CUPY_BYTES = re.compile(r"allocating ([\d,]+) bytes")  # CuPy: "Out of memory allocating 1,024 bytes"
+
+
+def typed_out_of_memory(exc: BaseException) -> OutOfMemoryError | None:
+    """:class:`~xpu_stone.errors.OutOfMemoryError` for ``exc`` when it reports a
+    failed device allocation (torch's or CuPy's out-of-memory error, a CUDA call
+    that failed with ``cudaErrorMemoryAllocation`` / ``CUDA_ERROR_OUT_OF_MEMORY``),
+    else None. Raise it ``from exc``."""
+    if isinstance(exc, OutOfMemoryError):
+        return exc
+    if isinstance(exc, _ALLOCATOR_ERRORS):
+        text = str(exc)
+        gpu, size = _GPU_IN_TEXT.search(text), _CUPY_BYTES.search(text)
+        requested = int(size.group(1).replace(",", "")) if size else None
+        return out_of_memory(requested, _failed_device(exc, gpu), text.splitlines()[0] if text else "")
+    if isinstance(exc, _CUDA_CALL_ERRORS):
+        typed = cuda_error(exc)
+        return typed if isinstance(typed, OutOfMemoryError) else None
+    return None
+
+
+def _failed_device(exc: BaseException, named) -> int | None:
+    """The device of a failed allocation: the one torch's message names, else CuPy's
+    current device for CuPy's error (it allocates there), else the current device."""
+    if named:
+        return int(named.group(1))
+    try:
+        if cupy is not None and isinstance(exc, cupy.cuda.memory.OutOfMemoryError):
+            return cupy.cuda.runtime.getDevice()
+        return current_device()
+    except (XpuStoneError, RuntimeError):  # no usable device
+        return None
+
+
+# ------------------------------------------- CuPy through torch's allocator
 
 
 class _TorchBlock:
