@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ from pathlib import Path
 from .._deps import cupy
 from .._version import __version__
 from ..errors import InvalidArgumentError
+from .compiler import write_atomic
 from .registry import REGISTRY, LaunchConfig, OpKernels
 
 __all__ = [
@@ -332,11 +332,7 @@ class TableFile:
         )
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        os.replace(tmp, path)
+        write_atomic(Path(path), (json.dumps(self.to_dict(), indent=1) + "\n").encode())
 
     @classmethod
     def load(cls, path: str | Path) -> TableFile:
