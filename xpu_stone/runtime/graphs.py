@@ -132,8 +132,9 @@ class CapturedGraph:
         self._cupy_inputs = any(is_cupy_array(x) for x in self.inputs)
 
     def replay(self) -> None:
-        """Replays the graph on the current stream, on whatever its input buffers hold."""
-        self.graph.replay()
+        """Replays the graph on its device's current stream, on whatever its input buffers hold."""
+        with torch.cuda.device(self.device):
+            self.graph.replay()
 
     def __call__(self, *inputs):
         """Copies ``inputs`` into the graph's input buffers, replays, returns :attr:`outputs`."""

@@ -168,14 +168,17 @@ class _EventPool:
             return self._rt.eventCreate()
 
     def start(self, device: int, stream_ptr: int):
-        if self._rt.streamIsCapturing(stream_ptr):
-            return None
-        start, end = self._take(device), self._take(device)
-        self._rt.eventRecord(start, stream_ptr)
+        # on the launch's device: handle 0 is the legacy stream of the *current* device
+        with self._cupy.cuda.Device(device):
+            if self._rt.streamIsCapturing(stream_ptr):
+                return None
+            start, end = self._take(device), self._take(device)
+            self._rt.eventRecord(start, stream_ptr)
         return (device, start, end)
 
     def end(self, ev, stream_ptr: int) -> None:
-        self._rt.eventRecord(ev[2], stream_ptr)
+        with self._cupy.cuda.Device(ev[0]):
+            self._rt.eventRecord(ev[2], stream_ptr)
 
     def discard(self, ev) -> None:
         device, start, end = ev
