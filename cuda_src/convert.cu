@@ -11,6 +11,7 @@
 struct ConvertPoincareToKlein : xs_op_base {
   static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_ball, 0)
   XS_TABLE(term, xs_ij, {0, -1})
   XS_TABLE(dot, xs_ij, {0, 0})
   XS_TABLE(out, int, 0)
@@ -20,6 +21,7 @@ struct ConvertPoincareToKlein : xs_op_base {
 struct ConvertKleinToPoincare : xs_op_base {
   static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_ball, 0)
   XS_TABLE(term, xs_ij, {0, -1})
   XS_TABLE(dot, xs_ij, {0, 0})
   XS_TABLE(out, int, 0)
@@ -29,6 +31,7 @@ struct ConvertKleinToPoincare : xs_op_base {
 struct ConvertPoincareToLorentz : xs_op_base {
   static constexpr int NVEC = 1, NTERM = 2, NDOT = 1, NOUT = 2;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_ball, 0)
   static constexpr int IN_SHIFT = 1;
   XS_TABLE(term, xs_ij, {0, -1}, {XS_E0, -1})  // x (from element 1 on), e0
   XS_TABLE(dot, xs_ij, {0, 0})
@@ -43,6 +46,7 @@ struct ConvertPoincareToLorentz : xs_op_base {
 struct ConvertLorentzToPoincare : xs_op_base {
   static constexpr int NVEC = 1, NTERM = 2, NDOT = 1, NOUT = 1;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_hyperboloid, 0)
   static constexpr int OUT_SHIFT = 1;
   XS_TABLE(term, xs_ij, {0, -1}, {XS_E0, -1})  // y, e0
   XS_TABLE(dot, xs_ij, {0, 1})                 // y_0
@@ -53,6 +57,7 @@ struct ConvertLorentzToPoincare : xs_op_base {
 struct ConvertLorentzToKlein : xs_op_base {
   static constexpr int NVEC = 1, NTERM = 2, NDOT = 1, NOUT = 1;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_hyperboloid, 0)
   static constexpr int OUT_SHIFT = 1;
   XS_TABLE(term, xs_ij, {0, -1}, {XS_E0, -1})
   XS_TABLE(dot, xs_ij, {0, 1})
@@ -63,6 +68,7 @@ struct ConvertLorentzToKlein : xs_op_base {
 struct ConvertKleinToLorentz : xs_op_base {
   static constexpr int NVEC = 1, NTERM = 2, NDOT = 1, NOUT = 2;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_ball, 0)
   static constexpr int IN_SHIFT = 1;
   XS_TABLE(term, xs_ij, {0, -1}, {XS_E0, -1})  // k (from element 1 on), e0
   XS_TABLE(dot, xs_ij, {0, 0})

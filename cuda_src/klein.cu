@@ -22,6 +22,7 @@ __device__ __forceinline__ R xs_klein_sinh2(const R (&dot)[4], const R& c, R& A,
 struct KleinDist : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 3, NDOT = 4, NOUT = 1;
   static constexpr bool SCALAR_OUT = true;
+  XS_POINTS(xs_ball, 0, 1)
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {1, 0})              // u, v, d = v - u
   XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {2, 2}, {0, 2})  // |u|^2, |v|^2, |d|^2, <u,d>
   XS_TABLE(out, int, 0)
@@ -39,6 +40,7 @@ struct KleinDist : xs_op_base {
 struct KleinGeodesic : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 3, NDOT = 4, NOUT = 2;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_ball, 0, 1)
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {1, 0})
   XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {2, 2}, {0, 2})
   XS_TABLE(out, int, 0, 2)
@@ -57,6 +59,7 @@ struct KleinGeodesic : xs_op_base {
 struct KleinLorentzFactor : xs_op_base {
   static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
   static constexpr bool SCALAR_OUT = true;
+  XS_POINTS(xs_ball, 0)
   XS_TABLE(term, xs_ij, {0, -1})
   XS_TABLE(dot, xs_ij, {0, 0})
   XS_TABLE(out, int, 0)

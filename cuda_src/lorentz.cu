@@ -38,6 +38,7 @@ struct LorentzNorm : xs_op_base {
 struct LorentzDist : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 3, NDOT = 2, NOUT = 1;
   static constexpr bool SCALAR_OUT = true;
+  XS_POINTS(xs_hyperboloid, 0, 1)
   XS_TABLE(term, xs_ij, {1, 0}, {1, 0, true}, {XS_E0, -1})  // d = y - x, d_s, e0
   XS_TABLE(dot, xs_ij, {1, 1}, {0, 2})                      // |d_s|^2, d_0
   XS_TABLE(out, int, 0)
@@ -52,6 +53,7 @@ struct LorentzDist : xs_op_base {
 struct LorentzDist0 : xs_op_base {
   static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
   static constexpr bool SCALAR_OUT = true;
+  XS_POINTS(xs_hyperboloid, 0)
   XS_TABLE(term, xs_ij, {0, -1, true})  // x_s
   XS_TABLE(dot, xs_ij, {0, 0})
   XS_TABLE(out, int, 0)
@@ -81,6 +83,7 @@ struct LorentzExpmap0 : xs_op_base {
 struct LorentzLogmap0 : xs_op_base {
   static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_hyperboloid, 0)
   XS_TABLE(term, xs_ij, {0, -1, true})  // y_s
   XS_TABLE(dot, xs_ij, {0, 0})
   XS_TABLE(out, int, 0)
@@ -94,6 +97,7 @@ struct LorentzLogmap0 : xs_op_base {
 struct LorentzExpmap : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 4, NDOT = 2, NOUT = 2;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_hyperboloid, 0)
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {1, -1, true}, {XS_E0, -1})  // x, u, u_s, e0
   XS_TABLE(dot, xs_ij, {2, 2}, {1, 3})                                 // |u_s|^2, u_0
   XS_TABLE(out, int, 0, 1)
@@ -109,6 +113,7 @@ struct LorentzExpmap : xs_op_base {
 struct LorentzLogmap : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 4, NDOT = 2, NOUT = 2;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_hyperboloid, 0, 1)
   XS_TABLE(term, xs_ij, {0, -1}, {1, 0}, {1, 0, true}, {XS_E0, -1})  // x, d, d_s, e0
   XS_TABLE(dot, xs_ij, {2, 2}, {1, 3})                               // |d_s|^2, d_0
   XS_TABLE(out, int, 1, 0)
@@ -137,6 +142,7 @@ struct LorentzProject : xs_op_base {
 struct LorentzProjTan : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 4, NDOT = 3, NOUT = 2;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_hyperboloid, 0)
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {0, -1, true}, {XS_E0, -1})  // x, u, x_s, e0
   XS_TABLE(dot, xs_ij, {2, 1}, {0, 3}, {1, 3})                         // <x_s,u>, x_0, u_0
   XS_TABLE(out, int, 1, 0)
@@ -150,6 +156,7 @@ struct LorentzProjTan : xs_op_base {
 struct LorentzTransp : xs_op_base {
   static constexpr int NVEC = 3, NTERM = 6, NDOT = 5, NOUT = 3;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_hyperboloid, 0, 1)
   // x, y, v, x_s, y_s, e0
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {2, -1}, {0, -1, true}, {1, -1, true}, {XS_E0, -1})
   // <x_s,y>, x_0, y_0, <y_s,v>, v_0
@@ -172,6 +179,7 @@ struct LorentzTransp : xs_op_base {
 struct LorentzGeodesic : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 4, NDOT = 2, NOUT = 2;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_hyperboloid, 0, 1)
   XS_TABLE(term, xs_ij, {0, -1}, {1, 0}, {1, 0, true}, {XS_E0, -1})  // u, d, d_s, e0
   XS_TABLE(dot, xs_ij, {2, 2}, {1, 3})                               // |d_s|^2, d_0
   XS_TABLE(out, int, 0, 1)

@@ -16,6 +16,11 @@
 // to 0: coincident points get distance 0 and gradient 0 instead of noise
 // amplified by the 1/sqrt(w) slope of arcosh at 1.
 //
+// A row with a NaN or inf, or that is not a point of the model (common/domain.cuh:
+// outside the ball, off the hyperboloid, beyond the rounding tolerance), gets
+// p1 = NaN (Poincare) or p0 = NaN (Lorentz): every distance to it is NaN (never
+// snapped to 0), and so are the gradients that depend on it.
+//
 // Backward from the stored distance d (s = sqrt(c) d, m = expm1(s)):
 //   sinh s = (m/2)(m+2)/(m+1),  w = (m/2) m/(m+1),  tanh(s/2) = m/(m+2),
 //   f = dd/dw = 1 / (sqrt(c) sinh s).
@@ -27,6 +32,7 @@
 //   dL/dc  = sum_ij [ -g d / (2c) + g f (1 + w) / c ].
 // The row sums (per warp), column sums (per row tile) and the c sum (per block)
 // go to workspaces that the host reduces in a fixed order (deterministic).
+#include "common/domain.cuh"
 #include "common/dtype.cuh"
 #include "common/math.cuh"
 #include "common/reduce.cuh"
@@ -41,23 +47,25 @@ __device__ __forceinline__ double xs_log1p(double x) { return log1p(x); }
 __device__ __forceinline__ float xs_expm1(float x) { return expm1f(x); }
 __device__ __forceinline__ double xs_expm1(double x) { return expm1(x); }
 
-// w of one pair, snapped to 0 below the rounding noise of G.
+// w of one pair, snapped to 0 below the rounding noise of G (NaN stays NaN).
 template <int MODEL, class E>
 __device__ __forceinline__ E xs_pair_w(E g, E p0, E p1, E q0, E q1, E c, E tau) {
   if (MODEL == XS_POINCARE) {
     const E scale = p0 + q0;
     const E sq = scale - E(2) * g;
-    return sq > tau * scale ? sq * p1 * q1 : E(0);
+    const E w = sq * p1 * q1;
+    return sq > tau * scale || w != w ? w : E(0);
   } else {
     const E pq = E(2) * c * p0 * q0;
     const E w = (pq - c * g) - E(1);
-    return w > tau * fabs(pq) ? w : E(0);
+    return w > tau * fabs(pq) || w != w ? w : E(0);
   }
 }
 
 // Per-row scalars (p0, p1) of the rows of a (rows x D, row stride ld) matrix.
-// Poincare: p0 = |a|^2, p1 = scale / (1 - c|a|^2) (|a|^2 reduced in fp64);
-// Lorentz: p0 = a_0. One warp per row.
+// Poincare: p0 = |a|^2, p1 = scale / (1 - c|a|^2) (|a|^2 reduced in fp64),
+// p1 = NaN for a row that is not a point of the ball; Lorentz: p0 = a_0, NaN
+// for a row that is not a point of the hyperboloid. One warp per row.
 template <int MODEL, class T, class E>
 __global__ void xs_pair_scalars(const T* __restrict__ a, long long rows, long long D, long long ld, double c,
                                 double scale, E* __restrict__ p0, E* __restrict__ p1) {
@@ -65,20 +73,21 @@ __global__ void xs_pair_scalars(const T* __restrict__ a, long long rows, long lo
   const int lane = threadIdx.x & 31;
   if (row >= rows) return;  // whole warps leave together
   const T* r = a + row * ld;
-  if (MODEL == XS_LORENTZ) {
-    if (lane == 0) p0[row] = E(xs_to_e(r[0]));
-    return;
-  }
-  double s[1] = {0.0};
-  for (long long i = lane; i < D; i += 32) {
+  double s[1] = {0.0};  // |a|^2 (Poincare), |a_s|^2 (Lorentz)
+  for (long long i = MODEL == XS_LORENTZ ? lane + 1 : lane; i < D; i += 32) {
     const double v = xs_to_e(r[i]);
     s[0] += v * v;
   }
   xs_group_sum<32>(s);
-  if (lane == 0) {
-    p0[row] = E(s[0]);
-    p1[row] = E(scale / fmax(1.0 - c * s[0], xs_limits<double>::min_denom));
+  if (lane != 0) return;
+  if (MODEL == XS_LORENTZ) {
+    const double a0 = xs_to_e(r[0]);
+    p0[row] = E(xs_on_hyperboloid<T, double>(c, s[0], a0, D) ? a0 : xs_nan(a0));
+    return;
   }
+  p0[row] = E(s[0]);
+  p1[row] = E(xs_in_ball<T, double>(c, s[0], D) ? scale / fmax(1.0 - c * s[0], xs_limits<double>::min_denom)
+                                                : xs_nan(s[0]));
 }
 
 // Forward: out[r, j] = d(G[r, j]) for r < rows (= batches * n), j < m.
@@ -156,10 +165,10 @@ __global__ void __launch_bounds__(XS_PAIR_BLOCK)
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
         a[k] = E(0);
-        if (dv[k] > E(0)) {
+        if (!(dv[k] <= E(0))) {  // a positive or NaN distance (NaN: every term NaN)
           // exp(s) stays finite: beyond s_max the gradient terms are 0 or constant anyway.
           const E s_max = sizeof(E) == 4 ? E(80) : E(700);
-          const E s = sc * dv[k] < s_max ? sc * dv[k] : s_max;
+          const E s = sc * dv[k] > s_max ? s_max : sc * dv[k];
           const E em = xs_expm1(s);
           const E half = E(0.5) * em;
           const E sinh_s = half * ((em + E(2)) / (em + E(1)));

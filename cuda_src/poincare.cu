@@ -13,6 +13,7 @@
 struct PoincareMobiusAdd : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 2, NDOT = 3, NOUT = 2;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_ball, 0, 1)
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1})     // x, y
   XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {0, 1})  // |x|^2, |y|^2, <x,y>
   XS_TABLE(out, int, 0, 1)
@@ -28,6 +29,7 @@ struct PoincareMobiusAdd : xs_op_base {
 struct PoincareMobiusSub : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 2, NDOT = 3, NOUT = 2;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_ball, 0, 1)
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1})
   XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {0, 1})
   XS_TABLE(out, int, 0, 1)
@@ -43,6 +45,7 @@ struct PoincareMobiusSub : xs_op_base {
 struct PoincareMobiusScalarMul : xs_op_base {
   static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_ball, 0)
   XS_TABLE(term, xs_ij, {0, -1})
   XS_TABLE(dot, xs_ij, {0, 0})
   XS_TABLE(out, int, 0)
@@ -69,6 +72,7 @@ struct PoincareExpmap0 : xs_op_base {
 struct PoincareLogmap0 : xs_op_base {
   static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_ball, 0)
   XS_TABLE(term, xs_ij, {0, -1})
   XS_TABLE(dot, xs_ij, {0, 0})
   XS_TABLE(out, int, 0)
@@ -82,6 +86,7 @@ struct PoincareLogmap0 : xs_op_base {
 struct PoincareExpmap : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 2, NDOT = 3, NOUT = 2;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_ball, 0)
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1})     // x, u
   XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {0, 1})  // |x|^2, |u|^2, <x,u>
   XS_TABLE(out, int, 0, 1)
@@ -102,6 +107,7 @@ struct PoincareExpmap : xs_op_base {
 struct PoincareLogmap : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 3, NDOT = 3, NOUT = 2;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_ball, 0, 1)
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {1, 0})  // x, y, d = y - x
   XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {2, 2})     // |x|^2, |y|^2, D2
   XS_TABLE(out, int, 2, 1)                         // d, y
@@ -121,6 +127,7 @@ struct PoincareLogmap : xs_op_base {
 struct PoincareDist : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 3, NDOT = 3, NOUT = 1;
   static constexpr bool SCALAR_OUT = true;
+  XS_POINTS(xs_ball, 0, 1)
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {1, 0})
   XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {2, 2})
   XS_TABLE(out, int, 0)
@@ -136,6 +143,7 @@ struct PoincareDist : xs_op_base {
 struct PoincareDist0 : xs_op_base {
   static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
   static constexpr bool SCALAR_OUT = true;
+  XS_POINTS(xs_ball, 0)
   XS_TABLE(term, xs_ij, {0, -1})
   XS_TABLE(dot, xs_ij, {0, 0})
   XS_TABLE(out, int, 0)
@@ -163,6 +171,7 @@ struct PoincareProject : xs_op_base {
 struct PoincareLambdaX : xs_op_base {
   static constexpr int NVEC = 1, NTERM = 1, NDOT = 1, NOUT = 1;
   static constexpr bool SCALAR_OUT = true;
+  XS_POINTS(xs_ball, 0)
   XS_TABLE(term, xs_ij, {0, -1})
   XS_TABLE(dot, xs_ij, {0, 0})
   XS_TABLE(out, int, 0)
@@ -186,6 +195,7 @@ __device__ __forceinline__ void xs_gyration_coeffs(const R& uu, const R& vv, con
 struct PoincareGyration : xs_op_base {
   static constexpr int NVEC = 3, NTERM = 3, NDOT = 5, NOUT = 3;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_ball, 0, 1)
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {2, -1})                  // a, b, u
   XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {0, 1}, {0, 2}, {1, 2})  // aa bb ab au bu
   XS_TABLE(out, int, 0, 1, 2)
@@ -202,6 +212,7 @@ struct PoincareGyration : xs_op_base {
 struct PoincareTransp : xs_op_base {
   static constexpr int NVEC = 3, NTERM = 3, NDOT = 5, NOUT = 3;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_ball, 0, 1)
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {2, -1})                  // x, y, v
   XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {0, 1}, {0, 2}, {1, 2})  // xx yy xy xv yv
   XS_TABLE(out, int, 0, 1, 2)
@@ -220,6 +231,7 @@ struct PoincareTransp : xs_op_base {
 struct PoincareGeodesic : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 3, NDOT = 4, NOUT = 3;
   static constexpr bool SCALAR_OUT = false;
+  XS_POINTS(xs_ball, 0, 1)
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {1, 0})      // u, v, d = v - u
   XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {2, 2}, {0, 2})  // |u|^2, |v|^2, D2, <u,d>
   XS_TABLE(out, int, 0, 2, 1)                          // u, d, v

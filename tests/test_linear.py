@@ -182,3 +182,23 @@ def test_bad_inputs():
     before = x.clone()
     L.poincare_fc(x, z, r)
     assert torch.equal(x, before)
+
+
+def test_checked_mode_names_the_bad_row(monkeypatch):
+    from xpu_stone import config
+    from xpu_stone.errors import DomainError, NonFiniteError
+
+    x = torch.rand(4, 3, dtype=torch.float64) * 0.1
+    z, r = torch.rand(3, 2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    L.mobius_matvec(torch.eye(3, dtype=torch.float64), x.clone().fill_(2.0))  # off: no check
+    monkeypatch.setattr(config, "check_finite", True)
+    bad = x.clone()
+    bad[2] = 2.0
+    with pytest.raises(DomainError, match=r"row \(2,\) of x"):
+        L.mobius_matvec(torch.eye(3, dtype=torch.float64), bad)
+    bad[2] = float("nan")
+    for fn in (L.poincare_fc, L.poincare_mlr):
+        with pytest.raises(NonFiniteError, match=r"x has a NaN or inf in row \(2,\)"):
+            fn(bad, z, r)
+    with pytest.raises(NonFiniteError, match="z has"):
+        L.poincare_fc(x, z.clone().fill_(float("inf")), r)

@@ -166,7 +166,7 @@ def test_inputs_are_not_modified_and_batch_shapes():
     assert L.dist(y, y[:1]).shape == (3, 4)
     assert L.inner(y, y, keepdim=True).shape == (3, 4, 1)
     assert torch.equal(y, keep)
-    ync = torch.cat((y, y), -1)[..., ::2]  # non-contiguous
+    ync = torch.stack((y, y), -1)[..., 0]  # non-contiguous
     assert rel_err(C.lorentz_to_klein(ync), C.lorentz_to_klein(ync.contiguous())) == 0
 
 
@@ -213,7 +213,7 @@ def test_opcheck_cpu():
         ("convert", "lorentz_to_klein"),
     ):
         args = [
-            a.requires_grad_() for a in model_args(family, name, 6, 5, 1.0, torch.float64, seed=2, nice=True)
+            a.requires_grad_() for a in model_args(family, name, 6, 5, 1.3, torch.float64, seed=2, nice=True)
         ]
         t = args.pop() if name == "geodesic" else None
         c = torch.full((6, 1), 1.3, dtype=torch.float64, requires_grad=True)

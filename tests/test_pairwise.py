@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers import ball_points, rel_err
 
+from xpu_stone import convert as C
 from xpu_stone import pairwise as PW
 from xpu_stone.errors import InvalidArgumentError, InvalidCurvatureError, ShapeMismatchError
 from xpu_stone.ops import pairwise as OPW
@@ -197,7 +198,9 @@ def test_opcheck_and_compile():
     y = _interior((1, 5, 3), 1.0, gen).requires_grad_()
     c = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(torch.ops.xpu_stone.pairwise_cdist.default, (x, y, c, 1.0, 0))
-    torch.library.opcheck(torch.ops.xpu_stone.pairwise_cdist.default, (x, y, None, 2.0, 1))
+    # the hyperboloid of c = 2 (model 1) through the ball of radius 1/sqrt(2)
+    xl, yl = (C.poincare_to_lorentz(a.detach() / math.sqrt(2), c=2.0).requires_grad_() for a in (x, y))
+    torch.library.opcheck(torch.ops.xpu_stone.pairwise_cdist.default, (xl, yl, None, 2.0, 1))
     compiled = torch.compile(lambda a, b: PW.cdist(a, b, 1.5).sum(), fullgraph=True, backend="aot_eager")
     out = compiled(x, y)
     (g,) = torch.autograd.grad(out, x)

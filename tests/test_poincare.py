@@ -173,8 +173,8 @@ def test_gradcheck_of_backward_formulas(name):
 
 def test_gradcheck_broadcast_operands_and_scalar_c():
     gen = torch.Generator().manual_seed(1)
-    x = (torch.randn(3, 4, 5, generator=gen, dtype=torch.float64) * 0.2).requires_grad_()
-    y = (torch.randn(1, 5, generator=gen, dtype=torch.float64) * 0.2).requires_grad_()
+    x = (torch.randn(3, 4, 5, generator=gen, dtype=torch.float64) * 0.15).requires_grad_()
+    y = (torch.randn(1, 5, generator=gen, dtype=torch.float64) * 0.15).requires_grad_()
     c = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
     t = torch.rand(4, 1, generator=gen, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b, cc: P.dist(a, b, cc), (x, y, c))

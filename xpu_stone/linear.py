@@ -30,13 +30,16 @@ backward (the backward kernel writes the GEMM operands and the per-row / per-col
 terms; two GEMMs finish it). Inputs are ``(*, D_in)``; fp32, fp64, fp16 and bf16,
 with the per-row and per-element maths in fp64. ``c`` is a positive float or a
 one-element tensor; :func:`mobius_matvec` also differentiates a tensor ``c``,
-the HNN++ maps take a fixed ``c``.
+the HNN++ maps take a fixed ``c``. The checked mode (``config.check_finite``)
+covers these maps; without it, unlike the row-wise ops, an ``x`` outside the
+ball is clamped to its boundary, not turned into NaN.
 """
 
 from __future__ import annotations
 
 from ._deps import require_torch, torch
 from .engine import check_curvature
+from .engine.checks import BALL, check_values
 from .engine.launch import TORCH_DTYPES
 from .errors import InvalidArgumentError, ShapeMismatchError, UnsupportedOperationError
 from .ops.hyperbolic_linear import FC, MLR, hnn_op, matvec_op
@@ -88,6 +91,7 @@ def mobius_matvec(M, x, c=1.0):
     _check_input(x)
     _check_like(M, "M", x, M.dim() == 2 and M.shape[1] == x.shape[-1], f"(D_out, {x.shape[-1]})")
     c_t, c_val = check_curvature(c, x)
+    check_values("linear.mobius_matvec", [("x", x, BALL), ("M", M, None)], c_val if c_t is None else c_t)
     out, _ = matvec_op(_flatten(x), M.contiguous(), c_t, c_val)
     return out.reshape(*x.shape[:-1], M.shape[0])
 
@@ -97,7 +101,10 @@ def _hnn(x, z, r, c, mode):
     _check_input(x)
     _check_like(z, "z", x, z.dim() == 2 and z.shape[0] == x.shape[-1], f"({x.shape[-1]}, D_out)")
     _check_like(r, "r", x, r.dim() == 1 and r.shape[0] == z.shape[1], f"({z.shape[1]},)")
-    out, _ = hnn_op(_flatten(x), z.contiguous(), r.contiguous(), _fixed_c(c, x), mode)
+    c_val = _fixed_c(c, x)
+    check_values(f"linear.{'poincare_fc' if mode == FC else 'poincare_mlr'}",
+                 [("x", x, BALL), ("z", z, None), ("r", r[None], None)], c_val)  # fmt: skip
+    out, _ = hnn_op(_flatten(x), z.contiguous(), r.contiguous(), c_val, mode)
     return out.reshape(*x.shape[:-1], z.shape[1])
 
 

@@ -31,6 +31,14 @@ nearby pairs matter, use the row-wise :func:`xpu_stone.poincare.dist` on the pai
 (:func:`knn` does so for the distances it returns). With TF32 matmuls enabled in
 torch, :math:`u` is :math:`2^{-11}`.
 
+**Bad rows.** A row of ``x`` or ``y`` with a NaN or inf, or that is not a point of
+the model beyond the rounding tolerance of its dtype (outside the ball, off the
+hyperboloid: the rule of :mod:`xpu_stone.engine.checks`), has NaN distances to every
+row of the other operand (never snapped to 0), and NaN gradients for everything
+that depends on them. With ``xpu_stone.config.check_finite`` on, such a row raises
+:class:`~xpu_stone.errors.NonFiniteError` / :class:`~xpu_stone.errors.DomainError`
+instead.
+
 ``c`` is a positive float or a one-element tensor (a tensor that requires grad gets
 its gradient; it is read on the host, which synchronises once a call). The size of
 the GEMM blocks that stay in L2 for their epilogue is
@@ -43,11 +51,19 @@ import math
 
 from ._deps import cupy, is_cupy_array, require_cupy, require_torch, torch
 from .engine import call, check_curvature
+from .engine.checks import check_values
 from .engine.launch import TORCH_DTYPES
 from .engine.scalars import check_number
 from .errors import InvalidArgumentError, ShapeMismatchError
+from .ops import lorentz as _lorentz_ops
 from .ops import poincare as _poincare_ops
-from .ops.pairwise import MODELS, cdist_cupy, cdist_op, snap_tau  # noqa: F401  (snap_tau: the documented threshold)
+from .ops.pairwise import (
+    DOMAINS,
+    MODELS,
+    cdist_cupy,
+    cdist_op,
+    snap_tau,  # noqa: F401  (the documented threshold)
+)
 
 __all__ = ["cdist", "knn"]
 
@@ -93,6 +109,11 @@ def _check_k(k, m: int) -> None:
         raise InvalidArgumentError(f"k must be an int in [1, {m}] (the number of rows of y), got {k!r}")
 
 
+def _check_values(op: str, x, y, c, mid: int) -> None:
+    """The checked mode (``config.check_finite``): x and y are finite points of the model."""
+    check_values(f"pairwise.{op}", [("x", x, DOMAINS[mid]), ("y", y, DOMAINS[mid])], c)
+
+
 def cdist(x, y, c=1.0, model="poincare"):
     r"""Geodesic distances between every row of ``x`` (``(*, N, D)``) and every row of
     ``y`` (``(*, M, D)``): a ``(*, N, M)`` tensor (batch dims broadcast).
@@ -101,15 +122,25 @@ def cdist(x, y, c=1.0, model="poincare"):
     ``model="lorentz"``: points of the hyperboloid :math:`\langle x,x\rangle_L=-1/c`,
     time coordinate first. See the module docstring for the formulas and the
     accuracy of nearby pairs. fp16/bf16 inputs are multiplied with fp32
-    accumulation and output; the distances are stored in the input dtype.
+    accumulation and output; the distances are stored in the input dtype. A row
+    with a NaN or inf, or that is not a point of the model, has NaN distances
+    (see the module docstring).
     """
     mid = check_model(model)
     if is_cupy_array(x):
         _cupy_check(x, y)
-        return cdist_cupy(x, y, check_number(c, "c"), mid)  # CuPy inputs take a number only
+        c = check_number(c, "c")  # CuPy inputs take a number only
+        _check_values("cdist", x, y, c, mid)
+        return cdist_cupy(x, y, c, mid)
     require_torch("xpu_stone.pairwise.cdist on non-CuPy inputs")
     batch = _check_pair(x, y)
     c_t, c_val = check_curvature(c, x)
+    _check_values("cdist", x, y, c_val if c_t is None else c_t, mid)
+    return _cdist(x, y, c_t, c_val, mid, batch)
+
+
+def _cdist(x, y, c_t, c_val, mid, batch):
+    """cdist of checked torch inputs."""
     n, m, d = x.shape[-2], y.shape[-2], x.shape[-1]
     nb = math.prod(batch)
     xb = x.expand(*batch, n, d).reshape(nb, n, d)
@@ -119,16 +150,11 @@ def cdist(x, y, c=1.0, model="poincare"):
 
 
 def _pair_dist_rows(x, yk, c, mid):
-    """Distances between x (.., N, D) and its selected neighbours yk (.., N, k, D),
-    from differences (accurate for nearby points), differentiable."""
-    if mid == MODELS["poincare"]:
-        return call(_poincare_ops.DIST, (x.unsqueeze(-2), yk), c)
-    diff = x.unsqueeze(-2) - yk
-    sq = diff[..., 1:].square().sum(-1) - diff[..., 0].square()
-    w = (0.5 * c * sq).clamp_min(0)
-    return torch.log1p(w + torch.sqrt(w * (w + 2))) / (
-        c.sqrt() if isinstance(c, torch.Tensor) else math.sqrt(c)
-    )
+    """Distances between x (.., N, D) and its selected neighbours yk (.., N, k, D):
+    the row-wise distance of the model (from differences: accurate for nearby
+    points; NaN for bad rows), differentiable."""
+    op = _poincare_ops.DIST if mid == MODELS["poincare"] else _lorentz_ops.DIST
+    return call(op, (x.unsqueeze(-2), yk), c)
 
 
 def knn(x, y, k: int, c=1.0, model="poincare", chunk_rows: int | None = None):
@@ -138,18 +164,28 @@ def knn(x, y, k: int, c=1.0, model="poincare", chunk_rows: int | None = None):
     Neighbours are selected on :func:`cdist` blocks of ``chunk_rows`` rows of ``x``
     at a time (default: blocks of at most 256 MiB), so the full ``N x M`` matrix is
     never formed; ``values`` are then recomputed from the differences of the
-    selected pairs (the row-wise Poincaré distance for the ball), so they are
-    accurate for nearby points and differentiable in ``x``, ``y`` and ``c``.
+    selected pairs (the row-wise distance of the model), so they are accurate for
+    nearby points and differentiable in ``x``, ``y`` and ``c``.
+
+    **NaN distances rank last.** A row of ``y`` with a NaN or inf, or that is not a
+    point of the model, is at distance NaN from every query (see the module
+    docstring): it is ranked after every finite distance (after ``+inf`` too) and
+    is returned only when a query has fewer than ``k`` other neighbours, with value
+    NaN. A bad row of ``x`` has NaN for all its ``k`` values (and meaningless
+    indices). Nothing raises, unless ``xpu_stone.config.check_finite`` is on:
+    then such rows raise :class:`~xpu_stone.errors.NonFiniteError` /
+    :class:`~xpu_stone.errors.DomainError` before anything runs.
     """
     mid = check_model(model)
     if is_cupy_array(x):
         require_cupy("knn on CuPy arrays")
-        return _knn_cupy(x, y, k, c, model, chunk_rows)
+        return _knn_cupy(x, y, k, c, mid, chunk_rows)
     require_torch("xpu_stone.pairwise.knn on non-CuPy inputs")
     batch = _check_pair(x, y)
     c_t, c_val = check_curvature(c, x)
     n, m, d = x.shape[-2], y.shape[-2], x.shape[-1]
     _check_k(k, m)
+    _check_values("knn", x, y, c_val if c_t is None else c_t, mid)
     if chunk_rows is None:
         chunk_rows = max(1, KNN_CHUNK_BYTES // (4 * m * max(1, math.prod(batch))))
     elif isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
@@ -160,7 +196,8 @@ def knn(x, y, k: int, c=1.0, model="poincare", chunk_rows: int | None = None):
     parts = []
     with torch.no_grad():
         for r0 in range(0, n, chunk_rows):
-            dist = cdist(xb[..., r0 : r0 + chunk_rows, :].detach(), yb.detach(), c_sel, model)
+            dist = _cdist(xb[..., r0 : r0 + chunk_rows, :].detach(), yb.detach(), None, c_sel, mid, batch)
+            # NaN ranks after every number in topk: bad rows of y come last
             parts.append(torch.topk(dist, k, dim=-1, largest=False, sorted=True).indices)
     idx = (
         torch.cat(parts, dim=-2) if parts else torch.empty((*batch, 0, k), dtype=torch.long, device=x.device)
@@ -194,15 +231,17 @@ def _cupy_check(x, y):
         raise InvalidArgumentError(f"y is on GPU {y.device.id} but x is on GPU {x.device.id}")
 
 
-def _knn_cupy(x, y, k, c, model, chunk_rows):
+def _knn_cupy(x, y, k, c, mid, chunk_rows):
     _cupy_check(x, y)
     n, m = x.shape[0], y.shape[0]
     _check_k(k, m)
+    c = check_number(c, "c")
+    _check_values("knn", x, y, c, mid)
     chunk_rows = chunk_rows or max(1, KNN_CHUNK_BYTES // (4 * m))
     vals, idxs = [], []
     with x.device:
         for r0 in range(0, n, chunk_rows):
-            dist = cdist(x[r0 : r0 + chunk_rows], y, c, model)
+            dist = cdist_cupy(x[r0 : r0 + chunk_rows], y, c, mid)  # NaN sorts last in CuPy too
             part = cupy.argpartition(dist, k - 1, axis=1)[:, :k] if k < m else cupy.argsort(dist, axis=1)
             pv = cupy.take_along_axis(dist, part, axis=1)
             order = cupy.argsort(pv, axis=1)

@@ -60,9 +60,14 @@ __device__ __forceinline__ double xs_from_e<double>(double v) {
 }
 // fp16 stores saturate at +-65504 (the largest finite half): a gradient or
 // conformal factor beyond fp16's range comes out as the largest value, not inf.
+// NaN stays NaN (fmaxf would return the bound).
 template <>
 __device__ __forceinline__ xs_half xs_from_e<xs_half>(float v) {
   xs_half h;
+  if (v != v) {
+    h.bits = 0x7e00;  // the canonical fp16 NaN
+    return h;
+  }
   v = fminf(fmaxf(v, -65504.0f), 65504.0f);
   asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(v));
   return h;

@@ -37,7 +37,20 @@
 // IN_SHIFT / OUT_SHIFT: the kernel walks a logical row of a.D elements; the
 // inputs hold its elements from IN_SHIFT on (the first ones read as 0), the
 // output receives them from OUT_SHIFT on. Such ops run with VEC == 1 only.
+//
+// Bad rows (domain.cuh): a NaN or inf in any input row, or an input that
+// XS_POINTS declares a point of DOMAIN lying outside it, makes every
+// coefficient of the row NaN: forward, the whole output row (or the scalar)
+// is NaN; backward, every gradient of the row (inputs, c, t). Where the input
+// has a sum of squares, a non-finite element shows there: its |v|^2 among the
+// op's dots, or the point sums it takes of its own (xs_point_sums: |v|^2 for
+// the ball, |v_s|^2 and v_0 for the hyperboloid, reduced with the dots; a ball
+// point whose |v|^2 is a dot reads the dot). For the other inputs 0 * v of
+// every element is added to dot 0 (exact zeros: the dot is unchanged), so dot 0
+// comes out NaN. (So an fp64 input whose |v|^2 overflows counts as non-finite.)
+// xpu_stone/engine/rowwise_cpu.py does the same.
 #pragma once
+#include "domain.cuh"
 #include "dtype.cuh"
 #include "math.cuh"
 #include "reduce.cuh"
@@ -48,9 +61,46 @@ struct xs_ij {
 };
 constexpr int XS_E0 = -2;
 
-// Defaults of an op description (ops derive from it).
+// Defaults of an op description (ops derive from it): no input is a point
+// (XS_POINTS in ops.cuh declares them).
 struct xs_op_base {
   static constexpr int IN_SHIFT = 0, OUT_SHIFT = 0;
+  static constexpr xs_domain DOMAIN = xs_free;
+  static constexpr unsigned POINTS = 0;  // bit j: input j is a point of DOMAIN
+};
+
+// Where the row sums that place an op's points are: a point of the ball whose
+// |v|^2 is one of the op's dots (term v alone, dotted with itself) reads that
+// dot; any other point has its own sums after the op's: |v|^2 (ball), or
+// |v_s|^2 and v_0 (hyperboloid).
+template <class Op>
+struct xs_point_sums {
+  static constexpr int PER = Op::DOMAIN == xs_hyperboloid ? 2 : 1;
+  // the dot |v_j|^2 of the op, or -1
+  __host__ __device__ static constexpr int norm_dot(int j) {
+    for (int d = 0; d < Op::NDOT; ++d) {
+      const xs_ij p = Op::dot(d);
+      const xs_ij t = Op::term(p.a);
+      if (p.a == p.b && t.a == j && t.b < 0 && !t.spatial) return d;
+    }
+    return -1;
+  }
+  __host__ __device__ static constexpr bool point(int j) { return (Op::POINTS >> j) & 1u; }
+  // whether input j takes sums of its own
+  __host__ __device__ static constexpr bool own(int j) {
+    return point(j) && (Op::DOMAIN == xs_hyperboloid || norm_dot(j) < 0);
+  }
+  // whether a NaN or inf of input j shows in a sum of squares (its |v|^2 dot or
+  // its own sums); otherwise 0 * v of its elements goes to dot 0
+  __host__ __device__ static constexpr bool squared(int j) { return norm_dot(j) >= 0 || own(j); }
+  // index of input j's first own sum
+  __host__ __device__ static constexpr int slot(int j) {
+    int s = 0;
+    for (int i = 0; i < j; ++i) s += own(i) ? PER : 0;
+    return s;
+  }
+  // own sums in all
+  __host__ __device__ static constexpr int count() { return slot(Op::NVEC); }
 };
 
 // Value of term k at position i of a loaded chunk; gi is its index in the row.
@@ -84,8 +134,12 @@ __device__ __forceinline__ void xs_load_rows(const T* const (&base)[3], const lo
   }
 }
 
+// Adds a loaded chunk (row elements e ...) to the dots acc[0, NDOT) and to the
+// own point sums pts[0, xs_point_sums<Op>::count()); 0 * v of the elements of
+// the inputs that no sum of squares sees goes to dot 0.
 template <class Op, class S, class E, int VEC>
-__device__ __forceinline__ void xs_accumulate_dots(const E (&v)[Op::NVEC][VEC], S* acc, long long e) {
+__device__ __forceinline__ void xs_accumulate_dots(const E (&v)[Op::NVEC][VEC], S* acc, S* pts, long long e) {
+  using PS = xs_point_sums<Op>;
 #pragma unroll
   for (int i = 0; i < VEC; ++i) {
     S t[Op::NTERM];
@@ -93,7 +147,43 @@ __device__ __forceinline__ void xs_accumulate_dots(const E (&v)[Op::NVEC][VEC], 
     for (int k = 0; k < Op::NTERM; ++k) t[k] = xs_term<Op, S>(v, k, i, e + i);
 #pragma unroll
     for (int d = 0; d < Op::NDOT; ++d) acc[d] += t[Op::dot(d).a] * t[Op::dot(d).b];
+#pragma unroll
+    for (int j = 0; j < Op::NVEC; ++j) {
+      const S x = S(v[j][i]);
+      if (!PS::squared(j)) acc[0] += S(0) * x;  // NaN if x is NaN or +-inf
+      if (!PS::own(j)) continue;
+      if (Op::DOMAIN == xs_hyperboloid && e + i == 0) {
+        pts[PS::slot(j) + 1] += x;  // v_0
+      } else {
+        pts[PS::slot(j)] += x * x;
+      }
+    }
   }
+}
+
+// Whether the row's inputs are bad (see the header): dots the reduced dots,
+// pts the reduced own point sums.
+template <class Op, class T, class S>
+__device__ __forceinline__ bool xs_row_bad(const S* dots, const S* pts, S c, long long D) {
+  using PS = xs_point_sums<Op>;
+  bool bad = !(dots[0] == dots[0]);
+#pragma unroll
+  for (int j = 0; j < Op::NVEC; ++j) {
+    if (!PS::point(j)) {
+      if (PS::norm_dot(j) >= 0) {
+        const S q = dots[PS::norm_dot(j)];
+        bad = bad || !(q - q == S(0));  // |v|^2 is inf or NaN
+      }
+      continue;
+    }
+    const int k = PS::slot(j);
+    if (Op::DOMAIN == xs_hyperboloid) {
+      bad = bad || !xs_on_hyperboloid<T, S>(c, pts[k], pts[k + 1], D);
+    } else {
+      bad = bad || !xs_in_ball<T, S>(c, PS::own(j) ? pts[k] : dots[PS::norm_dot(j)], D);
+    }
+  }
+  return bad;
 }
 
 template <int G, class S, int N>
@@ -165,27 +255,33 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_fwd(const xs_row_args a) {
   T* const out = static_cast<T*>(a.out);
   constexpr int NV = Op::NVEC;
   E cache[NITER > 0 ? NITER : 1][NV][VEC];
-  S acc[Op::NDOT];
+  constexpr int NSUM = Op::NDOT + xs_point_sums<Op>::count();
+  S acc[NSUM];  // the dots, then the point sums
 #pragma unroll
-  for (int d = 0; d < Op::NDOT; ++d) acc[d] = 0;
+  for (int d = 0; d < NSUM; ++d) acc[d] = 0;
 
   if constexpr (NITER > 0) {
 #pragma unroll
     for (int it = 0; it < NITER; ++it) {
       const long long e = it * STEP + (long long)lane * VEC;
       xs_load_rows<T, NV, VEC, Op::IN_SHIFT>(base, es, e, valid && e < D, cache[it]);
-      xs_accumulate_dots<Op, S, E, VEC>(cache[it], acc, e);
+      xs_accumulate_dots<Op, S, E, VEC>(cache[it], acc, acc + Op::NDOT, e);
     }
   } else {
     for (long long e = (long long)lane * VEC; e < D; e += STEP) {
       xs_load_rows<T, NV, VEC, Op::IN_SHIFT>(base, es, e, valid, cache[0]);
-      xs_accumulate_dots<Op, S, E, VEC>(cache[0], acc, e);
+      xs_accumulate_dots<Op, S, E, VEC>(cache[0], acc, acc + Op::NDOT, e);
     }
   }
   xs_row_sum<G>(acc);
 
+  const bool bad = xs_row_bad<Op, T>(acc, acc + Op::NDOT, c, D);
   S coef[Op::NOUT];
-  Op::template coeffs<S, S>(acc, c, t, eps, coef);
+  Op::template coeffs<S, S>(reinterpret_cast<const S(&)[Op::NDOT]>(acc), c, t, eps, coef);
+  if (bad) {
+#pragma unroll
+    for (int k = 0; k < Op::NOUT; ++k) coef[k] = xs_nan(coef[k]);
+  }
 
   if constexpr (Op::SCALAR_OUT) {
     if (valid && lane == 0) out[row] = xs_from_e<T>(typename xs_traits<T>::E(coef[0]));
@@ -240,11 +336,12 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_bwd(const xs_row_args a) {
   constexpr int NV = Op::NVEC;
   constexpr int NL = NV + (VG ? 1 : 0);
   constexpr int NRED = Op::NDOT + (VG ? Op::NOUT : 0);
+  constexpr int NSUM = NRED + xs_point_sums<Op>::count();  // then the own point sums
   const T* const gbase = g + r * g_rs;
   E cache[NITER > 0 ? NITER : 1][NL][VEC];
-  S acc[NRED];
+  S acc[NSUM];
 #pragma unroll
-  for (int d = 0; d < NRED; ++d) acc[d] = 0;
+  for (int d = 0; d < NSUM; ++d) acc[d] = 0;
 
   auto load = [&](long long e, bool ok, E(&v)[NL][VEC]) {
     xs_load_rows<T, NV, VEC, Op::IN_SHIFT>(base, es, e, ok, reinterpret_cast<E(&)[NV][VEC]>(v));
@@ -260,7 +357,7 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_bwd(const xs_row_args a) {
     }
   };
   auto accumulate = [&](const E(&v)[NL][VEC], long long e) {
-    xs_accumulate_dots<Op, S, E, VEC>(reinterpret_cast<const E(&)[NV][VEC]>(v), acc, e);
+    xs_accumulate_dots<Op, S, E, VEC>(reinterpret_cast<const E(&)[NV][VEC]>(v), acc, acc + NRED, e);
     if constexpr (VG) {
 #pragma unroll
       for (int i = 0; i < VEC; ++i)
@@ -292,8 +389,13 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_bwd(const xs_row_args a) {
   R dots[Op::NDOT];
 #pragma unroll
   for (int d = 0; d < Op::NDOT; ++d) dots[d] = R::seed(acc[d], d);
+  const bool bad = xs_row_bad<Op, T>(acc, acc + NRED, c, D);
   R coef[Op::NOUT];
   Op::template coeffs<R, S>(dots, R::seed(c, Op::NDOT), R::seed(t, Op::NDOT + 1), eps, coef);
+  if (bad) {
+#pragma unroll
+    for (int k = 0; k < Op::NOUT; ++k) coef[k] = xs_nan(coef[k]);
+  }
   const S gs = (!VG && valid) ? S(xs_to_e(g[r * g_rs])) : S(0);
   S sbar[NS];
 #pragma unroll

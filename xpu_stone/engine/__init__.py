@@ -6,7 +6,7 @@ module             what it holds
 ``rowop``          :class:`RowOp`, the description of a row-wise op (mirrors a
                    struct of ``cuda_src/*.cu``)
 ``scalars``        the one rule for the curvature and other scalars
-``checks``         checks of a row-wise call's operands (torch and CuPy)
+``checks``         operand checks (torch and CuPy), the bad-row rule, the checked mode
 ``rows``           operands flattened to rows; the kernel's parameter fields
 ``launch``         launcher chores: dtype tables, stream, pointers, poisoning,
                    device properties, profiled launches

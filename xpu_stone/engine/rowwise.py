@@ -1,8 +1,9 @@
 """Row-wise ops end to end: :func:`row_op` describes an op (and registers its
 kernels and its torch custom op), :func:`call` runs it.
 
-A call on torch tensors is checked, then takes the direct kernel launch (CUDA,
-no autograd, not tracing: the shortest host path) or the custom op
+A call on torch tensors is checked (in the checked mode, ``config.check_finite``,
+its values too: :func:`~xpu_stone.engine.checks.check_row_op_values`), then takes
+the direct kernel launch (CUDA, no autograd, not tracing: the shortest host path) or the custom op
 ``torch.ops.xpu_stone.<family>_<name>`` (autograd, ``torch.compile``, CPU),
 whose implementations are the GPU launches of :mod:`~xpu_stone.engine.rowwise_cuda`
 and the torch transcription of :mod:`~xpu_stone.engine.rowwise_cpu`. A call on
@@ -11,10 +12,11 @@ CuPy arrays is checked and launched on CuPy's current stream (no torch needed).
 
 from __future__ import annotations
 
+from .. import config
 from .._deps import is_cupy_array, require_torch, torch
 from ..errors import InvalidArgumentError
 from ..kernels.registry import REGISTRY
-from .checks import batch_shape, validate_cupy, validate_torch
+from .checks import batch_shape, check_row_op_values, validate_cupy, validate_torch
 from .custom_op import Impls, define_differentiable, empty_if_none, none_unless
 from .launch import TORCH_DTYPES, compute_dtype
 from .rowop import RowOp
@@ -39,16 +41,22 @@ def row_op(family: str, name: str, struct: str, vectors, terms, dots, out, coeff
 def call(op: RowOp, vecs: tuple, c, t=None, eps: float = 0.0, keepdim: bool | None = None):
     """Runs ``op`` on torch tensors or CuPy arrays (see the module docstring);
     ``keepdim`` (scalar ops) keeps the feature dim as size 1. Everything is checked
-    before anything runs."""
+    before anything runs. A row with a NaN or inf input, or with a point input
+    outside its domain beyond rounding, gives NaN outputs (see
+    :mod:`xpu_stone.engine.checks`), or raises in the checked mode."""
     if keepdim is not None and not isinstance(keepdim, bool):
         raise InvalidArgumentError(f"keepdim must be True or False, got {keepdim!r}")
     if is_cupy_array(vecs[0]):
         c, c_val, t, t_val, dtype, batch = validate_cupy(op, vecs, c, t)
+        if config.check_finite:
+            check_row_op_values(op, vecs, c, c_val)
         out = launch_forward_cupy(op, vecs, c, c_val, t, t_val, eps, dtype, batch)
     else:
         if torch is None:
             require_torch(f"xpu_stone.{op.family}.{op.name} on non-CuPy inputs")
         c, c_val, t, t_val, dtype, batch = validate_torch(op, vecs, c, t)
+        if config.check_finite:  # one attribute read on the common path
+            check_row_op_values(op, vecs, c, c_val)
         if vecs[0].is_cuda and not _needs_grad(vecs, c, t) and not torch.compiler.is_compiling():
             out = launch_forward(op, vecs, c, c_val, t, t_val, eps, dtype, batch)
         else:

@@ -6,19 +6,26 @@ by autograd of ``coeffs``, then the term sums). Checked by ``gradcheck`` against
 the forward and by the independent references of :mod:`xpu_stone.reference`.
 
 The clamped functions (``tanh_c``, ``artanh_c``, ...) are the ones the ops'
-``coeffs`` use, mirroring ``cuda_src/common/math.cuh``.
+``coeffs`` use, mirroring ``cuda_src/common/math.cuh``. Their clamps serve rows
+that are in the op's domain (up to rounding): :func:`bad_rows` makes every
+coefficient of a row NaN when an input holds a NaN or inf, or when a point input
+lies outside its domain beyond the rounding tolerance of its dtype (the rule of
+:mod:`xpu_stone.engine.checks`, the same as ``xs_row_bad`` of
+``cuda_src/common/rowwise.cuh``): such a row's outputs and gradients are NaN,
+never a clamped number.
 """
 
 from __future__ import annotations
 
 from .._deps import torch
 from ..constants import ACCUM_DTYPE, ARTANH_MAX, COSH_MAX, MIN_SQNORM, TANH_MAX
-from .checks import batch_shape
+from .checks import POINT_INPUTS, batch_shape, domain_tol, not_points
 from .launch import TORCH_DTYPES, TORCH_OF, compute_dtype
 from .rowop import E0, RowOp
 
 __all__ = [
     "artanh_c",
+    "bad_rows",
     "clamp_min",
     "cosh_c",
     "cpu_backward",
@@ -103,13 +110,53 @@ def _terms(op: RowOp, vecs, dt):
     return out
 
 
+def _self_dot(op: RowOp, j: int):
+    """The index of the op's dot |v_j|^2 (input j alone, not spatial, with itself),
+    or None (``norm_dot`` of rowwise.cuh)."""
+    for d, (p, q) in enumerate(op.dots):
+        t = op.terms[p]
+        if p == q and t[0] == j and t[1] < 0 and not (len(t) > 2 and t[2]):
+            return d
+    return None
+
+
+def bad_rows(op: RowOp, vecs, dots, cs):
+    """``(..., 1)`` booleans: the rows whose coefficients are NaN (``xs_row_bad`` of
+    rowwise.cuh): a point input (:data:`~xpu_stone.engine.checks.POINT_INPUTS`) that
+    is not a point of its domain (:func:`~xpu_stone.engine.checks.not_points`: NaN
+    and inf included); another input whose |v|^2 dot is inf or NaN; or dot 0 plus
+    ``0 * v`` of the elements of the remaining inputs NaN. ``cs``: c in the
+    arithmetic dtype, that of ``dots``."""
+    dt = dots[0].dtype
+    domain, points = POINT_INPUTS.get(op.qualname, (None, ()))
+    if points:
+        tol = domain_tol(domain, TORCH_DTYPES[vecs[0].dtype], op.width(vecs[0].shape[-1]), TORCH_DTYPES[dt])
+    marker = dots[0]
+    bad = torch.zeros((), dtype=torch.bool, device=dots[0].device)
+    for j, v in enumerate(vecs):
+        d = _self_dot(op, j)
+        if j in points:
+            bad = bad | not_points(domain, v.to(dt), cs, tol)
+        elif d is not None:
+            bad = bad | ~torch.isfinite(dots[d])
+        else:
+            marker = marker + (0 * v.to(dt)).sum(-1, keepdim=True)
+    return bad | torch.isnan(marker)
+
+
+def _nan_where(bad, x):
+    return torch.where(bad, torch.full((), float("nan"), dtype=x.dtype, device=x.device), x)
+
+
 def cpu_forward(op: RowOp, vecs, c, c_val, t, t_val, eps):
-    """The kernel's maths in torch (any device): terms, dots, coeffs, output."""
+    """The kernel's maths in torch (any device): terms, dots, coeffs (NaN for
+    :func:`bad_rows`), output."""
     accum = _accum_dtype(vecs[0].dtype)
     ts = _terms(op, vecs, accum)
     dots = [(ts[p] * ts[q]).sum(-1, keepdim=True) for p, q in op.dots]
     cs, tt = _as_rows_scalar(c, c_val, vecs[0], accum), _as_rows_scalar(t, t_val, vecs[0], accum)
-    coef = op.coeffs(dots, cs, tt, eps)
+    bad = bad_rows(op, vecs, dots, cs)
+    coef = [_nan_where(bad, k) for k in op.coeffs(dots, cs, tt, eps)]
     if op.scalar_out:
         return _store(coef[0].squeeze(-1), vecs[0].dtype)
     out = sum(coef[k] * ts[op.out[k]] for k in range(len(op.out)))
@@ -117,7 +164,8 @@ def cpu_forward(op: RowOp, vecs, c, c_val, t, t_val, eps):
 
 
 def cpu_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, needs):
-    """The backward kernel's assembly in torch; same outputs as launch_backward."""
+    """The backward kernel's assembly in torch; same outputs as launch_backward
+    (every gradient of a :func:`bad_rows` row NaN)."""
     accum = _accum_dtype(vecs[0].dtype)
     batch = batch_shape(vecs, c, t)
     d = vecs[0].shape[-1]
@@ -162,15 +210,18 @@ def cpu_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, needs):
         if b >= 0:
             grads[b] = grads[b] - g
     nv = len(vecs)
+    bad = bad_rows(op, vecs, [k.detach() for k in dots], cs.detach())
     out = []
     for j in range(nv):
         if not needs[j]:
             out.append(None)
             continue
         gj = grads[j] if isinstance(grads[j], torch.Tensor) else torch.zeros((), dtype=accum)
-        gj = gj.expand(*batch, op.width(d))[..., op.in_shift :]
+        gj = _nan_where(bad, gj.expand(*batch, op.width(d)))[..., op.in_shift :]
         out.append(_store(gj, vecs[0].dtype).contiguous())
     pd = compute_dtype(vecs[0].dtype)
     for s, sb, need in ((c, sbar[-2], needs[nv]), (t, sbar[-1], needs[nv + 1])):
-        out.append(sb.expand(*batch, 1).to(pd).contiguous() if (need and s is not None) else None)
+        out.append(
+            _nan_where(bad, sb.expand(*batch, 1)).to(pd).contiguous() if (need and s is not None) else None
+        )
     return out

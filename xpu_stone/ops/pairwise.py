@@ -18,14 +18,16 @@ import numpy
 
 from .._deps import cupy, torch
 from ..constants import MIN_DENOM
+from ..engine.checks import BALL, HYPERBOLOID, domain_tol, not_points
 from ..engine.custom_op import Impls, define_differentiable, empty_if_none, none_unless
-from ..engine.launch import TORCH_DTYPES, compute_dtype, device_props, poison, ptr, torch_stream
+from ..engine.launch import TORCH_DTYPES, allocates, compute_dtype, device_props, poison, ptr, torch_stream
 from ..kernels.launch import get_function, launch_kernel
 from ..kernels.registry import CXX_TYPE, DTYPES, REGISTRY, KernelList
 
-__all__ = ["GEMM_CHUNK_BYTES", "KERNELS", "MODELS", "cdist_cupy", "cdist_op", "snap_tau"]
+__all__ = ["DOMAINS", "GEMM_CHUNK_BYTES", "KERNELS", "MODELS", "cdist_cupy", "cdist_op", "snap_tau"]
 
 MODELS = {"poincare": 0, "lorentz": 1}
+DOMAINS = {MODELS["poincare"]: BALL, MODELS["lorentz"]: HYPERBOLOID}  # the points' domain of each model
 BLOCK = 256  # XS_PAIR_BLOCK in pairwise.cu
 WARPS = BLOCK // 32
 EXP_ARG_MAX = {"float64": 700.0, "float32": 80.0}  # s_max of xs_cdist_bwd (pairwise.cu), by its type E
@@ -79,23 +81,30 @@ def snap_tau(dtype, d: int) -> float:
 # ------------------------------------------------------- the maths, in torch
 def pair_scalars(a, model: int, c, scale):
     """(p0, p1) of the rows of ``a`` (``(B, R, D)``) in the compute dtype:
-    Poincare |a|^2 and scale / (1 - c|a|^2) (reduced in fp64); Lorentz a_0, None."""
+    Poincare |a|^2 and scale / (1 - c|a|^2) (reduced in fp64); Lorentz a_0, None.
+    A row that is not a point of the model (:func:`~xpu_stone.engine.checks.not_points`,
+    NaN and inf included) gets p1 = NaN (Poincare) or p0 = NaN (Lorentz)."""
     e = compute_dtype(a.dtype)
+    a64 = a.double()
+    domain = DOMAINS[model]
+    bad = not_points(domain, a64, c, domain_tol(domain, TORCH_DTYPES[a.dtype], a.shape[-1]))[..., 0]
+    nan = torch.full((), math.nan, dtype=torch.float64, device=a.device)
     if model == MODELS["lorentz"]:
-        return a[..., 0].to(e), None
-    aa = a.double().square().sum(-1)
-    return aa.to(e), (scale / (1 - c * aa).clamp_min(MIN_DENOM)).to(e)
+        return torch.where(bad, nan, a64[..., 0]).to(e), None
+    aa = a64.square().sum(-1)
+    return aa.to(e), torch.where(bad, nan, scale / (1 - c * aa).clamp_min(MIN_DENOM)).to(e)
 
 
 def _pair_w(gram, p0, p1, q0, q1, model: int, c, tau):
+    """w of every pair, snapped to 0 below the rounding noise of G (NaN stays NaN)."""
     if model == MODELS["poincare"]:
         scale = p0[..., :, None] + q0[..., None, :]
         sq = scale - 2 * gram
         w = sq * p1[..., :, None] * q1[..., None, :]
-        return torch.where(sq > tau * scale, w, torch.zeros_like(w))
+        return torch.where((sq > tau * scale) | torch.isnan(w), w, torch.zeros_like(w))
     pq = 2 * c * p0[..., :, None] * q0[..., None, :]
     w = (pq - c * gram) - 1
-    return torch.where(w > tau * pq.abs(), w, torch.zeros_like(w))
+    return torch.where((w > tau * pq.abs()) | torch.isnan(w), w, torch.zeros_like(w))
 
 
 def gemm_f32(a, b):
@@ -116,7 +125,7 @@ def _epilogue_bwd_torch(dist, grad, p0, p1, q0, q1, model, c, need_c):
     em = torch.expm1(s)
     half = 0.5 * em
     sinh_s = half * ((em + 2) / (em + 1))
-    pos = d > 0
+    pos = ~(d <= 0)  # positive or NaN (a NaN distance makes every term NaN)
     f = torch.where(pos, 1 / (sc * torch.where(pos, sinh_s, torch.ones_like(sinh_s))), torch.zeros_like(d))
     gc = None
     if model == MODELS["poincare"]:
@@ -252,6 +261,7 @@ def _cuda_call(x, y, c_val, model):
     return dtype, e, bsz, n, m, d, dev, stream, scal
 
 
+@allocates
 def cdist_cuda(x, y, c_val, model):
     """x (B, N, D), y (B, M, D) contiguous CUDA tensors -> (B, N, M)."""
     dtype, e, bsz, n, m, d, dev, stream, scal = _cuda_call(x, y, c_val, model)
@@ -281,6 +291,7 @@ def cdist_cuda(x, y, c_val, model):
     return out
 
 
+@allocates
 def cdist_bwd_cuda(grad, x, y, out, c_val, model, needs):
     dtype, e, bsz, n, m, d, dev, stream, (p0, p1, q0, q1) = _cuda_call(x, y, c_val, model)
     grad = grad.contiguous()
@@ -383,6 +394,7 @@ if torch is not None:
 
 
 # ---------------------------------------------------------------------- CuPy
+@allocates
 def cdist_cupy(x, y, c: float, model: int):
     """The forward on 2-D CuPy arrays (checked by the caller), on CuPy's current stream."""
     dtype = str(x.dtype)

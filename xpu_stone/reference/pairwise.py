@@ -1,13 +1,15 @@
 """Pairwise distances and nearest neighbours written plainly in torch: every pair
 formed by broadcasting (an ``N x M x D`` tensor), the distance from the
-difference of the points. The oracle of the tests (run it in float64) and the
-"plain" baseline of the benchmarks; ``c`` is a float or a 0-d tensor.
+difference of the points (NaN for a row that is not a point of the model). The
+oracle of the tests (run it in float64) and the "plain" baseline of the
+benchmarks; ``c`` is a float or a 0-d tensor.
 """
 
 from __future__ import annotations
 
 import torch
 
+from . import lorentz as L
 from . import poincare as P
 
 
@@ -23,7 +25,8 @@ def cdist_lorentz(x, y, c=1.0):
     c = torch.as_tensor(c, dtype=x.dtype, device=x.device)
     diff = x.unsqueeze(-2) - y.unsqueeze(-3)
     sq = diff[..., 1:].square().sum(-1) - diff[..., 0].square()
-    return torch.acosh(1 + (0.5 * c * sq).clamp_min(0)) / c.sqrt()
+    d = torch.acosh(1 + (0.5 * c * sq).clamp_min(0)) / c.sqrt()
+    return L.nan_off(d.unsqueeze(-1), c, x.unsqueeze(-2), y.unsqueeze(-3)).squeeze(-1)  # NaN for non-points
 
 
 def cdist_gemm(x, y, c=1.0, model="poincare"):

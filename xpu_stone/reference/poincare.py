@@ -1,7 +1,9 @@
-"""Poincare-ball maths written plainly in torch, after Ganea et al. (2018) and
+r"""Poincare-ball maths written plainly in torch, after Ganea et al. (2018) and
 geoopt's stereographic module, independent of the kernels' rewritten forms.
 The oracle of the tests; ``c`` is a float or a tensor broadcasting against
-``x[..., :1]``.
+``x[..., :1]``. The clamps (``EPS``) serve points of the closed ball; a row whose
+point arguments lie outside it (:math:`c\|x\|^2 > 1`) gives NaN, as the
+formulas' artanh would, not a clamped number.
 """
 
 from __future__ import annotations
@@ -58,11 +60,25 @@ def _tanh(z):
     return torch.tanh(z.clamp(-15, 15))
 
 
-def mobius_add(x, y, c=1.0):
+def nan_outside(value, c, *points):
+    """``value`` with NaN in the rows (``value[..., :1]`` broadcasting) where a point is
+    outside the closed ball (or not finite)."""
+    bad = torch.zeros((), dtype=torch.bool, device=value.device)
+    for p in points:
+        bad = bad | ~(_c(c, p) * _sq(p) <= 1)
+    return torch.where(bad, torch.full((), float("nan"), dtype=value.dtype, device=value.device), value)
+
+
+def _mobius_add(x, y, c):
+    """x + y for any vectors (the gyration and the maps use it on tangent vectors too)."""
     c = _c(c, x)
     xy = (x * y).sum(-1, keepdim=True)
     num = (1 + 2 * c * xy + c * _sq(y)) * x + (1 - c * _sq(x)) * y
     return num / (1 + 2 * c * xy + c * c * _sq(x) * _sq(y)).clamp_min(EPS)
+
+
+def mobius_add(x, y, c=1.0):
+    return nan_outside(_mobius_add(x, y, c), c, x, y)
 
 
 def mobius_sub(x, y, c=1.0):
@@ -72,7 +88,7 @@ def mobius_sub(x, y, c=1.0):
 def mobius_scalar_mul(r, x, c=1.0):
     sc = _c(c, x).sqrt()
     n = _norm(x)
-    return _tanh(_c(r, x) * _artanh(sc * n)) * x / (sc * n)
+    return nan_outside(_tanh(_c(r, x) * _artanh(sc * n)) * x / (sc * n), c, x)
 
 
 def expmap0(u, c=1.0):
@@ -84,11 +100,11 @@ def expmap0(u, c=1.0):
 def logmap0(y, c=1.0):
     sc = _c(c, y).sqrt()
     n = _norm(y)
-    return _artanh(sc * n) * y / (sc * n)
+    return nan_outside(_artanh(sc * n) * y / (sc * n), c, y)
 
 
 def lambda_x(x, c=1.0, keepdim=False):
-    lam = 2 / (1 - _c(c, x) * _sq(x)).clamp_min(EPS)
+    lam = nan_outside(2 / (1 - _c(c, x) * _sq(x)).clamp_min(EPS), c, x)
     return lam if keepdim else lam.squeeze(-1)
 
 
@@ -114,7 +130,7 @@ def dist(x, y, c=1.0, keepdim=False):
 
 def dist0(x, c=1.0, keepdim=False):
     sc = _c(c, x).sqrt()
-    d = 2 / sc * _artanh(sc * x.norm(dim=-1, keepdim=True))
+    d = nan_outside(2 / sc * _artanh(sc * x.norm(dim=-1, keepdim=True)), c, x)
     return d if keepdim else d.squeeze(-1)
 
 
@@ -125,8 +141,9 @@ def project(x, c=1.0, eps=1e-5):
 
 
 def gyration(a, b, u, c=1.0):
-    """gyr[a, b] u = (-(a + b)) + (a + (b + u)), from its definition."""
-    return mobius_add(-mobius_add(a, b, c), mobius_add(a, mobius_add(b, u, c), c), c)
+    """gyr[a, b] u = (-(a + b)) + (a + (b + u)), from its definition (``u`` any vector)."""
+    out = _mobius_add(-_mobius_add(a, b, c), _mobius_add(a, _mobius_add(b, u, c), c), c)
+    return nan_outside(out, c, a, b)
 
 
 def transp(x, y, v, c=1.0):
