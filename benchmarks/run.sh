@@ -21,6 +21,9 @@
 #   session     benchmarks.bench_session: inference-session latency and profiler overhead
 #   digits      xpu_stone.examples.digits_mlp --device cuda: the digits example on the GPU
 #   disk        xpu_stone.examples.poincare_embeddings --dim 2 --plot: 2-D Poincaré disk PNG in $OUT/disk
+#   properties  the Hypothesis property tests on CUDA with the `device` profile (10x CI's examples); counts in
+#               $OUT/hypothesis-examples.json
+#   distributed benchmarks/bench_distributed.py: sharded embeddings of a generated 10M-node tree on every GPU
 # Benchmarks write their JSON and markdown to $OUT; copy those worth keeping to benchmarks/results/
 # (logs stay out of git: see .gitignore).
 #
@@ -37,11 +40,12 @@
 #   TAIL                 lines of each log printed after the suite (default 15; tests: 40)
 set -uo pipefail
 
-SUITES=(device build tests poincare models pairwise linear optim embeddings session digits disk)
+SUITES=(device build tests poincare models pairwise linear optim embeddings session digits disk properties distributed)
 DEFAULT_SUITES=(device build tests poincare)
 declare -A SUITE_TIMEOUT=(
   [device]=600 [build]=600 [tests]=420 [poincare]=240 [models]=240 [pairwise]=180
   [linear]=180 [optim]=180 [embeddings]=300 [session]=120 [digits]=120 [disk]=180
+  [properties]=540 [distributed]=420
 )
 
 usage() { sed -n '2,/^set -uo/{/^set -uo/d;s/^# \{0,1\}//;p}' "$0"; }
@@ -141,6 +145,14 @@ suite_session() { bench_module session; }
 suite_digits() { run "$PY" -m xpu_stone.examples.digits_mlp --device cuda --no-progress; }
 suite_disk() {
   run "$PY" -m xpu_stone.examples.poincare_embeddings --dim 2 --plot --quiet --device cuda --out "$OUT/disk"
+}
+suite_properties() {
+  run env XPU_STONE_HYPOTHESIS_PROFILE=device XPU_STONE_TEST_REPORT_DIR="$OUT" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_properties_*.py -rfE
+}
+suite_distributed() {
+  local gpus
+  gpus=$(nvidia-smi -L 2> /dev/null | wc -l)
+  run "$PY" benchmarks/bench_distributed.py --nodes 10000000 --world-size "$((gpus > 0 ? gpus : 1))" --out "$OUT"
 }
 
 # ---- run

@@ -51,7 +51,9 @@ struct KleinGeodesic : xs_op_base {
     const R a = xs_sinh_c<R, S>((1 - t) * th) * xs_sqrt(B);  // both times sinh(th) sqrt(A B)
     const R b = xs_sinh_c<R, S>(t * th) * xs_sqrt(A);
     coef[0] = R(1);
-    coef[1] = b / xs_max(a + b, XS_LIM(min_denom));  // a + b > 0 for every t
+    // a + b > 0 for every t, and ~ th sqrt(A) as th -> 0 (th >= sqrt(min_sqnorm)): no clamp,
+    // which would crush lam -> t near u = v and give d/du = I, d/dv = 0 there
+    coef[1] = b / (a + b);
   }
 };
 

@@ -9,6 +9,15 @@
 // which follow from expanding the Mobius sum; den has no cancellation.
 #include "common/ops.cuh"
 
+// artanh(sqrt(c)|(-x) (+) y|) = asinh(sqrt(c D2 / (A B))), A = 1 - c|x|^2,
+// B = 1 - c|y|^2 (clamped at min_denom): 1 - c|(-x) (+) y|^2 = A B / den and
+// artanh(z) = asinh(z / sqrt(1 - z^2)), so no difference of numbers near 1 is taken.
+template <class R, class S>
+__device__ __forceinline__ R xs_artanh_w(const R& xx, const R& yy, const R& dd, const R& c) {
+  const R ab = xs_max(1 - c * xx, xs_limits<S>::min_denom) * xs_max(1 - c * yy, xs_limits<S>::min_denom);
+  return xs_asinh(xs_sqrt(c) * xs_norm_from_sq<R, S>(dd / ab));
+}
+
 // x (+) y = ((1 + 2c<x,y> + c|y|^2) x + (1 - c|x|^2) y) / (1 + 2c<x,y> + c^2|x|^2|y|^2)
 struct PoincareMobiusAdd : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 2, NDOT = 3, NOUT = 2;
@@ -25,19 +34,23 @@ struct PoincareMobiusAdd : xs_op_base {
   }
 };
 
-// x (-) y = x (+) (-y)
+// x (-) y = x (+) (-y) = (A d + c D2 x) / (A B + c D2), d = x - y, D2 = |d|^2,
+// A = 1 - c|x|^2, B = 1 - c|y|^2: expanding, 1 - 2c<x,y> + c|y|^2 = A + c D2 and
+// 1 - 2c<x,y> + c^2|x|^2|y|^2 = A B + c D2, so that x ~ y (the denominator ~ 0
+// near the boundary) keeps its digits.
 struct PoincareMobiusSub : xs_op_base {
-  static constexpr int NVEC = 2, NTERM = 2, NDOT = 3, NOUT = 2;
+  static constexpr int NVEC = 2, NTERM = 3, NDOT = 3, NOUT = 2;
   static constexpr bool SCALAR_OUT = false;
   XS_POINTS(xs_ball, 0, 1)
-  XS_TABLE(term, xs_ij, {0, -1}, {1, -1})
-  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {0, 1})
-  XS_TABLE(out, int, 0, 1)
+  XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {0, 1})  // x, y, d = x - y
+  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {2, 2})     // |x|^2, |y|^2, D2
+  XS_TABLE(out, int, 2, 0)                         // d, x
   XS_COEFFS {
-    const R xx = dot[0], yy = dot[1], xy = dot[2];
-    const R den = xs_max(1 - 2 * c * xy + c * c * xx * yy, XS_LIM(min_denom));
-    coef[0] = (1 - 2 * c * xy + c * yy) / den;
-    coef[1] = -(1 - c * xx) / den;
+    const R xx = dot[0], yy = dot[1], dd = dot[2];
+    const R a = 1 - c * xx;
+    const R den = xs_max(a * (1 - c * yy) + c * dd, XS_LIM(min_denom));
+    coef[0] = a / den;
+    coef[1] = c * dd / den;
   }
 };
 
@@ -117,13 +130,13 @@ struct PoincareLogmap : xs_op_base {
     const R bx = 1 - c * xx;
     const R den = xs_max(bx * (1 - c * yy) + c * dd, XS_LIM(min_denom));
     const R sn = sc * xs_norm_from_sq<R, S>(dd / den);  // sqrt(c)|w|
-    const R f = xs_max(bx, XS_LIM(min_denom)) * xs_artanh_c<R, S>(sn) / sn;
+    const R f = xs_max(bx, XS_LIM(min_denom)) * xs_artanh_w<R, S>(xx, yy, dd, c) / sn;
     coef[0] = f * (bx + c * dd) / den;
     coef[1] = -f * c * dd / den;
   }
 };
 
-// d(x, y) = (2 / sqrt(c)) artanh(sqrt(c) |(-x) (+) y|)
+// d(x, y) = (2 / sqrt(c)) artanh(sqrt(c) |(-x) (+) y|) = (2 / sqrt(c)) asinh(sqrt(c D2 / (A B)))
 struct PoincareDist : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 3, NDOT = 3, NOUT = 1;
   static constexpr bool SCALAR_OUT = true;
@@ -133,9 +146,7 @@ struct PoincareDist : xs_op_base {
   XS_TABLE(out, int, 0)
   XS_COEFFS {
     const R xx = dot[0], yy = dot[1], dd = dot[2];
-    const R sc = xs_sqrt(c);
-    const R den = xs_max((1 - c * xx) * (1 - c * yy) + c * dd, XS_LIM(min_denom));
-    coef[0] = 2 * xs_artanh_c<R, S>(sc * xs_norm_from_sq<R, S>(dd / den)) / sc;
+    coef[0] = 2 * xs_artanh_w<R, S>(xx, yy, dd, c) / xs_sqrt(c);
   }
 };
 
@@ -241,7 +252,7 @@ struct PoincareGeodesic : xs_op_base {
     const R bu = 1 - c * uu;
     const R den = xs_max(bu * (1 - c * vv) + c * dd, XS_LIM(min_denom));
     const R sn = sc * xs_norm_from_sq<R, S>(dd / den);  // sqrt(c)|w|, w = (-u) (+) v
-    const R th = xs_tanh_c<R, S>(t * xs_artanh_c<R, S>(sn));
+    const R th = xs_tanh_c<R, S>(t * xs_artanh_w<R, S>(uu, vv, dd, c));
     const R s = th / sn;                    // z = t (x) w = s w = p d + q v
     const R p = s * (bu + c * dd) / den, q = -s * c * dd / den;
     const R uz = p * ud + q * (ud + uu), zz = th * th / c;

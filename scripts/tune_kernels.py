@@ -9,9 +9,10 @@ configuration that takes rows of D (see ``xpu_stone.kernels.tuner.candidates``)
 is forced through the dispatcher's tuned-table hook and run through the
 library's own launch path. Each configuration is first checked: its forward
 output and its input gradients on a few thousand rows (outputs poisoned with
-NaN) against the float64 CPU transcription of the kernel's maths
-(``cpu_forward`` / ``cpu_backward`` on float64 copies of the same
-rounded inputs); a wrong or failing configuration is recorded and never chosen.
+NaN) against the independent float64 reference (``xpu_stone.reference`` with
+autograd, on float64 copies of the same rounded inputs:
+``tuner.reference_outputs``); a wrong or failing configuration is recorded and
+never chosen.
 Then forward and backward are timed with CUDA events (median of ``--reps``
 calls over input sets rotated past the L2 cache; ``benchmarks/harness.py``).
 Every measurement is appended to a cache file per device and problem, so an
@@ -40,7 +41,6 @@ import xpu_stone  # noqa: E402,F401  (registers the ops)
 from xpu_stone import config, ops  # noqa: E402
 from xpu_stone.constants import BOUNDARY_EPS  # noqa: E402
 from xpu_stone.engine.launch import TORCH_OF  # noqa: E402
-from xpu_stone.engine.rowwise_cpu import cpu_backward, cpu_forward  # noqa: E402
 from xpu_stone.engine.rowwise_cuda import launch_backward, launch_forward  # noqa: E402
 from xpu_stone.kernels import REGISTRY, dispatcher, tuned_table, tuner  # noqa: E402
 from xpu_stone.kernels.registry import DTYPES, ITEMSIZE, OpKernels  # noqa: E402
@@ -69,8 +69,9 @@ def arg_kinds(op) -> str:
 
 def op_inputs(op, rows: int, d: int, torch, gen, device, dtype):
     """Well-conditioned inputs of ``op`` (c = 1): ball points of norm in [0.05, 0.9],
-    hyperboloid points at distance in [0.05, 2.5] from the origin, tangent or free
-    vectors of norm in [0.05, 2]; computed in ``dtype``."""
+    hyperboloid points at distance in [0.05, 2.5] from the origin, tangent vectors
+    (at the first point, or at a fresh one) or free vectors of norm in [0.05, 2];
+    computed in ``dtype``."""
 
     def radius(lo, hi):
         return lo + (hi - lo) * torch.rand(rows, 1, generator=gen, device=device, dtype=dtype)
@@ -79,16 +80,19 @@ def op_inputs(op, rows: int, d: int, torch, gen, device, dtype):
         v = torch.randn(rows, n, generator=gen, device=device, dtype=dtype)
         return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-30)
 
+    def hyperboloid_point():
+        r = radius(0.05, 2.5)
+        return torch.cat((torch.cosh(r), torch.sinh(r) * direction(d - 1)), -1)
+
     hyperboloid = op.family in ("lorentz", "convert")
     out = []
     for k in arg_kinds(op):
         if k == "p" and hyperboloid:
-            r = radius(0.05, 2.5)
-            a = torch.cat((torch.cosh(r), torch.sinh(r) * direction(d - 1)), -1)
+            a = hyperboloid_point()
         elif k in ("p", "b"):
             a = direction(d) * radius(0.05, 0.9)
-        elif k == "v" and op.family == "lorentz" and out:
-            x = out[0]  # the tangent space of the first point: w + <x, w>_L x
+        elif k == "v" and op.family == "lorentz":
+            x = out[0] if out else hyperboloid_point()  # the tangent space at x: w + <x, w>_L x
             w = direction(d) * radius(0.05, 2.0)
             inner = (x[:, 1:] * w[:, 1:]).sum(-1, keepdim=True) - x[:, :1] * w[:, :1]
             a = w + inner * x
@@ -130,12 +134,9 @@ class CellBench:
         gen = torch.Generator().manual_seed(zlib.crc32(cell.key.encode()))
         rows = 3 + max(64, CHECK_ELEMS // d)  # odd: partial blocks
         vecs = [v.to(tdt) for v in op_inputs(op, rows, d, torch, gen, "cpu", torch.float64)]
-        exact = [v.double() for v in vecs]
-        self.ref_out = cpu_forward(op, exact, None, C_VAL, None, T_VAL, self.eps)
-        grad = torch.randn(self.ref_out.shape, generator=gen, dtype=torch.float64).to(tdt)
-        self.ref_grads = cpu_backward(
-            op, grad.double(), exact, None, C_VAL, None, T_VAL, self.eps, self.needs
-        )[:nv]
+        shape = (rows,) if op.scalar_out else (rows, op.out_width(d))
+        grad = torch.randn(shape, generator=gen, dtype=torch.float64).to(tdt)
+        self.ref_out, self.ref_grads = tuner.reference_outputs(op, vecs, grad, C_VAL, T_VAL, self.eps)
         self.check = (grad.cuda(dev), *(v.cuda(dev) for v in vecs))
         self.check_rows = rows
         # timing: one forward moves about target_bytes

@@ -4,9 +4,19 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-# The dispatcher's choices under test are the heuristic's: shipped tuned tables
-# stay out unless a test installs one (tests/test_tuning*.py do).
-os.environ.setdefault("XPU_STONE_TUNED_TABLE", "none")
+# Which launch configurations the suite runs, from XPU_STONE_TEST_TABLES:
+#   heuristic (default): the dispatcher's heuristic; shipped tuned tables stay out
+#             unless a test installs one (tests/test_tuning*.py do);
+#   shipped:  the tuned tables shipped for this GPU (xpu_stone/kernels/tables/),
+#             as every H100/H200 user gets them; run the GPU suite once each way.
+TABLES_ENV = "XPU_STONE_TEST_TABLES"
+TABLES = os.environ.get(TABLES_ENV, "heuristic")
+if TABLES not in ("heuristic", "shipped"):
+    raise pytest.UsageError(f"{TABLES_ENV}={TABLES!r}: expected 'heuristic' or 'shipped'")
+if TABLES == "heuristic":
+    os.environ.setdefault("XPU_STONE_TUNED_TABLE", "none")
+elif os.environ.get("XPU_STONE_TUNED_TABLE", "").lower() in ("none", "off"):
+    raise pytest.UsageError(f"{TABLES_ENV}=shipped, but XPU_STONE_TUNED_TABLE switches the tables off")
 
 
 def _has_gpu() -> bool:
@@ -19,6 +29,10 @@ def _has_gpu() -> bool:
 
 
 HAS_GPU = _has_gpu()
+
+
+def pytest_report_header(config):
+    return f"launch configurations: {TABLES} ({TABLES_ENV}); XPU_STONE_TUNED_TABLE={os.environ.get('XPU_STONE_TUNED_TABLE')}"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 import xpu_stone.convert
+import xpu_stone.klein
 import xpu_stone.lorentz
 import xpu_stone.poincare
 from xpu_stone.constants import BOUNDARY_EPS
@@ -102,13 +103,37 @@ OPS = tuple(n for n in xpu_stone.poincare.__all__ if n not in PAIRWISE)
 SCALAR_ARG = {"mobius_scalar_mul": 0, "geodesic": 2}  # position of the per-row scalar
 
 
-def _row_args(name, args, i, rows):
+FP16_MAX = 65504.0
+
+
+def saturate_fp16(out, ref):
+    """The overflow rule of the fp16 comparisons: an exact value beyond fp16's range
+    rounds to +-inf, and the kernels store it saturated at +-65504. The reference is
+    clamped to +-65504, and where it overflows the output may be either (its inf
+    counts as 65504). Returns (out, ref); other dtypes unchanged."""
+    if out.dtype != torch.float16:
+        return out, ref
+    ref = ref.clamp(-FP16_MAX, FP16_MAX)
+    over = ref.abs() >= FP16_MAX
+    return torch.where(over, out.double().clamp(-FP16_MAX, FP16_MAX), out.double()).to(out.dtype), ref
+
+
+def _oracle(oracle):
+    """(evaluate, per-row scalar positions) of an mpmath oracle module; the Poincare one by default."""
+    if oracle is None:
+        import mp_reference
+
+        return mp_reference.evaluate, SCALAR_ARG
+    return oracle.evaluate, oracle.SCALAR_ARG
+
+
+def _row_args(name, args, i, rows, scalar_arg=SCALAR_ARG):
     """Row i of each argument: vectors as lists of floats, per-row scalars as floats."""
     out = []
     for k, a in enumerate(args):
         if not isinstance(a, torch.Tensor):
             out.append(a)
-        elif SCALAR_ARG.get(name) == k:
+        elif scalar_arg.get(name) == k:
             flat = a.detach().double().reshape(-1)
             out.append(float(flat[i] if flat.numel() > 1 else flat[0]))
         else:
@@ -116,15 +141,19 @@ def _row_args(name, args, i, rows):
     return out
 
 
-def settled_error(name, out, ref, args, c, eps=None, tol=1e-5, max_rows=None):
+def settled_error(name, out, ref, args, c, eps=None, tol=1e-5, max_rows=None, oracle=None, floor=None):
     """Normwise relative error of ``out`` against the float64 reference ``ref``,
     after re-evaluating with mpmath (60 digits) the rows that account for any
-    excess over ``tol`` (at most ``max_rows``). Returns (error, rows settled)."""
-    from mp_reference import evaluate
-
+    excess over ``tol`` (at most ``max_rows``). ``oracle``: the module with
+    ``evaluate`` and ``SCALAR_ARG`` (default ``mp_reference``, the Poincare ops).
+    fp16 values settled beyond its range are clamped to +-65504 (saturate_fp16).
+    ``floor``: of the norm in rel_err (default: fp16's smallest normal for fp16,
+    else 0). Returns (error, rows settled)."""
+    evaluate, scalar_arg = _oracle(oracle)
     # fp16 cannot hold values below its smallest normal (6.1e-5) to any relative
     # accuracy: a row of norm 1e-7 over 4097 elements underflows element by element.
-    floor = torch.finfo(torch.float16).tiny if out.dtype == torch.float16 else 0.0
+    if floor is None:
+        floor = torch.finfo(torch.float16).tiny if out.dtype == torch.float16 else 0.0
     err = rel_err(out, ref, floor)
     if not err > tol or out.numel() == 0:
         return err, 0
@@ -140,17 +169,18 @@ def settled_error(name, out, ref, args, c, eps=None, tol=1e-5, max_rows=None):
         if row_err[i] <= 0.1 * tol * r.norm():
             break
         ci = float(c_rows[i] if c_rows.numel() > 1 else c_rows[0]) if c_rows is not None else c
-        row = _row_args(name, args, i, rows)
+        row = _row_args(name, args, i, rows, scalar_arg)
         exact = evaluate(name, row, ci, eps)
         exact = exact if isinstance(exact, list) else [exact]
         r[i] = torch.tensor([float(v) for v in exact], dtype=torch.float64)
+        if out.dtype == torch.float16:
+            r[i] = r[i].clamp(-FP16_MAX, FP16_MAX)
     return rel_err(o, r, floor), len(order)
 
 
-def _objective(name, row, dirs, ci, dc, gi, eps, s):
+def _objective(evaluate, name, row, dirs, ci, dc, gi, eps, s):
     """<g, f(row + s * dirs)> at 60 digits (c moved by s * dc)."""
     import mpmath as mp
-    from mp_reference import evaluate
 
     moved = [
         [mp.mpf(v) + s * float(dd[k]) for k, v in enumerate(r)]
@@ -163,15 +193,17 @@ def _objective(name, row, dirs, ci, dc, gi, eps, s):
     return mp.fsum(p * q for p, q in zip(out, gi))
 
 
-def settled_grad_errors(name, grads, ref_grads, args, c, g, eps=None, tol=1e-4, max_rows=None):
+def settled_grad_errors(name, grads, ref_grads, args, c, g, eps=None, tol=1e-4, max_rows=None, oracle=None):
     """Normwise relative errors of the gradients (inputs, then per-row c) against
     the float64 autograd reference, floored at the output gradient's scale.
     Rows that account for an excess are settled with mpmath: the row's
     directional derivative of <g, f> along two random directions (60 digits,
     central differences with h = 1e-25) must match the kernel's gradients; a
-    row that matches takes the kernel's values as its reference."""
+    row that matches takes the kernel's values as its reference. ``oracle`` as
+    in settled_error."""
     import mpmath as mp
 
+    evaluate, scalar_arg = _oracle(oracle)
     floor = g.double().norm().item() / math.sqrt(max(g.numel(), 1))
     errs = [rel_err(a, b, floor) for a, b in zip(grads, ref_grads)]
     if all(e <= tol for e in errs):
@@ -187,7 +219,7 @@ def settled_grad_errors(name, grads, ref_grads, args, c, g, eps=None, tol=1e-4, 
     c_rows = c.detach().double().reshape(-1).cpu() if isinstance(c, torch.Tensor) else None
     args = [a.detach().double().cpu() if isinstance(a, torch.Tensor) else a for a in args]
     for i in torch.argsort(excess, descending=True)[:max_rows].tolist():
-        row = _row_args(name, args, i, rows)
+        row = _row_args(name, args, i, rows, scalar_arg)
         ci = float(c_rows[i]) if c_rows is not None else c
         gi = [mp.mpf(float(v)) for v in g.double().reshape(rows, -1)[i]]
         ok = True
@@ -200,8 +232,8 @@ def settled_grad_errors(name, grads, ref_grads, args, c, g, eps=None, tol=1e-4, 
 
             exact = float(
                 (
-                    _objective(name, row, dirs, ci, dc, gi, eps, h)
-                    - _objective(name, row, dirs, ci, dc, gi, eps, -h)
+                    _objective(evaluate, name, row, dirs, ci, dc, gi, eps, h)
+                    - _objective(evaluate, name, row, dirs, ci, dc, gi, eps, -h)
                 )
                 / (2 * h)
             )
@@ -321,6 +353,22 @@ MODEL_OPS = tuple(
     )
     for name in names
 )
+
+
+MODEL_MODULES = {"lorentz": xpu_stone.lorentz, "klein": xpu_stone.klein, "convert": xpu_stone.convert}
+
+
+def model_eps(family, name, dtype):
+    """The boundary eps of Klein's project for ``dtype`` (0 for every other op)."""
+    return BOUNDARY_EPS[DTYPE_NAME[dtype]] if (family, name) == ("klein", "project") else 0.0
+
+
+def model_call(family, name, args, c, dtype):
+    """Op ``family.name`` of xpu_stone on ``args`` (Klein's project with its dtype's eps)."""
+    fn = getattr(MODEL_MODULES[family], name)
+    if (family, name) == ("klein", "project"):
+        return fn(*args, c=c, eps=model_eps(family, name, dtype))
+    return fn(*args, c=c)
 
 
 def load_script(name: str):

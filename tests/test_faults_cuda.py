@@ -205,3 +205,19 @@ def test_failed_capture_puts_everything_back():
         g = capture(good, x)
         x2 = _ball(1024, 32, seed=13)
         assert torch.equal(g(x2), good(x2))
+
+
+def test_typed_error_for_a_failed_launch():
+    """A launch the driver refuses (a block of 4096 threads, above the 1024 limit)
+    raises CudaError with the CUDA error name; the device keeps working."""
+    from xpu_stone.engine.launch import torch_stream
+    from xpu_stone.kernels.launch import get_function, launch_kernel
+    from xpu_stone.ops.optim import KERNELS
+
+    fn = get_function(KERNELS.source, KERNELS.name("float32", 0), 0, KERNELS.defines("float32"))
+    with pytest.raises(CudaError) as info:
+        launch_kernel(fn, 1, 4096, (), torch_stream(0), 0)
+    assert not isinstance(info.value, OutOfMemoryError)
+    assert info.value.name == "CUDA_ERROR_INVALID_VALUE", info.value.name
+    x = _ball(8, 3)
+    torch.testing.assert_close(P.dist(x, x), torch.zeros(8, device="cuda"), atol=1e-5, rtol=0)

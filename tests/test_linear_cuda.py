@@ -1,7 +1,8 @@
 """GPU tests of xpu_stone.linear and the xpu_stone.nn layers (skipped without a
 CUDA GPU): the epilogue kernels against the float64 reference and the CPU path,
-every output written (NaN-poisoned first), odd shapes, backward, dL/dc,
-torch.compile (inductor), and the layers on CUDA."""
+every output written (NaN-poisoned first), odd shapes, backward and dL/dc in
+every dtype (fp16 included), the layers in fp16/bf16, torch.compile (inductor),
+and the layers on CUDA."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import math
 
 import pytest
 import torch
-from helpers import ball_points, rel_err
+from helpers import ball_points, rel_err, saturate_fp16
 
 from xpu_stone import linear as L
 from xpu_stone import nn as hnn
@@ -88,8 +89,10 @@ def test_boundary_rows_and_zero_rows():
         assert all(g is None or torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_backward_matches_reference(dtype):
+    """Gradients of every input and of c against autograd of the float64 reference
+    (fp16: the reference saturated at +-65504 like the kernels' stores)."""
     for rows, din, dout in ((5, 4, 3), (1000, 64, 48), (4096, 512, 512), (33, 1, 7)):
         x, M, z, r = (t.requires_grad_() for t in _inputs(rows, din, dout, 2.0, dtype, rows))
         g = torch.randn(rows, dout, device="cuda", dtype=torch.float64)
@@ -102,8 +105,41 @@ def test_backward_matches_reference(dtype):
             cc = [c.detach().clone().requires_grad_()] if extra else []
             want = torch.autograd.grad(ref(*up, *cc), (*up, *cc), g)
             for a, b in zip(got, want):
+                a, b = saturate_fp16(a, b)
                 assert torch.isfinite(a).all()
                 assert rel_err(a, b, floor=1e-3) < GTOL[dtype], (name, rows, din, dout)
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
+def test_layers_in_16_bits_match_reference(dtype):
+    """xpu_stone.nn's HypLinear, PoincareLinear and HypMLR converted to fp16/bf16 on
+    CUDA: outputs and the gradients of the input and of every parameter against
+    autograd of the float64 reference layers (xpu_stone.reference.linear) with the
+    same (rounded) parameters."""
+    torch.manual_seed(4)
+    c = 0.5
+    x, *_ = _inputs(512, 48, 32, c, dtype, 9)
+    layers = (
+        (hnn.HypLinear(48, 32, c=c), lambda a, w, b: RL.hyp_linear(a, w, b, c)),
+        (hnn.PoincareLinear(48, 32, c=c), lambda a, w, b: RL.poincare_fc(a, w, b, c)),
+        (hnn.HypMLR(48, 10, c=c), lambda a, w, b: RL.mlr_hnnpp(a, w, b, c)),
+    )
+    for layer, ref in layers:
+        with torch.no_grad():
+            layer.bias.copy_(torch.randn(layer.bias.shape) * 0.05)  # inside the ball, off zero
+        layer = layer.to(device="cuda", dtype=dtype)
+        xi = x.detach().requires_grad_()
+        out = layer(xi)
+        g = torch.randn(out.shape, device="cuda", dtype=torch.float64)
+        got = torch.autograd.grad(out, (xi, layer.weight, layer.bias), g.to(dtype))
+        up = [a.detach().double().requires_grad_() for a in (xi, layer.weight, layer.bias)]
+        want_out = ref(*up)
+        want = torch.autograd.grad(want_out, up, g)
+        assert rel_err(out, want_out) < TOL[dtype], type(layer).__name__
+        for a, b in zip(got, want):
+            a, b = saturate_fp16(a, b)
+            assert torch.isfinite(a).all(), type(layer).__name__
+            assert rel_err(a, b, floor=1e-3) < GTOL[dtype], type(layer).__name__
 
 
 def test_backward_kernels_equal_cpu_path():

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import warnings
+import zlib
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,14 @@ import torch
 from helpers import load_script
 
 import xpu_stone  # noqa: F401  (registers the ops)
+from xpu_stone import ops
+from xpu_stone.constants import BOUNDARY_EPS
+from xpu_stone.engine.launch import TORCH_OF
+from xpu_stone.engine.rowwise_cpu import cpu_backward, cpu_forward
 from xpu_stone.errors import InvalidArgumentError
 from xpu_stone.kernels import auto_table, dispatcher, explain, tuned_table, tuner
-from xpu_stone.kernels.registry import LaunchConfig
+from xpu_stone.kernels.registry import DTYPES, LaunchConfig
+from xpu_stone.reference import lorentz as RL
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU = {"gpu_name": "NVIDIA Test GPU", "compute_capability": "9.0", "driver": 13000}
@@ -361,6 +367,70 @@ def test_tuner_check_rejects_a_missing_element():
     assert tuner.elementwise_error(bad, ref, "bfloat16", torch) > tuner.FWD_TOL["bfloat16"]
     bad[3, 17] = float("nan")
     assert tuner.elementwise_error(bad, ref, "bfloat16", torch) == float("inf")
+
+
+@pytest.fixture(scope="module")
+def script():
+    return load_script("tune_kernels")
+
+
+def _check_data(script, op, dtype, d, rows):
+    """The tuner's check inputs of one cell, seeded as CellBench seeds them, and an
+    output gradient of the dtype."""
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{op.qualname}|{dtype}|{d}".encode()))
+    vecs = [v.to(TORCH_OF[dtype]) for v in script.op_inputs(op, rows, d, torch, gen, "cpu", torch.float64)]
+    shape = (rows,) if op.scalar_out else (rows, op.out_width(d))
+    return vecs, torch.randn(shape, generator=gen, dtype=torch.float64).to(TORCH_OF[dtype])
+
+
+def _errors(script, op, dtype, vecs, grad, want_out, want_grads):
+    """The tuner's check errors of the CPU path of ``op`` (the kernels' maths, the
+    stand-in for a correct configuration) against the expected results."""
+    eps = BOUNDARY_EPS[dtype] if op.uses_eps else 0.0
+    out = cpu_forward(op, vecs, None, script.C_VAL, None, script.T_VAL, eps)
+    needs = [True] * len(vecs) + [False, False]
+    grads = cpu_backward(op, grad, vecs, None, script.C_VAL, None, script.T_VAL, eps, needs)[: len(vecs)]
+    fwd = script.elementwise_error(out, want_out, dtype, torch)
+    bwd = max(script.elementwise_error(g, w, dtype, torch) for g, w in zip(grads, want_grads))
+    return fwd, bwd, out, grads
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ops.row_ops(), ids=lambda op: op.qualname)
+def test_tuner_check_accepts_the_ops_and_rejects_a_wrong_element(script, op, dtype):
+    """The tuner's expected results (tuner.reference_outputs: xpu_stone.reference in
+    float64 with autograd) pass the ops' own maths within the check's tolerances on
+    the check data, and one wrong output element or gradient element fails."""
+    vecs, grad = _check_data(script, op, dtype, 16, 3 + 256)
+    eps = BOUNDARY_EPS[dtype] if op.uses_eps else 0.0
+    want_out, want_grads = tuner.reference_outputs(op, vecs, grad, script.C_VAL, script.T_VAL, eps)
+    fwd, bwd, out, grads = _errors(script, op, dtype, vecs, grad, want_out, want_grads)
+    assert fwd <= script.FWD_TOL[dtype] and bwd <= script.BWD_TOL[dtype], (fwd, bwd)
+    for bad, want in ((out, want_out), (grads[-1], want_grads[-1])):
+        bad = bad.double().reshape(want.shape[0], -1).clone()
+        ref = want.reshape(want.shape[0], -1)
+        bad[7, -1] += 0.5 * (ref[7, -1].abs() + ref[7].pow(2).mean().sqrt() + 1e-3)
+        assert script.elementwise_error(bad.reshape(want.shape), want, dtype, torch) > script.BWD_TOL[dtype]
+
+
+def test_tuner_check_of_the_fp16_lorentz_expmap_cell_compares_overflow_as_saturated(script):
+    """The cell lorentz_expmap / float16 / D = 16 failed the check in every
+    configuration (README: backward error 0.30 against 0.03): on its check data
+    five exact gradient elements exceed fp16's largest value 65504 (up to 1.1e5),
+    which the kernels store saturated. Compared with the reference clamped to
+    +-65504 (the correctly rounded overflow, saturated), the ops' maths passes;
+    against the unclamped values it fails by the overflow alone."""
+    op = next(o for o in ops.row_ops() if o.qualname == "lorentz_expmap")
+    vecs, grad = _check_data(script, op, "float16", 16, 3 + max(64, script.CHECK_ELEMS // 16))
+    want_out, want_grads = tuner.reference_outputs(op, vecs, grad, script.C_VAL, script.T_VAL, 0.0)
+    fwd, bwd, _, grads = _errors(script, op, "float16", vecs, grad, want_out, want_grads)
+    assert fwd <= script.FWD_TOL["float16"] and bwd <= script.BWD_TOL["float16"], (fwd, bwd)
+    exact = [v.double().requires_grad_() for v in vecs]
+    raw = torch.autograd.grad(RL.expmap(*exact, c=script.C_VAL), exact, grad.double())
+    assert 65504 < max(float(g.abs().max()) for g in raw) < 2e5
+    representable = [torch.where(r.abs() > 65504, r, g.double()) for g, r in zip(grads, raw)]
+    assert max(script.elementwise_error(g, r, "float16", torch) for g, r in zip(representable, raw)) < 1e-3
+    assert max(script.elementwise_error(g, r, "float16", torch) for g, r in zip(grads, raw)) > 0.2
 
 
 def _bench_json(path, name, rows, copy=3000.0):

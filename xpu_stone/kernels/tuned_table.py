@@ -51,7 +51,7 @@ from .._deps import cupy
 from .._version import __version__
 from ..errors import InvalidArgumentError
 from .compiler import write_atomic
-from .registry import REGISTRY, LaunchConfig, OpKernels
+from .registry import DTYPES, REGISTRY, LaunchConfig, OpKernels
 
 __all__ = [
     "FORMAT",
@@ -281,7 +281,9 @@ class TableFile:
             if not isinstance(kernels, OpKernels):
                 continue  # reported above
             variant = next((v for v in kernels.variants if v.name == e.variant), None)
-            if variant is None:
+            if dtype not in DTYPES:
+                out.append(f"entry {op}/{dtype}/D={bucket}: unknown dtype")
+            elif variant is None:
                 out.append(f"entry {op}/{dtype}/D={bucket}: unknown variant {e.variant!r}")
             elif e.config not in variant.configs(dtype):
                 out.append(f"entry {op}/{dtype}/D={bucket}: {e.variant} has no configuration {e.config}")

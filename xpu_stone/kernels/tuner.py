@@ -1,8 +1,12 @@
 """The tuner's bookkeeping: the cells of a run, the configurations worth timing,
-the resumable record of measurements, and the tuned table made from them.
+the resumable record of measurements, the expected results a configuration is
+checked against, and the tuned table made from them.
 
 ``scripts/tune_kernels.py`` drives it on a GPU; the table format it writes is
-:mod:`xpu_stone.kernels.tuned_table`.
+:mod:`xpu_stone.kernels.tuned_table`. The check's expected results come from the
+independent float64 references of :mod:`xpu_stone.reference` (with autograd for
+the gradients), never from the kernels' own maths or its CPU transcription, so a
+formula wrong in the kernels cannot pass its own check.
 """
 
 from __future__ import annotations
@@ -16,7 +20,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._deps import torch
 from ..errors import InvalidArgumentError
+from ..reference import convert as _ref_convert
+from ..reference import klein as _ref_klein
+from ..reference import lorentz as _ref_lorentz
+from ..reference import poincare as _ref_poincare
 from .dispatcher import heuristic
 from .registry import REGISTRY, VEC_WIDTH, LaunchConfig, OpKernels
 from .tuned_table import Entry, TableFile, config_list, library_version, slug
@@ -29,6 +38,7 @@ __all__ = [
     "plan",
     "estimate_seconds",
     "record_key",
+    "reference_outputs",
     "TuneCache",
     "cache_path",
     "default_cache_dir",
@@ -118,6 +128,38 @@ def estimate_seconds(
     n = sum(len(c.candidates) for c in cells)
     kernel_s = n * calls_per_config * 3 * bytes_per_call / (gbps * 1e9)
     return kernel_s + 0.025 * n + 0.15 * len(cells)
+
+
+REFERENCES = {
+    "poincare": _ref_poincare,
+    "lorentz": _ref_lorentz,
+    "klein": _ref_klein,
+    "convert": _ref_convert,
+}
+FP16_MAX = 65504.0
+
+
+def reference_outputs(op, vecs, grad, c: float, t: float, eps: float):
+    """What a configuration of row op ``op`` must produce on the check data: the
+    forward output and the gradients of the vector inputs ``vecs`` (rounded to the
+    dtype under test) for the output gradient ``grad``, from the op's function in
+    :mod:`xpu_stone.reference` (``family.name``, arguments in the order of its
+    ``ARG_KINDS``, ``s`` being the per-row scalar ``t``) evaluated in float64 on
+    float64 copies of the same inputs, gradients by autograd. For fp16 the results
+    are clamped to +-65504: an exact value beyond fp16's range rounds to inf and
+    the kernels store it saturated, so that is the right answer to compare with."""
+    fn = getattr(REFERENCES[op.family], op.name)
+    exact = [v.detach().double().requires_grad_() for v in vecs]
+    pending = iter(exact)
+    args = [t if k == "s" else next(pending) for k in REFERENCES[op.family].ARG_KINDS[op.name]]
+    with torch.enable_grad():
+        out = fn(*args, c=c, eps=eps) if op.uses_eps else fn(*args, c=c)
+        grads = torch.autograd.grad(out, exact, grad.double(), allow_unused=True)
+    grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, exact)]
+    out = out.detach()
+    if vecs[0].dtype == torch.float16:
+        out, grads = out.clamp(-FP16_MAX, FP16_MAX), [g.clamp(-FP16_MAX, FP16_MAX) for g in grads]
+    return out, grads
 
 
 def record_key(cell_key: str, variant: str, cfg: LaunchConfig) -> str:

@@ -33,7 +33,7 @@ def _geodesic(dot, c, t, eps):
     th = torch.asinh(norm_from_sq(sh2))
     a = sinh_c((1 - t) * th) * torch.sqrt(b_)
     b = sinh_c(t * th) * torch.sqrt(a_)
-    return [torch.ones_like(b), b / clamp_min(a + b, MIN_DENOM)]
+    return [torch.ones_like(b), b / (a + b)]  # > 0, ~ th sqrt(A) as th -> 0: no clamp (see klein.cu)
 
 
 def _lorentz_factor(dot, c, t, eps):

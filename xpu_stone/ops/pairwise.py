@@ -73,9 +73,20 @@ def unit_roundoff(dtype) -> float:
     return 2.0**-53 if str(dtype).endswith("float64") else 2.0**-24
 
 
-def snap_tau(dtype, d: int) -> float:
-    """The snapping threshold tau = 4 u sqrt(D) (see :mod:`xpu_stone.pairwise`)."""
-    return 4.0 * unit_roundoff(dtype) * math.sqrt(d)
+_STORAGE_U = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+
+
+def snap_tau(dtype, d: int, model: int = MODELS["poincare"]) -> float:
+    """The snapping threshold tau = 4 u sqrt(D) (see :mod:`xpu_stone.pairwise`), u that
+    of the GEMM for the storage ``dtype`` (a torch dtype or a name). Lorentz adds 2 u_s + u_s^2,
+    u_s the unit roundoff of the storage dtype: a stored point is on the hyperboloid only
+    to that rounding, |-c<x,x>_L - 1| <= (2 u_s + u_s^2) c (x_0^2 + |x_s|^2) < (2 u_s + u_s^2) 2c x_0^2,
+    so w(x, x) reaches that and must snap to 0."""
+    tau = 4.0 * unit_roundoff(dtype) * math.sqrt(d)
+    if model == MODELS["lorentz"]:
+        us = _STORAGE_U[str(dtype).removeprefix("torch.")]
+        tau += 2.0 * us + us * us
+    return tau
 
 
 # ------------------------------------------------------- the maths, in torch
@@ -172,10 +183,11 @@ def _assemble_grads(a, rows, cols, x, y, model, needs):
 
 def cdist_cpu(x, y, c_val, model):
     """The forward in torch: x (B, N, D), y (B, M, D) -> (B, N, M)."""
-    e = compute_dtype(x.dtype)
     p0, p1 = pair_scalars(x, model, c_val, 1.0)
     q0, q1 = pair_scalars(y, model, c_val, 2 * c_val)
-    w = _pair_w(gemm_f32(x, y.transpose(1, 2)), p0, p1, q0, q1, model, c_val, snap_tau(e, x.shape[-1]))
+    w = _pair_w(
+        gemm_f32(x, y.transpose(1, 2)), p0, p1, q0, q1, model, c_val, snap_tau(x.dtype, x.shape[-1], model)
+    )
     return (torch.log1p(w + torch.sqrt(w * (w + 2))) / math.sqrt(c_val)).to(x.dtype)
 
 
@@ -270,7 +282,7 @@ def cdist_cuda(x, y, c_val, model):
     poison(out)
     if bsz * n == 0 or m == 0:
         return out
-    tau = snap_tau(e, d)
+    tau = snap_tau(x.dtype, d, model)
     l2 = device_props(dev)[1]
     xe, ye = (x, y) if in_place else (x.to(e), y.to(e))
     yt = ye.transpose(1, 2)
@@ -411,5 +423,5 @@ def cdist_cupy(x, y, c: float, model: int):
         out = gram if dtype == e else cupy.empty((n, m), dtype=dtype)
         if out is not gram:
             poison(out)
-        _launch_fwd(gram, out, scal, n, n, m, model, dtype, c, snap_tau(e, d), stream, dev)
+        _launch_fwd(gram, out, scal, n, n, m, model, dtype, c, snap_tau(dtype, d, model), stream, dev)
     return out

@@ -41,9 +41,21 @@ def _mobius_add(dot, c, t, eps):
 
 
 def _mobius_sub(dot, c, t, eps):
-    xx, yy, xy = dot
-    den = clamp_min(1 - 2 * c * xy + c * c * xx * yy, MIN_DENOM)
-    return [(1 - 2 * c * xy + c * yy) / den, -(1 - c * xx) / den]
+    """x (-) y = (A d + c|d|^2 x) / (A B + c|d|^2), d = x - y, A = 1 - c|x|^2,
+    B = 1 - c|y|^2: the expanded form (1 - 2c<x,y> + c|y|^2) = A + c|d|^2 and
+    1 - 2c<x,y> + c^2|x|^2|y|^2 = A B + c|d|^2 keeps its digits at x ~ y."""
+    xx, yy, dd = dot
+    a = 1 - c * xx
+    den = clamp_min(a * (1 - c * yy) + c * dd, MIN_DENOM)
+    return [a / den, c * dd / den]
+
+
+def _artanh_w(xx, yy, dd, c):
+    """artanh(sqrt(c)|(-x) (+) y|) = asinh(sqrt(c|d|^2 / (A B))), d = y - x: with
+    1 - c|(-x) (+) y|^2 = A B / den, artanh(z) = asinh(z / sqrt(1 - z^2)) needs no
+    difference of numbers near 1 (A, B clamped at MIN_DENOM)."""
+    ab = clamp_min(1 - c * xx, MIN_DENOM) * clamp_min(1 - c * yy, MIN_DENOM)
+    return torch.asinh(torch.sqrt(c) * norm_from_sq(dd / ab))
 
 
 def _scalar_mul(dot, c, t, eps):
@@ -78,15 +90,14 @@ def _logmap(dot, c, t, eps):
     bx = 1 - c * xx
     den = clamp_min(bx * (1 - c * yy) + c * dd, MIN_DENOM)
     sn = sc * norm_from_sq(dd / den)
-    f = clamp_min(bx, MIN_DENOM) * artanh_c(sn) / sn
+    f = clamp_min(bx, MIN_DENOM) * _artanh_w(xx, yy, dd, c) / sn
     return [f * (bx + c * dd) / den, -f * c * dd / den]
 
 
 def _dist(dot, c, t, eps):
+    """d(x, y) = (2 / sqrt(c)) asinh(sqrt(c|y - x|^2 / (A B)))."""
     xx, yy, dd = dot
-    sc = torch.sqrt(c)
-    den = clamp_min((1 - c * xx) * (1 - c * yy) + c * dd, MIN_DENOM)
-    return [2 * artanh_c(sc * norm_from_sq(dd / den)) / sc]
+    return [2 * _artanh_w(xx, yy, dd, c) / torch.sqrt(c)]
 
 
 def _dist0(dot, c, t, eps):
@@ -131,7 +142,7 @@ def _geodesic(dot, c, t, eps):
     bu = 1 - c * uu
     den = clamp_min(bu * (1 - c * vv) + c * dd, MIN_DENOM)
     sn = sc * norm_from_sq(dd / den)
-    th = tanh_c(t * artanh_c(sn))
+    th = tanh_c(t * _artanh_w(uu, vv, dd, c))
     s = th / sn
     p, q = s * (bu + c * dd) / den, -s * c * dd / den
     uz, zz = p * ud + q * (ud + uu), th * th / c
@@ -145,6 +156,7 @@ def _op(name, struct, vectors, terms, dots, out, coeffs, **kw):
 
 _XY = ((X, ALONE), (Y, ALONE))
 _XYD = ((X, ALONE), (Y, ALONE), (Y, X))  # x, y, d = y - x
+_XYS = ((X, ALONE), (Y, ALONE), (X, Y))  # x, y, d = x - y
 _ONE = ((X, ALONE),)
 _SQ = ((0, 0),)
 
@@ -152,7 +164,7 @@ MOBIUS_ADD = _op(
     "mobius_add", "PoincareMobiusAdd", ("x", "y"), _XY, ((0, 0), (1, 1), (0, 1)), (0, 1), _mobius_add
 )
 MOBIUS_SUB = _op(
-    "mobius_sub", "PoincareMobiusSub", ("x", "y"), _XY, ((0, 0), (1, 1), (0, 1)), (0, 1), _mobius_sub
+    "mobius_sub", "PoincareMobiusSub", ("x", "y"), _XYS, ((0, 0), (1, 1), (2, 2)), (2, 0), _mobius_sub
 )
 MOBIUS_SCALAR_MUL = _op(
     "mobius_scalar_mul", "PoincareMobiusScalarMul", ("x",), _ONE, _SQ, (0,), _scalar_mul, param="r"
