@@ -18,40 +18,39 @@ __device__ __forceinline__ R xs_artanh_w(const R& xx, const R& yy, const R& dd, 
   return xs_asinh(xs_sqrt(c) * xs_norm_from_sq<R, S>(dd / ab));
 }
 
+// x (+) (+-y) = (A w + c W2 x) / (A B + c W2), w = x +- y, W2 = |w|^2,
+// A = 1 - c|x|^2, B = 1 - c|y|^2: expanding, 1 +- 2c<x,y> + c|y|^2 = A + c W2 and
+// 1 +- 2c<x,y> + c^2|x|^2|y|^2 = A B + c W2, so that x ~ -+y (the denominator
+// ~ 0 near the boundary) keeps its digits. dot: |x|^2, |y|^2, W2; out: w, x.
+template <class R, class S>
+__device__ __forceinline__ void xs_mobius_sum_coeffs(const R (&dot)[3], const R& c, R (&coef)[2]) {
+  const R a = 1 - c * dot[0];
+  const R den = xs_max(a * (1 - c * dot[1]) + c * dot[2], xs_limits<S>::min_denom);
+  coef[0] = a / den;
+  coef[1] = c * dot[2] / den;
+}
+
 // x (+) y = ((1 + 2c<x,y> + c|y|^2) x + (1 - c|x|^2) y) / (1 + 2c<x,y> + c^2|x|^2|y|^2)
+//         = (A s + c|s|^2 x) / (A B + c|s|^2), s = x + y (xs_mobius_sum_coeffs)
 struct PoincareMobiusAdd : xs_op_base {
-  static constexpr int NVEC = 2, NTERM = 2, NDOT = 3, NOUT = 2;
+  static constexpr int NVEC = 2, NTERM = 3, NDOT = 3, NOUT = 2;
   static constexpr bool SCALAR_OUT = false;
   XS_POINTS(xs_ball, 0, 1)
-  XS_TABLE(term, xs_ij, {0, -1}, {1, -1})     // x, y
-  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {0, 1})  // |x|^2, |y|^2, <x,y>
-  XS_TABLE(out, int, 0, 1)
-  XS_COEFFS {
-    const R xx = dot[0], yy = dot[1], xy = dot[2];
-    const R den = xs_max(1 + 2 * c * xy + c * c * xx * yy, XS_LIM(min_denom));
-    coef[0] = (1 + 2 * c * xy + c * yy) / den;
-    coef[1] = (1 - c * xx) / den;
-  }
+  XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {0, 1, false, true})  // x, y, s = x + y
+  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {2, 2})                    // |x|^2, |y|^2, |s|^2
+  XS_TABLE(out, int, 2, 0)                                        // s, x
+  XS_COEFFS { xs_mobius_sum_coeffs<R, S>(dot, c, coef); }
 };
 
-// x (-) y = x (+) (-y) = (A d + c D2 x) / (A B + c D2), d = x - y, D2 = |d|^2,
-// A = 1 - c|x|^2, B = 1 - c|y|^2: expanding, 1 - 2c<x,y> + c|y|^2 = A + c D2 and
-// 1 - 2c<x,y> + c^2|x|^2|y|^2 = A B + c D2, so that x ~ y (the denominator ~ 0
-// near the boundary) keeps its digits.
+// x (-) y = x (+) (-y) = (A d + c|d|^2 x) / (A B + c|d|^2), d = x - y (xs_mobius_sum_coeffs)
 struct PoincareMobiusSub : xs_op_base {
   static constexpr int NVEC = 2, NTERM = 3, NDOT = 3, NOUT = 2;
   static constexpr bool SCALAR_OUT = false;
   XS_POINTS(xs_ball, 0, 1)
   XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {0, 1})  // x, y, d = x - y
-  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {2, 2})     // |x|^2, |y|^2, D2
+  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {2, 2})     // |x|^2, |y|^2, |d|^2
   XS_TABLE(out, int, 2, 0)                         // d, x
-  XS_COEFFS {
-    const R xx = dot[0], yy = dot[1], dd = dot[2];
-    const R a = 1 - c * xx;
-    const R den = xs_max(a * (1 - c * yy) + c * dd, XS_LIM(min_denom));
-    coef[0] = a / den;
-    coef[1] = c * dd / den;
-  }
+  XS_COEFFS { xs_mobius_sum_coeffs<R, S>(dot, c, coef); }
 };
 
 // r (x) x = tanh(r artanh(sqrt(c)|x|)) x / (sqrt(c)|x|); r is passed as t.
@@ -238,27 +237,30 @@ struct PoincareTransp : xs_op_base {
   }
 };
 
-// geodesic(u, v, t) = u (+) (t (x) ((-u) (+) v))
+// geodesic(u, v, t) = u (+) (t (x) ((-u) (+) v)), the point at fraction t of the
+// geodesic: with delta = sqrt(c) d(u, v) = 2 asinh(sqrt(c D2 / (A B))), A = 1 - c|u|^2,
+// B = 1 - c|v|^2 (clamped at min_denom), the hyperboloid's
+// (sinh((1 - t) delta) U + sinh(t delta) V) / sinh(delta) taken back to the ball is
+//   out = (2 r0 B u + 2 r1 A v) / (A B + r0 (1 + c|u|^2) B + r1 (1 + c|v|^2) A),
+//   r0 = sinh((1 - t) delta) / sinh(delta),  r1 = sinh(t delta) / sinh(delta).
+// t = 1 (r0 = 0, r1 = 1) gives 2 A v / (A (B + 1 + c|v|^2)) = v and t = 0 gives u, to
+// rounding; for t in [0, 1] every sum is of positive numbers. No tanh is taken, so
+// tanh_max does not limit t delta (sinh's input is clamped at cosh_max).
 struct PoincareGeodesic : xs_op_base {
-  static constexpr int NVEC = 2, NTERM = 3, NDOT = 4, NOUT = 3;
+  static constexpr int NVEC = 2, NTERM = 3, NDOT = 3, NOUT = 2;
   static constexpr bool SCALAR_OUT = false;
   XS_POINTS(xs_ball, 0, 1)
-  XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {1, 0})      // u, v, d = v - u
-  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {2, 2}, {0, 2})  // |u|^2, |v|^2, D2, <u,d>
-  XS_TABLE(out, int, 0, 2, 1)                          // u, d, v
+  XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {1, 0})  // u, v, d = v - u
+  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {2, 2})     // |u|^2, |v|^2, D2
+  XS_TABLE(out, int, 0, 1)                         // u, v
   XS_COEFFS {
-    const R uu = dot[0], vv = dot[1], dd = dot[2], ud = dot[3];
-    const R sc = xs_sqrt(c);
-    const R bu = 1 - c * uu;
-    const R den = xs_max(bu * (1 - c * vv) + c * dd, XS_LIM(min_denom));
-    const R sn = sc * xs_norm_from_sq<R, S>(dd / den);  // sqrt(c)|w|, w = (-u) (+) v
-    const R th = xs_tanh_c<R, S>(t * xs_artanh_w<R, S>(uu, vv, dd, c));
-    const R s = th / sn;                    // z = t (x) w = s w = p d + q v
-    const R p = s * (bu + c * dd) / den, q = -s * c * dd / den;
-    const R uz = p * ud + q * (ud + uu), zz = th * th / c;
-    const R den2 = xs_max(1 + 2 * c * uz + c * c * uu * zz, XS_LIM(min_denom));
-    coef[0] = (1 + 2 * c * uz + c * zz) / den2;
-    coef[1] = bu * p / den2;
-    coef[2] = bu * q / den2;
+    const R uu = dot[0], vv = dot[1], dd = dot[2];
+    const R delta = 2 * xs_artanh_w<R, S>(uu, vv, dd, c);
+    const R sd = xs_sinh_c<R, S>(delta);
+    const R r0 = xs_sinh_c<R, S>((1 - t) * delta) / sd, r1 = xs_sinh_c<R, S>(t * delta) / sd;
+    const R a = xs_max(1 - c * uu, XS_LIM(min_denom)), b = xs_max(1 - c * vv, XS_LIM(min_denom));
+    const R den = a * b + r0 * (1 + c * uu) * b + r1 * (1 + c * vv) * a;
+    coef[0] = 2 * r0 * b / den;
+    coef[1] = 2 * r1 * a / den;
   }
 };

@@ -150,8 +150,8 @@ def _constants(body: str, symbols: dict[str, int], where: str) -> dict[str, int 
 @dataclass(frozen=True)
 class RowStruct:
     """One op struct as the C++ declares it. ``terms`` and ``dots`` hold tuples
-    ``(a, b)``, or ``(a, b, True)`` for a term with the spatial flag (a trailing
-    ``false`` is dropped); ``reads_t`` / ``reads_eps``: whether the body of
+    ``(a, b)``, ``(a, b, True)`` for a term with the spatial flag, ``(a, b, spatial,
+    True)`` for a sum term (trailing ``false`` flags are dropped); ``reads_t`` / ``reads_eps``: whether the body of
     ``XS_COEFFS`` uses the per-row scalar ``t`` / the argument ``eps``."""
 
     name: str
@@ -184,10 +184,15 @@ def op_base_defaults(rowwise_cuh: str) -> dict[str, int | bool]:
 
 def _xs_ij(entry: str, symbols: dict[str, int], where: str) -> tuple:
     if not (entry.startswith("{") and entry.endswith("}")):
-        raise ValueError(f"{where}: expected {{a, b[, spatial]}}, got {entry!r}")
+        raise ValueError(f"{where}: expected {{a, b[, spatial[, sum]]}}, got {entry!r}")
     vals = tuple(_value(v, symbols, where) for v in _split_top(entry[1:-1]))
-    if len(vals) == 3 and vals[2] is False:
-        vals = vals[:2]
+    return _drop_false_flags(vals)
+
+
+def _drop_false_flags(vals: tuple) -> tuple:
+    """``vals`` without its trailing ``False`` flags (fields after a, b)."""
+    while len(vals) > 2 and vals[-1] is False:
+        vals = vals[:-1]
     return vals
 
 
@@ -265,9 +270,18 @@ def row_struct_problems(s: RowStruct, e0: int) -> list[str]:
         if count != len(table):
             p.append(f"{s.name}: {what} = {count} but its table has {len(table)} entries")
     for k, t in enumerate(s.terms):
-        a, b = (t[0], t[1]) if len(t) in (2, 3) else (None, None)
+        a, b = (t[0], t[1]) if 2 <= len(t) <= 4 else (None, None)
+        flags_ok = all(isinstance(f, bool) for f in t[2:])
+        is_sum = len(t) == 4 and t[3] is True
         ok_a = a == e0 or (a is not None and 0 <= a < s.nvec)
-        if not ok_a or b is None or not -1 <= b < s.nvec or (a == e0 and b != -1):
+        if (
+            not ok_a
+            or b is None
+            or not -1 <= b < s.nvec
+            or (a == e0 and b != -1)
+            or not flags_ok
+            or (is_sum and (a == e0 or b < 0))
+        ):
             p.append(f"{s.name}: term {k} = {t} is not a valid term of {s.nvec} vectors")
     for k, d in enumerate(s.dots):
         if len(d) != 2 or not all(0 <= i < len(s.terms) for i in d):
@@ -281,9 +295,9 @@ def row_struct_problems(s: RowStruct, e0: int) -> list[str]:
 
 
 def _norm_term(t) -> tuple:
-    """A Python term as the parser spells it: ints, and True only when spatial."""
-    base = (int(t[0]), int(t[1]))
-    return base + (True,) if len(t) > 2 and t[2] else base
+    """A Python term as the parser spells it: ints, then the flags (spatial, sum) as
+    bools without the trailing False ones."""
+    return _drop_false_flags((int(t[0]), int(t[1]), *(bool(f) for f in t[2:])))
 
 
 def compare_row_op(s: RowStruct, op, e0: int) -> list[str]:

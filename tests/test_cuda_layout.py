@@ -144,9 +144,27 @@ def _one_naming(problems: list[str], *words: str) -> None:
 
 def test_swapped_dots_are_reported():
     edited = _edit_struct(
-        "poincare.cu", "PoincareMobiusAdd", "{0, 0}, {1, 1}, {0, 1}", "{1, 1}, {0, 0}, {0, 1}"
+        "poincare.cu", "PoincareMobiusAdd", "{0, 0}, {1, 1}, {2, 2}", "{1, 1}, {0, 0}, {2, 2}"
     )
     _one_naming(_row_problems(edited), "PoincareMobiusAdd", "dot")
+
+
+def test_dropped_sum_flag_is_reported():
+    """A sum term x + y read back as the difference x - y."""
+    edited = _edit_struct("poincare.cu", "PoincareMobiusAdd", "{0, 1, false, true}", "{0, 1}")
+    _one_naming(_row_problems(edited), "PoincareMobiusAdd", "term")
+
+
+def test_sum_flag_on_a_lone_input_is_not_a_term():
+    """The sum flag needs a second input (b >= 0): on v_a alone it is an error."""
+    edited = _edit_struct("poincare.cu", "PoincareMobiusAdd", "{1, -1}", "{1, -1, false, true}")
+    _one_naming(_row_problems(edited), "PoincareMobiusAdd", "not a valid term")
+
+
+def test_false_flags_written_out_are_the_same_term():
+    """``{0, 1, false, false}`` is ``{0, 1}``: spelling the default flags reports nothing."""
+    edited = _edit_struct("poincare.cu", "PoincareMobiusSub", "{0, 1}", "{0, 1, false, false}")
+    assert _row_problems(edited) == []
 
 
 def test_dropped_spatial_flag_is_reported():

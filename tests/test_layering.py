@@ -8,7 +8,7 @@ Layers, lowest first. A module may import only modules of its own layer or a low
   3 engine   xpu_stone.engine(.*)
   4 ops      xpu_stone.ops(.*)
   5 public   every other module: xpu_stone itself (__init__), poincare, lorentz, klein, convert,
-             pairwise, linear, interop, manifolds, nn, compat, optim(.*), examples(.*), __main__,
+             pairwise, linear, interop, manifolds, nn, compat, optim(.*), rbe(.*), examples(.*), __main__,
              and the old-path shims rowwise, torch_ops, policies, profiler
 
 Further rules:

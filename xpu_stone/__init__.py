@@ -8,7 +8,7 @@ Layers, top to bottom (a module imports only its own layer or lower ones;
 ``tests/test_layering.py`` checks it):
 
 * public modules: ``poincare``, ``lorentz``, ``klein``, ``convert``, ``pairwise``,
-  ``linear`` (functions), ``nn``, ``manifolds``, ``optim/``, ``compat``, ``interop``, ``distributed``,
+  ``linear`` (functions), ``nn``, ``manifolds``, ``optim/``, ``compat``, ``interop``, ``distributed``, ``rbe/``,
   ``examples/``: checks and thin wrappers, formulas in the docstrings
 * ``ops/``: one module per ``cuda_src/*.cu``: op descriptions, kernel names,
   torch maths, launchers, custom ops

@@ -4,9 +4,9 @@
 //
 // An op is a struct that describes its row in three parts:
 //   * terms: up to NTERM vectors built from the NVEC input rows, each either an
-//     input v_a or a difference v_a - v_b (differences are formed elementwise
-//     so that nearby points do not lose their digits to cancellation),
-//     optionally with element 0 zeroed ("spatial": the space part of a
+//     input v_a, a difference v_a - v_b or (flag sum) a sum v_a + v_b (formed
+//     elementwise, so that nearby points, or nearly opposite ones for a sum,
+//     do not lose their digits to cancellation), optionally with element 0 zeroed ("spatial": the space part of a
 //     Lorentz vector, whose squared norm then carries no cancellation), or the
 //     unit vector e_0 (XS_E0: the time axis; <v, e_0> = v_0);
 //   * dots:  NDOT inner products <term_p, term_q>, reduced over the row in the
@@ -20,7 +20,8 @@
 // come from evaluating coeffs on dual numbers; then
 //   dL/d term_k = [k is out(m)] coef_m g + sum_q W_kq term_q,
 //   W_pq = sbar_d for each dot d = <term_p, term_q> (2 sbar_d when p == q),
-// and dL/dv_j = sum_k (d term_k / d v_j) dL/d term_k with d term/d v = +1 or -1.
+// and dL/dv_j = sum_k (d term_k / d v_j) dL/d term_k with d term/d v = +1 or -1
+// (-1: v_b of a difference; v_b of a sum has +1).
 // xpu_stone/engine/rowwise_cpu.py transcribes exactly this for the CPU.
 //
 // Element arithmetic (terms, output sums, gradients) runs in S as well: for
@@ -58,6 +59,7 @@
 struct xs_ij {
   int a, b;      // term: v_a, or v_a - v_b when b >= 0; a == XS_E0: e_0. dot: terms a, b
   bool spatial;  // term: element 0 reads as 0
+  bool sum;      // term with b >= 0: v_a + v_b instead of v_a - v_b ({a, b, false, true})
 };
 constexpr int XS_E0 = -2;
 
@@ -110,7 +112,8 @@ __device__ __forceinline__ R xs_term(const V (&v)[Op::NVEC][VEC], int k, int i, 
   if (t.a == XS_E0) return R(gi == 0 ? 1 : 0);
   if (t.spatial && gi == 0) return R(0);
   const R a = R(v[t.a][i]);
-  return t.b < 0 ? a : a - R(v[t.b][i]);
+  if (t.b < 0) return a;
+  return t.sum ? a + R(v[t.b][i]) : a - R(v[t.b][i]);
 }
 
 // Loads elements [e, e + VEC) of the NV rows (zeros when !ok); with SH > 0
@@ -459,7 +462,7 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_bwd(const xs_row_args a) {
 #pragma unroll
         for (int q = 0; q < Op::NTERM; ++q) gk += W[k][q] * tv[q];
         grad[tk.a][i] += gk;
-        if (tk.b >= 0) grad[tk.b][i] -= gk;
+        if (tk.b >= 0) grad[tk.b][i] += tk.sum ? gk : -gk;
       }
     }
     if (e < Op::IN_SHIFT) return;

@@ -15,17 +15,24 @@ from dataclasses import dataclass
 
 from ..kernels.registry import ROWWISE_VARIANTS, SCALAR_ROW_VARIANTS, OpKernels
 
-__all__ = ["ALONE", "E0", "RowOp"]
+__all__ = ["ALONE", "E0", "RowOp", "term_flags"]
 
 E0 = -2  # the term index of e_0, the unit vector of element 0 (XS_E0 in rowwise.cuh)
 ALONE = -1  # second entry of a term that is one input, not a difference
 
 
+def term_flags(term: tuple) -> tuple[bool, bool]:
+    """``(spatial, sum)`` of a term ``(a, b[, spatial[, sum]])`` (absent flags are False),
+    the ``spatial`` and ``sum`` fields of ``xs_ij`` in rowwise.cuh."""
+    return bool(len(term) > 2 and term[2]), bool(len(term) > 3 and term[3])
+
+
 @dataclass(frozen=True, eq=False)
 class RowOp:
     """One row-wise op. ``terms``: (a, b) for v_a - v_b, (a, ALONE) for v_a alone,
-    (E0, ALONE) for e_0, and a third entry True to zero element 0 (the space part
-    of a Lorentz vector); ``dots``: pairs of term indices; ``out``: the terms of
+    (E0, ALONE) for e_0, a third entry True to zero element 0 (the space part
+    of a Lorentz vector), and (a, b, False, True) for the sum v_a + v_b (formed
+    elementwise, so that nearly opposite rows keep their digits); ``dots``: pairs of term indices; ``out``: the terms of
     a vector output. ``in_shift`` / ``out_shift``: the inputs / the output hold
     the logical row from that element on (see rowwise.cuh)."""
 

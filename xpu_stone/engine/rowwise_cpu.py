@@ -21,7 +21,7 @@ from .._deps import torch
 from ..constants import ACCUM_DTYPE, ARTANH_MAX, COSH_MAX, MIN_SQNORM, TANH_MAX
 from .checks import POINT_INPUTS, batch_shape, domain_tol, not_points
 from .launch import TORCH_DTYPES, TORCH_OF, compute_dtype
-from .rowop import E0, RowOp
+from .rowop import E0, RowOp, term_flags
 
 __all__ = [
     "artanh_c",
@@ -100,13 +100,17 @@ def _terms(op: RowOp, vecs, dt):
         vs = [torch.nn.functional.pad(v, (op.in_shift, 0)) for v in vs]
     n = vs[0].shape[-1]
     out = []
-    for a, b, *spatial in op.terms:
+    for term in op.terms:
+        a, b = term[:2]
+        spatial, add = term_flags(term)
         if a == E0:
             t = torch.zeros(n, dtype=dt, device=vs[0].device)
             t[0] = 1
+        elif b < 0:
+            t = vs[a]
         else:
-            t = vs[a] - vs[b] if b >= 0 else vs[a]
-        out.append(t * _space_mask(n, t) if spatial and spatial[0] else t)
+            t = vs[a] + vs[b] if add else vs[a] - vs[b]
+        out.append(t * _space_mask(n, t) if spatial else t)
     return out
 
 
@@ -115,7 +119,7 @@ def _self_dot(op: RowOp, j: int):
     or None (``norm_dot`` of rowwise.cuh)."""
     for d, (p, q) in enumerate(op.dots):
         t = op.terms[p]
-        if p == q and t[0] == j and t[1] < 0 and not (len(t) > 2 and t[2]):
+        if p == q and t[0] == j and t[1] < 0 and not term_flags(t)[0]:
             return d
     return None
 
@@ -201,14 +205,16 @@ def cpu_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, needs):
             gterm[p] = gterm[p] + s * ts[q]
             gterm[q] = gterm[q] + s * ts[p]
     grads = [0] * len(vecs)
-    for (a, b, *spatial), g in zip(op.terms, gterm):
+    for term, g in zip(op.terms, gterm):
+        a, b = term[:2]
+        spatial, add = term_flags(term)
         if a == E0:
             continue  # a constant
-        if spatial and spatial[0]:
+        if spatial:
             g = g * _space_mask(ts[0].shape[-1], ts[0])
         grads[a] = grads[a] + g
         if b >= 0:
-            grads[b] = grads[b] - g
+            grads[b] = grads[b] + g if add else grads[b] - g
     nv = len(vecs)
     bad = bad_rows(op, vecs, [k.detach() for k in dots], cs.detach())
     out = []

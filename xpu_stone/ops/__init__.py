@@ -44,11 +44,11 @@ Adding a GEMM-style op (a GEMM plus fused epilogues, like ``pairwise`` and ``hyp
 from __future__ import annotations
 
 from ..engine.rowop import RowOp
-from . import convert, hyperbolic_linear, klein, lorentz, optim, pairwise, poincare
+from . import convert, hyperbolic_linear, klein, lorentz, optim, pairwise, poincare, rbe
 
 __all__ = ["KERNEL_MODULES", "ROW_FAMILIES", "row_ops"]
 
-KERNEL_MODULES = (poincare, lorentz, klein, convert, pairwise, hyperbolic_linear, optim)
+KERNEL_MODULES = (poincare, lorentz, klein, convert, pairwise, hyperbolic_linear, optim, rbe)
 # the modules whose __all__ lists row ops, in the order of the README
 ROW_FAMILIES = tuple(m for m in KERNEL_MODULES if any(isinstance(getattr(m, n), RowOp) for n in m.__all__))
 

@@ -12,7 +12,7 @@ from .._deps import torch
 from ..constants import MIN_DENOM
 from ..engine.rowop import ALONE
 from ..engine.rowwise import row_op
-from ..engine.rowwise_cpu import artanh_c, clamp_min, norm_from_sq, tanh_c
+from ..engine.rowwise_cpu import artanh_c, clamp_min, norm_from_sq, sinh_c, tanh_c
 
 __all__ = [
     "MOBIUS_ADD",
@@ -34,20 +34,16 @@ __all__ = [
 X, Y, Z = 0, 1, 2  # input vector slots
 
 
-def _mobius_add(dot, c, t, eps):
-    xx, yy, xy = dot
-    den = clamp_min(1 + 2 * c * xy + c * c * xx * yy, MIN_DENOM)
-    return [(1 + 2 * c * xy + c * yy) / den, (1 - c * xx) / den]
-
-
-def _mobius_sub(dot, c, t, eps):
-    """x (-) y = (A d + c|d|^2 x) / (A B + c|d|^2), d = x - y, A = 1 - c|x|^2,
-    B = 1 - c|y|^2: the expanded form (1 - 2c<x,y> + c|y|^2) = A + c|d|^2 and
-    1 - 2c<x,y> + c^2|x|^2|y|^2 = A B + c|d|^2 keeps its digits at x ~ y."""
-    xx, yy, dd = dot
+def _mobius_sum(dot, c, t, eps):
+    """x (+) y and x (-) y = x (+) (-y) from the dots |x|^2, |y|^2, |w|^2 of
+    w = x + y (mobius_add) or w = x - y (mobius_sub): (A w + c|w|^2 x) / (A B + c|w|^2),
+    A = 1 - c|x|^2, B = 1 - c|y|^2, since 1 +- 2c<x,y> + c|y|^2 = A + c|w|^2 and
+    1 +- 2c<x,y> + c^2|x|^2|y|^2 = A B + c|w|^2: keeps its digits at x ~ -+y (the
+    denominator ~ 0 near the boundary). Coefficients of w and x."""
+    xx, yy, ww = dot
     a = 1 - c * xx
-    den = clamp_min(a * (1 - c * yy) + c * dd, MIN_DENOM)
-    return [a / den, c * dd / den]
+    den = clamp_min(a * (1 - c * yy) + c * ww, MIN_DENOM)
+    return [a / den, c * ww / den]
 
 
 def _artanh_w(xx, yy, dd, c):
@@ -137,17 +133,18 @@ def _transp(dot, c, t, eps):
 
 
 def _geodesic(dot, c, t, eps):
-    uu, vv, dd, ud = dot
-    sc = torch.sqrt(c)
-    bu = 1 - c * uu
-    den = clamp_min(bu * (1 - c * vv) + c * dd, MIN_DENOM)
-    sn = sc * norm_from_sq(dd / den)
-    th = tanh_c(t * _artanh_w(uu, vv, dd, c))
-    s = th / sn
-    p, q = s * (bu + c * dd) / den, -s * c * dd / den
-    uz, zz = p * ud + q * (ud + uu), th * th / c
-    den2 = clamp_min(1 + 2 * c * uz + c * c * uu * zz, MIN_DENOM)
-    return [(1 + 2 * c * uz + c * zz) / den2, bu * p / den2, bu * q / den2]
+    """geodesic(u, v, t) = (2 r0 B u + 2 r1 A v) / (A B + r0 (1 + c|u|^2) B + r1 (1 + c|v|^2) A),
+    r0 = sinh((1 - t) delta) / sinh(delta), r1 = sinh(t delta) / sinh(delta),
+    delta = sqrt(c) d(u, v), A = 1 - c|u|^2, B = 1 - c|v|^2: the hyperboloid geodesic
+    taken back to the ball; t = 1 gives v and t = 0 gives u to rounding, with no
+    tanh (whose input clamp TANH_MAX would limit t delta)."""
+    uu, vv, dd = dot
+    delta = 2 * _artanh_w(uu, vv, dd, c)
+    sd = sinh_c(delta)
+    r0, r1 = sinh_c((1 - t) * delta) / sd, sinh_c(t * delta) / sd
+    a, b = clamp_min(1 - c * uu, MIN_DENOM), clamp_min(1 - c * vv, MIN_DENOM)
+    den = a * b + r0 * (1 + c * uu) * b + r1 * (1 + c * vv) * a
+    return [2 * r0 * b / den, 2 * r1 * a / den]
 
 
 def _op(name, struct, vectors, terms, dots, out, coeffs, **kw):
@@ -157,14 +154,15 @@ def _op(name, struct, vectors, terms, dots, out, coeffs, **kw):
 _XY = ((X, ALONE), (Y, ALONE))
 _XYD = ((X, ALONE), (Y, ALONE), (Y, X))  # x, y, d = y - x
 _XYS = ((X, ALONE), (Y, ALONE), (X, Y))  # x, y, d = x - y
+_XYP = ((X, ALONE), (Y, ALONE), (X, Y, False, True))  # x, y, s = x + y
 _ONE = ((X, ALONE),)
 _SQ = ((0, 0),)
 
 MOBIUS_ADD = _op(
-    "mobius_add", "PoincareMobiusAdd", ("x", "y"), _XY, ((0, 0), (1, 1), (0, 1)), (0, 1), _mobius_add
+    "mobius_add", "PoincareMobiusAdd", ("x", "y"), _XYP, ((0, 0), (1, 1), (2, 2)), (2, 0), _mobius_sum
 )
 MOBIUS_SUB = _op(
-    "mobius_sub", "PoincareMobiusSub", ("x", "y"), _XYS, ((0, 0), (1, 1), (2, 2)), (2, 0), _mobius_sub
+    "mobius_sub", "PoincareMobiusSub", ("x", "y"), _XYS, ((0, 0), (1, 1), (2, 2)), (2, 0), _mobius_sum
 )
 MOBIUS_SCALAR_MUL = _op(
     "mobius_scalar_mul", "PoincareMobiusScalarMul", ("x",), _ONE, _SQ, (0,), _scalar_mul, param="r"
@@ -186,8 +184,8 @@ GEODESIC = _op(
     "PoincareGeodesic",
     ("u", "v"),
     _XYD,
-    ((0, 0), (1, 1), (2, 2), (0, 2)),
-    (0, 2, 1),
+    ((0, 0), (1, 1), (2, 2)),
+    (0, 1),
     _geodesic,
     param="t",
 )

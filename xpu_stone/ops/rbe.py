@@ -1,0 +1,151 @@
+r"""The op half of the RBE layers (kernels in ``cuda_src/rbe.cu``): kernel names, their
+registration, and the CUDA launchers of ``xpu_stone::rbe_linear``. The custom op itself
+and its CPU path live in :mod:`xpu_stone.rbe.functional` (its CPU maths is the generator
+of :mod:`xpu_stone.rbe.generator`, above this layer); the format constants
+(``Δω``, the hyperbolic clamp, the Lloyd–Max levels) come in as arguments.
+
+Forward ``y = x Wᵀ + b`` and data gradient ``δ W`` (``xs_rbe_mm``, MODE 0 / 1): one block
+per tile row (column), batch block of ``BN`` rows and split of the tile walk; each tile
+is generated into shared memory once per block and multiplied there. ``BN`` is 16 for
+batches of at most 16 rows (and for fp64 at every batch), 64 otherwise. Splits make
+about two blocks per SM; with more than one, the partial sums go to a workspace
+``(splits, rows, cols)`` that ``xs_rbe_finish`` adds up (bias and rounding included).
+Atom and scale gradients (``xs_rbe_grad``): one block per tile forms the tile's
+``G = δᵀ x`` in registers and reduces it against the atom derivatives; the scales'
+per-tile row sums come back for the caller to add up over the tiles of a group. No
+buffer of the weight's size is allocated on any path.
+"""
+
+from __future__ import annotations
+
+import numpy
+
+from .._deps import torch
+from ..engine.launch import TORCH_DTYPES, device_props, poison, ptr, torch_stream
+from ..kernels.launch import get_function, launch_kernel
+from ..kernels.registry import CXX_TYPE, DTYPES, REGISTRY, KernelList
+
+__all__ = [
+    "BLOCK",
+    "KERNELS",
+    "MODES",
+    "SMALL_BATCH",
+    "TILES",
+    "backward_cuda",
+    "forward_cuda",
+    "kernel_name",
+]
+
+BLOCK = 256  # __launch_bounds__ of every kernel of rbe.cu
+TILES = (32, 64)
+SMALL_BATCH = 16  # batch rows of the GEMV-like blocks
+LARGE_BATCH = 64
+MODES = {"forward": 0, "data_grad": 1}
+
+
+def _compute(dtype: str) -> str:
+    return "double" if dtype == "float64" else "float"
+
+
+def _batch_blocks(dtype: str) -> tuple[int, ...]:
+    # fp64 tiles of 64 leave no shared memory for 64 batch rows
+    return (SMALL_BATCH,) if dtype == "float64" else (SMALL_BATCH, LARGE_BATCH)
+
+
+def kernel_name(kind: str, dtype: str, tile: int = 0, bn: int = 0, mode: int = 0) -> str:
+    t, s = CXX_TYPE[dtype], _compute(dtype)
+    if kind == "mm":
+        return f"xs_rbe_mm<{t}, {s}, {tile}, {bn}, {mode}>"
+    if kind == "grad":
+        return f"xs_rbe_grad<{t}, {s}, {tile}>"
+    return f"xs_rbe_finish<{t}, {s}>"
+
+
+def _all_kernels():
+    out = []
+    for dtype in DTYPES:
+        out.append((dtype, kernel_name("finish", dtype)))
+        for tile in TILES:
+            out.append((dtype, kernel_name("grad", dtype, tile)))
+            for bn in _batch_blocks(dtype):
+                out += [(dtype, kernel_name("mm", dtype, tile, bn, m)) for m in MODES.values()]
+    return tuple(out)
+
+
+KERNELS = REGISTRY.register(KernelList("rbe_linear", "rbe.cu", _all_kernels()))
+
+
+def _fn(name: str, dtype: str, dev: int):
+    return get_function(KERNELS.source, name, dev, KERNELS.defines(dtype))
+
+
+def _s_dtype(t):
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _mm(inp, layer, mode: int, bias=None):
+    """``x Wᵀ (+ b)`` (mode 0) or ``δ W`` (mode 1) for the rows of ``inp``."""
+    shadow, state, planes, scales, levels, out_f, in_f, tile, bits, delta_omega, hyp_max = layer
+    dtype, s = TORCH_DTYPES[inp.dtype], _s_dtype(inp)
+    n = inp.shape[0]
+    dev = inp.device.index
+    tile_rows, tile_cols = -(-out_f // tile), -(-in_f // tile)
+    fixed, walk = (tile_rows, tile_cols) if mode == 0 else (tile_cols, tile_rows)
+    out_dim = out_f if mode == 0 else in_f
+    out = torch.empty((n, out_dim), dtype=inp.dtype, device=inp.device)
+    if n == 0:
+        return out
+    bn = SMALL_BATCH if n <= SMALL_BATCH or dtype == "float64" else LARGE_BATCH
+    yb = -(-n // bn)
+    sms = device_props(dev)[0]
+    splits = max(1, min(walk, -(-2 * sms // (fixed * yb))))
+    per = -(-walk // splits)
+    splits = -(-walk // per)
+    ws = torch.empty((splits, n, out_dim), dtype=s, device=inp.device) if splits > 1 else None
+    b = bias.to(s).contiguous() if bias is not None else None
+    poison(out, ws)
+    stream = torch_stream(dev)
+    args = (ptr(inp), ptr(shadow), ptr(state), ptr(planes), ptr(scales), ptr(levels), ptr(b), ptr(ws), ptr(out),
+            numpy.int64(n), numpy.int64(out_f), numpy.int64(in_f), numpy.int32(shadow.shape[1]),
+            numpy.int32(bits), numpy.int32(per), numpy.float64(delta_omega), numpy.float64(hyp_max))  # fmt: skip
+    label = "rbe_linear.fwd" if mode == 0 else "rbe_linear.bwd_data"
+    launch_kernel(_fn(kernel_name("mm", dtype, tile, bn, mode), dtype, dev), (fixed, yb, splits), BLOCK, args,
+                  stream, dev, op=label, shape=(n, out_f, in_f), dtype=dtype)  # fmt: skip
+    if ws is not None:
+        total = n * out_dim
+        grid = max(1, min(-(-total // BLOCK), sms * 8))
+        fargs = (ptr(ws), ptr(b), ptr(out), numpy.int64(n), numpy.int64(out_dim), numpy.int32(splits))
+        launch_kernel(_fn(kernel_name("finish", dtype), dtype, dev), grid, BLOCK, fargs, stream, dev,
+                      op=label + ".finish", shape=(n, out_dim), dtype=dtype)  # fmt: skip
+    return out
+
+
+def forward_cuda(x, bias, layer):
+    """``y = x Wᵀ + b`` for contiguous CUDA ``x`` ``(N, in)``; ``layer``: ``(shadow float32,
+    state, planes, scales float32, levels float32, out, in, tile, bits, Δω, hyperbolic clamp)``."""
+    return _mm(x, layer, MODES["forward"], bias)
+
+
+def backward_cuda(grad, x, layer, needs):
+    """``(dL/dx, dL/dshadow, scale parts)`` (None where ``needs`` says not needed; ``needs``
+    for x, shadow, scales), without a buffer of the weight's size. The scale parts
+    ``(out, ceil(in/B))`` are each tile's row sums of ``G ℓ[c]``: the caller adds up the
+    tiles of each residual group."""
+    shadow, state, planes, scales, levels, out_f, in_f, tile, bits, delta_omega, hyp_max = layer
+    gx = _mm(grad, layer, MODES["data_grad"]) if needs[0] else None
+    if not (needs[1] or needs[2]):
+        return gx, None, None
+    dtype, s = TORCH_DTYPES[x.dtype], _s_dtype(x)
+    n = x.shape[0]
+    dev = x.device.index
+    tile_cols = -(-in_f // tile)
+    g_shadow = torch.zeros(shadow.shape, dtype=s, device=x.device)
+    g_part = torch.zeros((out_f, tile_cols), dtype=s, device=x.device) if needs[2] else None
+    if n:
+        poison(g_shadow, g_part)
+        args = (ptr(x), ptr(grad), ptr(shadow), ptr(state), ptr(planes), ptr(levels), ptr(g_shadow),
+                ptr(g_part), numpy.int64(n), numpy.int64(out_f), numpy.int64(in_f), numpy.int32(shadow.shape[1]),
+                numpy.int32(bits), numpy.float64(delta_omega), numpy.float64(hyp_max))  # fmt: skip
+        launch_kernel(_fn(kernel_name("grad", dtype, tile), dtype, dev), shadow.shape[0], BLOCK, args,
+                      torch_stream(dev), dev, op="rbe_linear.bwd_codes", shape=(n, out_f, in_f), dtype=dtype)  # fmt: skip
+    return gx, (g_shadow.to(shadow.dtype) if needs[1] else None), g_part
