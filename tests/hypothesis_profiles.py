@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -73,6 +74,12 @@ def write_report(directory) -> Path:
     of this process replaces the file's for the same op, dtype and device)."""
     path = Path(directory) / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:  # pytest-xdist workers write one report
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _merge_into(path)
+
+
+def _merge_into(path: Path) -> Path:
     counts = {}
     if path.exists():
         for row in json.loads(path.read_text())["counts"]:

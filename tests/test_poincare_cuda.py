@@ -184,13 +184,14 @@ def test_side_stream_ordering():
 
 def test_strided_broadcast_and_batched_inputs():
     gen = torch.Generator("cuda").manual_seed(11)
-    base = ball_points((6, 5, 64), 1.0, torch.float32, "cuda", gen)
-    y = ball_points((1, 64), 1.0, torch.float32, "cuda", gen)
+    # points of the c = 1.5 ball: inside every ball of the per-row curvatures in [0.5, 1.5)
+    base = ball_points((6, 5, 64), 1.5, torch.float32, "cuda", gen)
+    y = ball_points((1, 64), 1.5, torch.float32, "cuda", gen)
     views = {
         "contiguous": base,
-        "strided features": ball_points((6, 5, 128), 1.0, torch.float32, "cuda", gen)[..., ::2],
+        "strided features": ball_points((6, 5, 128), 1.5, torch.float32, "cuda", gen)[..., ::2],
         "transposed batch": base.transpose(0, 1),
-        "offset by one element": ball_points((6 * 5 * 64 + 1,), 1.0, torch.float32, "cuda", gen)[1:].view(
+        "offset by one element": ball_points((6 * 5 * 64 + 1,), 1.5, torch.float32, "cuda", gen)[1:].view(
             6, 5, 64
         ),
         "expanded": y.expand(6, 5, 64),

@@ -284,9 +284,25 @@ def test_every_op_has_identities():
 
 
 # ------------------------------------------------------------------ the test
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DTYPE_NAME[d])
-@pytest.mark.parametrize("name", NAMES)
+# Known defect, stated in the README's reliability section (issue 16 stays open on it):
+# expmap(x, u) with x within ~1e-6 of the boundary and x + u_scaled near 0 cancels in
+# its Mobius sum, so the round trip exp_x(log_x(y)) = y fails there. Strict: the day
+# the defect is fixed these cases pass and the marker must go.
+KNOWN_DEFECTS = {("logmap", torch.float32, "cpu"), ("logmap", torch.float64, "cpu")}
+
+
+def _cases():
+    for name in NAMES:
+        for dtype in DTYPES:
+            for device in DEVICES:
+                dev = device if isinstance(device, str) else device.values[0]
+                marks = [] if isinstance(device, str) else list(device.marks)
+                if (name, dtype, dev) in KNOWN_DEFECTS:
+                    marks.append(pytest.mark.xfail(strict=True, reason="expmap near the boundary (README)"))
+                yield pytest.param(name, dtype, dev, marks=marks, id=f"{name}-{DTYPE_NAME[dtype]}-{dev}")
+
+
+@pytest.mark.parametrize(("name", "dtype", "device"), list(_cases()))
 @given(data=st.data())
 def test_poincare_op(name, dtype, device, data):
     case = draw_case(data, KINDS[name], dtype, device, extra="b" if name == "dist" else "")
