@@ -21,8 +21,9 @@
 // xs_rbe_grad (one block per tile): G = delta[:, rows]^T x[:, cols] of the tile, in
 // registers, reduced against the atom derivatives (g' the derivative of g):
 //   dphi = sum G amp g'(arg), dtheta = m dphi, du = 2 omega sum G amp g'(arg) rho,
-//   dlnA = sum G amp g(arg);   per row, sum_j G_ij level[code_ij] (the scales' gradient
-//   from this tile, added up over the tiles of a group by the host).
+//   dlnA = sum G amp g(arg);   per row, sum_j G_ij level[code_ij] (this tile's part of
+//   the scales' gradient, added atomically into g_scale[o][group]: a tile lies in one
+//   group of 128 columns, which 128 / B tiles share).
 #include "common/dtype.cuh"
 #include "common/math.cuh"
 #include "common/reduce.cuh"
@@ -205,12 +206,13 @@ __global__ void __launch_bounds__(256)
 }
 
 // One block per tile: the atoms' gradients g_shadow[tile][k] = (du, dtheta, dphi, dlnA)
-// and, when g_scale_part is not null, the scales' partial sums g_scale_part[o][tc].
+// and, when g_scale is not null, the tile's row sums added into the zeroed scales'
+// gradient g_scale[o][tc B / 128] (out x groups).
 template <class T, class S, int B>
 __global__ void __launch_bounds__(256)
     xs_rbe_grad(const T* __restrict__ x, const T* __restrict__ delta, const float* __restrict__ shadow,
                 const int* __restrict__ state, const int* __restrict__ planes, const float* __restrict__ levels_g,
-                S* __restrict__ g_shadow, S* __restrict__ g_scale_part,
+                S* __restrict__ g_shadow, S* __restrict__ g_scale,
                 long long n_rows, long long out_f, long long in_f, int J, int bits, double delta_omega,
                 double hyp_max) {
   constexpr int NE = B * B / 256;
@@ -276,7 +278,7 @@ __global__ void __launch_bounds__(256)
       gs[3] = s[a][2];
     }
   }
-  if (g_scale_part == nullptr) return;
+  if (g_scale == nullptr) return;
   // per row: sum_j G_ij level[code_ij]; a warp's 32 cells share a row (B >= 32)
 #pragma unroll
   for (int e = 0; e < NE; ++e) {
@@ -293,6 +295,6 @@ __global__ void __launch_bounds__(256)
     if (o >= out_f) continue;
     S sum = S(0);
     for (int q = 0; q < B / 32; ++q) sum += part[i * (B / 32) + q];
-    g_scale_part[o * tile_cols + tc] = sum;
+    atomicAdd(g_scale + o * groups + ((tc * B) >> 7), sum);  // B divides 128
   }
 }

@@ -853,21 +853,24 @@ def test_torch_compile_traces_the_custom_op():
     assert torch.equal(layer.shadow.grad, want)
 
 
-def test_cuda_glue_adds_the_tile_parts_of_each_group(monkeypatch):
-    """functional.backward_cuda's host side: the kernel's per-tile row sums of G ℓ[c]
-    (emulated here in torch) added up over the 128 / B tiles of each group, the last one
-    partial, give the scales' gradient of the CPU path; the bias gradient likewise."""
+def test_cuda_glue_passes_the_group_sums_through(monkeypatch):
+    """functional.backward_cuda's host side: the kernel's sums of G ℓ[c] over each group
+    of 128 input columns (emulated here in torch; the last group partial) are the
+    scales' gradient of the CPU path; the bias gradient likewise."""
     from xpu_stone.rbe import functional
 
-    def tile_parts(grad, x, layer, needs):
+    def group_sums(grad, x, layer, needs):
         shadow, state, planes, scales, levels, out_f, in_f, tile, bits, _, _ = layer
         assert torch.equal(levels, G.lloyd_max_levels(bits, torch.float32))
         g = grad.double().T @ x.double() * G.residual_levels(planes, bits, in_f, torch.float64)
-        cols = -(-in_f // tile)
-        parts = torch.nn.functional.pad(g, (0, cols * tile - in_f)).reshape(out_f, cols, tile).sum(-1)
-        return None, None, parts
+        groups = -(-in_f // 128)
+        return (
+            None,
+            None,
+            torch.nn.functional.pad(g, (0, groups * 128 - in_f)).reshape(out_f, groups, 128).sum(-1),
+        )
 
-    monkeypatch.setattr(functional._ops, "backward_cuda", tile_parts)
+    monkeypatch.setattr(functional._ops, "backward_cuda", group_sums)
     gen = torch.Generator().manual_seed(15)
     for tile, inp in ((32, 300), (64, 129), (32, 128)):
         layer, _ = _layer_with_codes(40, inp, tile, 1, 2, gen)

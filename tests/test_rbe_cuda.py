@@ -35,7 +35,9 @@ BATCHES = (1, 5, 16, 17, 200)
 
 
 def rel(a, b) -> float:
-    a, b = a.double(), b.double()
+    """Relative Frobenius error of ``a`` (the GPU result) against ``b`` (the CPU oracle),
+    both brought to the CPU in float64."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 

@@ -42,9 +42,11 @@
 // Bad rows (domain.cuh): a NaN or inf in any input row, or an input that
 // XS_POINTS declares a point of DOMAIN lying outside it, makes every
 // coefficient of the row NaN: forward, the whole output row (or the scalar)
-// is NaN; backward, every gradient of the row (inputs, c, t). Where the input
-// has a sum of squares, a non-finite element shows there: its |v|^2 among the
-// op's dots, or the point sums it takes of its own (xs_point_sums: |v|^2 for
+// is NaN; backward, every gradient of the row (inputs, c, t; the input
+// gradients are set NaN outright: an element that no term varies with, such as
+// x_0 of an input seen only through spatial terms, would keep its 0). Where
+// the input has a sum of squares, a non-finite element shows there: its |v|^2
+// among the op's dots, or the point sums it takes of its own (xs_point_sums: |v|^2 for
 // the ball, |v_s|^2 and v_0 for the hyperboloid, reduced with the dots; a ball
 // point whose |v|^2 is a dot reads the dot). For the other inputs 0 * v of
 // every element is added to dot 0 (exact zeros: the dot is unchanged), so dot 0
@@ -463,6 +465,12 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_bwd(const xs_row_args a) {
         for (int q = 0; q < Op::NTERM; ++q) gk += W[k][q] * tv[q];
         grad[tk.a][i] += gk;
         if (tk.b >= 0) grad[tk.b][i] += tk.sum ? gk : -gk;
+      }
+      // A bad row: every element NaN, also those no term varies with (element 0
+      // of an input seen only through spatial terms, e.g. x of lorentz.dist0).
+      if (bad) {
+#pragma unroll
+        for (int j = 0; j < NV; ++j) grad[j][i] = xs_nan(E(0));
       }
     }
     if (e < Op::IN_SHIFT) return;

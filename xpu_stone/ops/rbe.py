@@ -11,9 +11,11 @@ batches of at most 16 rows (and for fp64 at every batch), 64 otherwise. Splits m
 about two blocks per SM; with more than one, the partial sums go to a workspace
 ``(splits, rows, cols)`` that ``xs_rbe_finish`` adds up (bias and rounding included).
 Atom and scale gradients (``xs_rbe_grad``): one block per tile forms the tile's
-``G = δᵀ x`` in registers and reduces it against the atom derivatives; the scales'
-per-tile row sums come back for the caller to add up over the tiles of a group. No
-buffer of the weight's size is allocated on any path.
+``G = δᵀ x`` in registers and reduces it against the atom derivatives; its row sums
+of ``G ℓ[c]`` are added atomically into the scales' gradient ``(out, ceil(in/128))``
+(the ``128 / B`` tiles of a group in any order: the last bits of that gradient may
+vary between runs). No buffer of the weight's size, nor of ``out x in / B``, is
+allocated on any path.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..kernels.registry import CXX_TYPE, DTYPES, REGISTRY, KernelList
 
 __all__ = [
     "BLOCK",
+    "GROUP",
     "KERNELS",
     "MODES",
     "SMALL_BATCH",
@@ -41,6 +44,7 @@ TILES = (32, 64)
 SMALL_BATCH = 16  # batch rows of the GEMV-like blocks
 LARGE_BATCH = 64
 MODES = {"forward": 0, "data_grad": 1}
+GROUP = 128  # columns of a residual group (rbe.cu: k >> 7; xpu_stone.rbe.generator.GROUP)
 
 
 def _compute(dtype: str) -> str:
@@ -127,10 +131,9 @@ def forward_cuda(x, bias, layer):
 
 
 def backward_cuda(grad, x, layer, needs):
-    """``(dL/dx, dL/dshadow, scale parts)`` (None where ``needs`` says not needed; ``needs``
-    for x, shadow, scales), without a buffer of the weight's size. The scale parts
-    ``(out, ceil(in/B))`` are each tile's row sums of ``G ℓ[c]``: the caller adds up the
-    tiles of each residual group."""
+    """``(dL/dx, dL/dshadow, dL/dscales)`` (None where ``needs`` says not needed; ``needs``
+    for x, shadow, scales), without a buffer of the weight's size; ``dL/dσ_{o,g} =
+    Σ_{j ∈ g} G_oj ℓ[c_oj]`` ``(out, ceil(in/128))`` in the compute dtype."""
     shadow, state, planes, scales, levels, out_f, in_f, tile, bits, delta_omega, hyp_max = layer
     gx = _mm(grad, layer, MODES["data_grad"]) if needs[0] else None
     if not (needs[1] or needs[2]):
@@ -138,14 +141,14 @@ def backward_cuda(grad, x, layer, needs):
     dtype, s = TORCH_DTYPES[x.dtype], _s_dtype(x)
     n = x.shape[0]
     dev = x.device.index
-    tile_cols = -(-in_f // tile)
     g_shadow = torch.zeros(shadow.shape, dtype=s, device=x.device)
-    g_part = torch.zeros((out_f, tile_cols), dtype=s, device=x.device) if needs[2] else None
+    # accumulated into by the tiles of each group: zeros, not poisoned
+    g_scale = torch.zeros((out_f, -(-in_f // GROUP)), dtype=s, device=x.device) if needs[2] else None
     if n:
-        poison(g_shadow, g_part)
+        poison(g_shadow)
         args = (ptr(x), ptr(grad), ptr(shadow), ptr(state), ptr(planes), ptr(levels), ptr(g_shadow),
-                ptr(g_part), numpy.int64(n), numpy.int64(out_f), numpy.int64(in_f), numpy.int32(shadow.shape[1]),
+                ptr(g_scale), numpy.int64(n), numpy.int64(out_f), numpy.int64(in_f), numpy.int32(shadow.shape[1]),
                 numpy.int32(bits), numpy.float64(delta_omega), numpy.float64(hyp_max))  # fmt: skip
         launch_kernel(_fn(kernel_name("grad", dtype, tile), dtype, dev), shadow.shape[0], BLOCK, args,
                       torch_stream(dev), dev, op="rbe_linear.bwd_codes", shape=(n, out_f, in_f), dtype=dtype)  # fmt: skip
-    return gx, (g_shadow.to(shadow.dtype) if needs[1] else None), g_part
+    return gx, (g_shadow.to(shadow.dtype) if needs[1] else None), g_scale

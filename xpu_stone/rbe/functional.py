@@ -113,13 +113,9 @@ def backward_cuda(grad, x, shadow, state, residual, scales, bias, out_features, 
             grad, x, shadow, state, residual, scales, bias, out_features, tile, residual_bits, needs
         )
     layer = _kernel_layer(shadow, state, residual, scales, out_features, x.shape[1], tile, residual_bits)
-    gx, gs, parts = _ops.backward_cuda(grad, x, layer, needs[:3])
-    gsc = None
-    if needs[2]:  # each group of 128 columns holds 128 / B tiles
-        groups, per = scales.shape[1], GROUP // tile
-        parts = torch.nn.functional.pad(parts, (0, groups * per - parts.shape[1]))
-        gsc = parts.reshape(out_features, groups, per).sum(-1).to(scales.dtype)
-    gb = grad.to(compute_dtype(x, shadow)).sum(0).to(bias.dtype) if needs[3] else None
+    gx, gs, gsc = _ops.backward_cuda(grad, x, layer, needs[:3])
+    gsc = gsc.to(scales.dtype) if needs[2] else None
+    gb = grad.sum(0, dtype=compute_dtype(x, shadow)).to(bias.dtype) if needs[3] else None
     return gx, gs, gsc, gb
 
 
