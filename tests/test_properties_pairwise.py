@@ -79,11 +79,13 @@ def _bound(model, x, y, c, dtype, d_exact):
     """The documented cdist accuracy (see the module docstring) for every pair."""
     tau = snap_tau(dtype, x.shape[-1], MODEL_CODES[model])
     xx, yy = x.square().sum(-1).unsqueeze(-1), y.square().sum(-1).unsqueeze(-2)
+    # squared norms below the GEMM dtype's smallest normal underflow (module docstring)
+    under = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).tiny
     if model == "poincare":
-        dw = 2 * c * tau * (xx + yy) / ((1 - c * xx) * (1 - c * yy)).clamp_min(1e-300)
+        dw = 2 * c * (tau * (xx + yy) + under) / ((1 - c * xx) * (1 - c * yy)).clamp_min(1e-300)
     else:
         x0, y0 = x[..., 0].unsqueeze(-1), y[..., 0].unsqueeze(-2)
-        dw = tau * c * ((xx * yy).sqrt() + 2 * x0 * y0)
+        dw = tau * c * ((xx * yy).sqrt() + 2 * x0 * y0) + c * under
     w = torch.cosh(math.sqrt(c) * d_exact) - 1
     dd = torch.minimum((2 * dw).sqrt(), dw / (w * (w + 2)).sqrt().clamp_min(1e-300)) / math.sqrt(c)
     return 4 * dd + FWD_TOL[dtype] * d_exact + ZERO_NORM_FLOOR

@@ -29,7 +29,10 @@ conformal factor; fp32, D = 128, points of norm 0.5: about 5e-3), and its relati
 error about :math:`\tau(\|x\|^2+\|y\|^2)/\|x-y\|^2` for separated ones. Where
 nearby pairs matter, use the row-wise :func:`xpu_stone.poincare.dist` on the pairs
 (:func:`knn` does so for the distances it returns). With TF32 matmuls enabled in
-torch, :math:`u` is :math:`2^{-11}`.
+torch, :math:`u` is :math:`2^{-11}`. Squared norms below the smallest normal number
+of the GEMM's dtype (points within about 1e-19 of the origin in fp32) underflow, so
+a squared gap carries a further absolute error of that size (a distance error of
+about its square root).
 
 **Bad rows.** A row of ``x`` or ``y`` with a NaN or inf, or that is not a point of
 the model beyond the rounding tolerance of its dtype (outside the ball, off the
