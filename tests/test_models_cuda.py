@@ -181,7 +181,9 @@ def test_strided_broadcast_and_batched_inputs_of_shifted_ops():
     x = C.lorentz_to_poincare(y, c=2.0)
     back = C.poincare_to_lorentz(x.transpose(0, 1), c=2.0).transpose(0, 1)
     assert rel_err(back, y) < 1e-5
-    c = torch.tensor([[[0.5]], [[1.0]], [[1.5]], [[2.0]]], device=DEVICE)  # per batch row, points of the c = 2 ball
+    c = torch.tensor(
+        [[[0.5]], [[1.0]], [[1.5]], [[2.0]]], device=DEVICE
+    )  # per batch row, points of the c = 2 ball
     k = C.poincare_to_klein(x, c=c)
     assert rel_err(k, RC.poincare_to_klein(x.double(), c.double())) < 1e-6
     u, v = (model_args("lorentz", "dist", 6, 9, 1.0, torch.float32, seed=s, device=DEVICE)[0] for s in (3, 4))
