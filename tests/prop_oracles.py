@@ -291,6 +291,33 @@ class Computed:
             only,
         )
 
+    def full(self, v):
+        """``v`` (one vector, or one per row) broadcast to the result's batch."""
+        return v.expand(*self.batch, v.shape[-1])
+
+    def check_geodesic_ends(self, geodesic, c, u, v, args64):
+        """The identities ``geodesic(u, v, 0) = u`` and ``geodesic(u, v, 1) = v``
+        (``geodesic`` the model's op, ``args64`` the float64 operands)."""
+        ul, vl, _ = self.row_args
+        for s, end in ((0.0, 0), (1.0, 1)):
+            self.check(
+                f"geodesic(u, v, {s:g}) = {'uv'[end]}",
+                geodesic(u, v, s, c=c),
+                self.full(args64[end]),
+                slack_fn=self.slack("geodesic", [ul, vl, [s] * self.n]),
+            )
+
+    def check_transp_round_trip(self, transp, c, x, y, args64):
+        """``transp(y, x, transp(x, y, v)) = v`` for the model's parallel transport."""
+        rl = [self.listed(args64[1]), self.listed(args64[0]), self.listed(self.out)]
+        self.check(
+            "transp(y, x, transp(x, y, v)) = v",
+            transp(y, x, self.out, c=c),
+            self.full(args64[2]),
+            2,
+            slack_fn=self.composition_slack("transp", rl),
+        )
+
     def check_oracle(self, ref):
         """The result against the float64 reference ``ref``, settled at 60 digits."""
         assert self.out.shape == ref.shape, (self.out.shape, ref.shape)

@@ -71,10 +71,6 @@ def _inside(t, points, factor=10.0):
     return c.sqrt() * t.flat(points, scalar=False).norm(dim=-1) <= 1 - factor * MARGIN[t.dtype]
 
 
-def _full(t, v):
-    return v.expand(*t.batch, v.shape[-1])
-
-
 # ------------------------------------------------------------------ identities
 def dist(t, args, args64, c):
     x, y = args
@@ -98,13 +94,7 @@ def dist(t, args, args64, c):
 def geodesic(t, args, args64, c):
     u, v, _ = args
     ul, vl, tl = t.row_args
-    for s, end in ((0.0, 0), (1.0, 1)):
-        t.check(
-            f"geodesic(u, v, {s:g}) = {'uv'[end]}",
-            K.geodesic(u, v, s, c=c),
-            _full(t, args64[end]),
-            slack_fn=t.slack("geodesic", [ul, vl, [s] * t.n]),
-        )
+    t.check_geodesic_ends(K.geodesic, c, u, v, args64)
     d = MPM.fast_path("klein.dist", args64[:2], t.rc).expand(t.batch)
     tv = torch.tensor(tl, dtype=torch.float64).reshape(t.batch)
     t.check(

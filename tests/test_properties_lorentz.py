@@ -103,10 +103,6 @@ def _within(t, points, bound):
     return r <= bound[t.dtype]
 
 
-def _full(t, v):
-    return v.expand(*t.batch, v.shape[-1])
-
-
 def _zeros(t):
     return torch.zeros(t.batch, dtype=torch.float64)
 
@@ -168,7 +164,7 @@ def dist0(t, args, args64, c):
 
 
 def expmap0(t, args, args64, c):
-    u = _full(t, args64[0]).clone()
+    u = t.full(args64[0]).clone()
     u[..., 0] = 0  # expmap0 ignores the time coordinate, logmap0 gives none
     t.check(
         "log0(exp0(u)) = u",
@@ -183,7 +179,7 @@ def logmap0(t, args, args64, c):
     t.check(
         "exp0(log0(y)) = y",
         L.expmap0(t.out, c=c),
-        _full(t, args64[0]),
+        t.full(args64[0]),
         2,
         slack_fn=t.composition_slack("expmap0", [t.listed(t.out)]),
     )
@@ -195,7 +191,7 @@ def expmap(t, args, args64, c):
     t.check(
         "log_x(exp_x(u)) = u",
         L.logmap(x, t.out, c=c),
-        _full(t, args64[1]),
+        t.full(args64[1]),
         2,
         slack_fn=t.composition_slack("logmap", rl),
     )
@@ -207,7 +203,7 @@ def logmap(t, args, args64, c):
     t.check(
         "exp_x(log_x(y)) = y",
         L.expmap(x, t.out, c=c),
-        _full(t, args64[1]),
+        t.full(args64[1]),
         2,
         slack_fn=t.composition_slack("expmap", rl),
         only=_within(t, args64[0], TANGENT_MAX_DIST),  # expmap's documented range
@@ -218,7 +214,7 @@ def project(t, args, args64, c):
     (x,) = args
     dtype = t.dtype
     p = t.flat(t.out)
-    if not torch.equal(p[:, 1:], t.flat(_full(t, args64[0]))[:, 1:]):
+    if not torch.equal(p[:, 1:], t.flat(t.full(args64[0]))[:, 1:]):
         t.failures.append("lorentz.project: the space part changed")
     # on the hyperboloid up to the rounding of the time coordinate (4 u p0^2) and of the
     # float64 evaluation of <p, p>_L (4 u64 |p|^2)
@@ -245,27 +241,14 @@ def proj_tan(t, args, args64, c):
 
 
 def transp(t, args, args64, c):
-    x, y, v = args
-    rl = [t.listed(args64[1]), t.listed(args64[0]), t.listed(t.out)]
-    t.check(
-        "transp(y, x, transp(x, y, v)) = v",
-        L.transp(y, x, t.out, c=c),
-        _full(t, args64[2]),
-        2,
-        slack_fn=t.composition_slack("transp", rl),
-    )
+    x, y, _ = args
+    t.check_transp_round_trip(L.transp, c, x, y, args64)
 
 
 def geodesic(t, args, args64, c):
     u, v, _ = args
     ul, vl, tl = t.row_args
-    for s, end in ((0.0, 0), (1.0, 1)):
-        t.check(
-            f"geodesic(u, v, {s:g}) = {'uv'[end]}",
-            L.geodesic(u, v, s, c=c),
-            _full(t, args64[end]),
-            slack_fn=t.slack("geodesic", [ul, vl, [s] * t.n]),
-        )
+    t.check_geodesic_ends(L.geodesic, c, u, v, args64)
     d = MPM.fast_path("lorentz.dist", args64[:2], t.rc).expand(t.batch)
     tv = torch.tensor(tl, dtype=torch.float64).reshape(t.batch)
     t.check(

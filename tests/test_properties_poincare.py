@@ -61,10 +61,6 @@ def _zeros(t: Computed, width=None):
     return torch.zeros(t.batch if width is None else (*t.batch, width), dtype=torch.float64)
 
 
-def _full(t: Computed, v):
-    return v.expand(*t.batch, v.shape[-1])
-
-
 # ------------------------------------------------------------------ identities
 def mobius_add(t, args, args64, c):
     x, y = args
@@ -72,11 +68,11 @@ def mobius_add(t, args, args64, c):
     t.check(
         "(-x) + (x + y) = y",
         P.mobius_add(-x, t.out, c=c),
-        _full(t, args64[1]),
+        t.full(args64[1]),
         2,
         slack_fn=t.composition_slack("mobius_add", [[[-v for v in r] for r in xl], zl]),
     )
-    t.check("x + 0 = x", P.mobius_add(x, torch.zeros_like(x), c=c), _full(t, args64[0]))
+    t.check("x + 0 = x", P.mobius_add(x, torch.zeros_like(x), c=c), t.full(args64[0]))
 
 
 def mobius_sub(t, args, args64, c):
@@ -90,7 +86,7 @@ def mobius_sub(t, args, args64, c):
 
 def mobius_scalar_mul(t, args, args64, c):
     r, x = args
-    t.check("1 x = x", P.mobius_scalar_mul(1.0, x, c=c), _full(t, args64[1]))
+    t.check("1 x = x", P.mobius_scalar_mul(1.0, x, c=c), t.full(args64[1]))
     # d0(r x) = |r| d0(x), where r x stays 10 margins inside
     rl, xl = t.row_args
     d0 = R.dist0(args64[1], c=t.rc).expand(t.batch)
@@ -111,7 +107,7 @@ def mobius_scalar_mul(t, args, args64, c):
 
 
 def expmap0(t, args, args64, c):
-    u = _full(t, args64[0])
+    u = t.full(args64[0])
     reach = torch.tensor(t.c, dtype=torch.float64).sqrt() * t.flat(u).norm(dim=-1) <= math.atanh(
         1 - 10 * MARGIN[t.dtype]
     )
@@ -131,7 +127,7 @@ def logmap0(t, args, args64, c):
     t.check(
         "exp0(log0(y)) = y",
         back,
-        _full(t, args64[0]),
+        t.full(args64[0]),
         2,
         slack_fn=t.composition_slack("expmap0", [t.listed(t.out)]),
     )
@@ -144,7 +140,7 @@ def expmap(t, args, args64, c):
     t.check(
         "log_x(exp_x(u)) = u",
         back,
-        _full(t, args64[1]),
+        t.full(args64[1]),
         2,
         slack_fn=t.composition_slack("logmap", rl),
         only=_inside(t, t.out),
@@ -155,7 +151,7 @@ def logmap(t, args, args64, c):
     x, y = args
     back = P.expmap(x, t.out, c=c)
     rl = [t.listed(args64[0]), t.listed(t.out)]
-    t.check("exp_x(log_x(y)) = y", back, _full(t, args64[1]), 2, slack_fn=t.composition_slack("expmap", rl))
+    t.check("exp_x(log_x(y)) = y", back, t.full(args64[1]), 2, slack_fn=t.composition_slack("expmap", rl))
 
 
 def dist(t, args, args64, c):
@@ -192,12 +188,12 @@ def gyration(t, args, args64, c):
     a, b, u = args
     al, bl, ul, ol = (t.listed(v) for v in (*args64, t.out))
     norms = t.flat(t.out).norm(dim=-1).reshape(t.batch)
-    u_norms = t.flat(_full(t, args64[2])).norm(dim=-1).reshape(t.batch)
+    u_norms = t.flat(t.full(args64[2])).norm(dim=-1).reshape(t.batch)
     t.check("|gyr[a,b]u| = |u|", norms, u_norms, slack_fn=t.slack(), scalar=True)
     t.check(
         "gyr[b,a] gyr[a,b] u = u",
         P.gyration(b, a, t.out, c=c),
-        _full(t, args64[2]),
+        t.full(args64[2]),
         2,
         slack_fn=t.composition_slack("gyration", [bl, al, ol]),
     )
@@ -222,27 +218,14 @@ def gyration(t, args, args64, c):
 
 
 def transp(t, args, args64, c):
-    x, y, v = args
-    rl = [t.listed(args64[1]), t.listed(args64[0]), t.listed(t.out)]
-    t.check(
-        "transp(y, x, transp(x, y, v)) = v",
-        P.transp(y, x, t.out, c=c),
-        _full(t, args64[2]),
-        2,
-        slack_fn=t.composition_slack("transp", rl),
-    )
+    x, y, _ = args
+    t.check_transp_round_trip(P.transp, c, x, y, args64)
 
 
 def geodesic(t, args, args64, c):
     u, v, _ = args
     ul, vl, tl = t.row_args
-    for s, end in ((0.0, 0), (1.0, 1)):
-        t.check(
-            f"geodesic(u, v, {s:g}) = {'uv'[end]}",
-            P.geodesic(u, v, s, c=c),
-            _full(t, args64[end]),
-            slack_fn=t.slack("geodesic", [ul, vl, [s] * t.n]),
-        )
+    t.check_geodesic_ends(P.geodesic, c, u, v, args64)
     d = R.dist(args64[0], args64[1], c=t.rc).expand(t.batch)
     tv = torch.tensor(tl, dtype=torch.float64).reshape(t.batch)
     t.check(
