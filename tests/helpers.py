@@ -17,6 +17,7 @@ import xpu_stone.klein
 import xpu_stone.lorentz
 import xpu_stone.poincare
 from xpu_stone.constants import BOUNDARY_EPS
+from xpu_stone.manifolds import ManifoldParameter
 from xpu_stone.reference import poincare as R
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -378,3 +379,26 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def fresh_twin(make, p, grads):
+    """A copy of the ManifoldParameter ``p`` stepped through ``grads`` by a fresh
+    optimizer ``make([twin])``: what ``p``'s optimizer must reach after a fault."""
+    twin = ManifoldParameter(p.detach().clone(), p.manifold)
+    twin_opt = make([twin])
+    for g in grads:
+        twin.grad = g
+        twin_opt.step()
+    return twin, twin_opt
+
+
+def assert_steps_reach_twin(opt, p, grads, twin, twin_opt):
+    """``opt`` steps ``p`` through ``grads``; parameter and optimizer state must then
+    equal the twin's exactly."""
+    for g in grads:
+        p.grad = g
+        opt.step()
+    assert torch.equal(p.detach(), twin.detach())
+    assert sorted(opt.state[p]) == sorted(twin_opt.state[twin])
+    for k, v in opt.state[p].items():
+        assert torch.equal(torch.as_tensor(v), torch.as_tensor(twin_opt.state[twin][k])), k

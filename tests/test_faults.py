@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_steps_reach_twin, fresh_twin
 
 from xpu_stone.engine import rowwise_cuda
 from xpu_stone.engine.launch import allocates
@@ -431,11 +432,7 @@ def test_optimizer_state_allocation_out_of_memory_leaves_no_half_made_state(make
     gen = torch.Generator().manual_seed(0)
     p = ManifoldParameter(torch.randn(8, 4, generator=gen) * 0.05, ball)
     grads = [torch.randn(8, 4, generator=gen) for _ in range(2)]
-    twin = ManifoldParameter(p.detach().clone(), ball)
-    twin_opt = make([twin])
-    for g in grads:
-        twin.grad = g
-        twin_opt.step()
+    twin, twin_opt = fresh_twin(make, p, grads)
     opt = make([p])
     p.grad = grads[0]
     start = p.detach().clone()
@@ -452,10 +449,4 @@ def test_optimizer_state_allocation_out_of_memory_leaves_no_half_made_state(make
         opt.step()
     monkeypatch.setattr(torch, "zeros_like", real)
     assert torch.equal(p.detach(), start) and not opt.state[p]
-    for g in grads:
-        p.grad = g
-        opt.step()
-    assert torch.equal(p.detach(), twin.detach())
-    assert sorted(opt.state[p]) == sorted(twin_opt.state[twin])
-    for k, v in opt.state[p].items():
-        assert torch.equal(torch.as_tensor(v), torch.as_tensor(twin_opt.state[twin][k])), k
+    assert_steps_reach_twin(opt, p, grads, twin, twin_opt)

@@ -16,6 +16,7 @@ import gc
 
 import pytest
 import torch
+from helpers import assert_steps_reach_twin, fresh_twin
 
 from xpu_stone import pairwise, to_cupy, to_torch
 from xpu_stone import poincare as P
@@ -119,10 +120,6 @@ def test_cdist_out_of_memory_is_typed_and_leaves_inputs_alone():
 
 
 # ----------------------------------------------------------------- optimizers
-def _state_copy(opt, p):
-    return {k: (v.clone() if torch.is_tensor(v) else v) for k, v in opt.state[p].items()}
-
-
 @pytest.mark.parametrize(
     "make",
     [
@@ -139,11 +136,7 @@ def test_optimizer_step_out_of_memory_leaves_parameters_and_state_alone(make):
     ball = PoincareBall(c=1.0)
     p = ManifoldParameter(_ball(n, d, seed=9), ball)
     grads = [_ball(n, d, seed=10, scale=1.0), _ball(n, d, seed=11, scale=1.0)]
-    twin = ManifoldParameter(p.detach().clone(), ball)
-    twin_opt = make([twin])
-    for g in grads:
-        twin.grad = g
-        twin_opt.step()
+    twin, twin_opt = fresh_twin(make, p, grads)
     opt = make([p])
     p.grad = grads[0]
     start = p.detach().clone()
@@ -152,14 +145,7 @@ def test_optimizer_step_out_of_memory_leaves_parameters_and_state_alone(make):
     _check_typed(info, torch.OutOfMemoryError)
     del info
     assert torch.equal(p.detach(), start) and not opt.state[p]  # no half-made state
-    for g in grads:
-        p.grad = g
-        opt.step()
-    assert torch.equal(p.detach(), twin.detach())
-    ours, theirs = _state_copy(opt, p), _state_copy(twin_opt, twin)
-    assert ours.keys() == theirs.keys()
-    for k in ours:
-        assert torch.equal(torch.as_tensor(ours[k]), torch.as_tensor(theirs[k])), k
+    assert_steps_reach_twin(opt, p, grads, twin, twin_opt)
 
 
 # ----------------------------------------------------------- failed capture
