@@ -219,10 +219,10 @@ struct xs_row_args {
   const void* v[3];        // input rows (up to three vectors)
   long long v_rs[3];       // row strides (elements; 0 broadcasts one row)
   long long v_es[3];       // element strides
-  const void* c_ptr;       // per-row curvature (P), or null: c_val
+  const void* c_ptr;       // per-row curvature (double), or null: c_val
   long long c_rs;
   double c_val;
-  const void* t_ptr;       // per-row weight t / r (P), or null: t_val
+  const void* t_ptr;       // per-row weight t / r (double), or null: t_val
   long long t_rs;
   double t_val;
   double eps;
@@ -230,14 +230,16 @@ struct xs_row_args {
   const void* g;           // backward: output gradient
   long long g_rs, g_es;
   void* gv[3];             // backward: input gradients, contiguous (null: skip)
-  void* gc;                // backward: per-row gradient of c (P)
-  void* gt;                // backward: per-row gradient of t (P)
+  void* gc;                // backward: per-row gradient of c (double)
+  void* gt;                // backward: per-row gradient of t (double)
 };
 
 // Where thread `lane` of a row starts, and how far apart its accesses are.
 #define XS_ROW_SETUP                                                                   \
   using E = S;                                                                         \
-  using P = typename xs_traits<T>::P;                                                  \
+  /* c, t and their gradients are double for every row dtype: a float64 c given  */    \
+  /* with fp32/16-bit rows must not be rounded near the boundary (1 - c|x|^2).   */    \
+  using P = double;                                                                    \
   constexpr int RPB = G > 32 ? 1 : BLOCK / G;                                          \
   const long long rows = a.rows, D = a.D;                                              \
   const int lane = threadIdx.x % G;                                                    \

@@ -18,7 +18,7 @@ from ..errors import InvalidArgumentError
 from ..kernels.registry import REGISTRY
 from .checks import batch_shape, check_row_op_values, validate_cupy, validate_torch
 from .custom_op import Impls, define_differentiable, empty_if_none, none_unless
-from .launch import TORCH_DTYPES, compute_dtype
+from .launch import TORCH_DTYPES
 from .rowop import RowOp
 from .rowwise_cpu import FP16_MAX, cpu_backward, cpu_forward
 from .rowwise_cuda import launch_backward, launch_forward, launch_forward_cupy
@@ -131,7 +131,7 @@ def _define_custom_op(op: RowOp):
         batch = batch_shape(vecs, c, t)
         x = vecs[0]
         outs = [x.new_empty((*batch, x.shape[-1])) if needs[j] else None for j in range(nv)]
-        pd = compute_dtype(x.dtype)
+        pd = torch.float64  # the kernels' c and t gradients (see launch_backward)
         for s, need in ((c, needs[nv]), (t, needs[nv + 1])):
             outs.append(x.new_empty((*batch, 1), dtype=pd) if (need and s is not None) else None)
         return empty_if_none(outs, x)

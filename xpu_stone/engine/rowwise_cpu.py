@@ -20,7 +20,7 @@ from __future__ import annotations
 from .._deps import torch
 from ..constants import ACCUM_DTYPE, ARTANH_MAX, COSH_MAX, MIN_SQNORM, TANH_MAX
 from .checks import POINT_INPUTS, batch_shape, domain_tol, not_points
-from .launch import TORCH_DTYPES, TORCH_OF, compute_dtype
+from .launch import TORCH_DTYPES, TORCH_OF
 from .rowop import E0, RowOp, term_flags
 
 __all__ = [
@@ -225,7 +225,7 @@ def cpu_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, needs):
         gj = grads[j] if isinstance(grads[j], torch.Tensor) else torch.zeros((), dtype=accum)
         gj = _nan_where(bad, gj.expand(*batch, op.width(d)))[..., op.in_shift :]
         out.append(_store(gj, vecs[0].dtype).contiguous())
-    pd = compute_dtype(vecs[0].dtype)
+    pd = torch.float64  # as the kernels' c and t gradients
     for s, sb, need in ((c, sbar[-2], needs[nv]), (t, sbar[-1], needs[nv + 1])):
         out.append(
             _nan_where(bad, sb.expand(*batch, 1)).to(pd).contiguous() if (need and s is not None) else None

@@ -10,7 +10,7 @@ from .._deps import cupy, torch
 from ..constants import ACCUM_DTYPE
 from ..kernels import dispatcher
 from ..kernels.launch import get_function
-from .launch import TORCH_OF, allocates, compute_dtype_name, launch_rows, poison, torch_stream
+from .launch import allocates, launch_rows, poison, torch_stream
 from .rowop import RowOp
 from .rows import (
     collapse,
@@ -26,10 +26,6 @@ from .rows import (
 __all__ = ["launch_backward", "launch_forward", "launch_forward_cupy"]
 
 
-def _param_dtype(dtype: str):
-    return TORCH_OF[compute_dtype_name(dtype)]
-
-
 @allocates
 def launch_forward(op: RowOp, vecs, c, c_val, t, t_val, eps, dtype, batch):
     """Runs the forward kernel on torch CUDA tensors; returns a new tensor."""
@@ -38,7 +34,7 @@ def launch_forward(op: RowOp, vecs, c, c_val, t, t_val, eps, dtype, batch):
         None if (c is not None or t is not None) else prepare_contiguous(vecs, c_val, t_val, dtype, batch)
     )
     d, rows, keep, fields, aligned = prepared or prepare(
-        vecs, ((c, c_val), (t, t_val)), dtype, batch, torch_rows, torch_scalar_rows, _param_dtype(dtype)
+        vecs, ((c, c_val), (t, t_val)), dtype, batch, torch_rows, torch_scalar_rows, torch.float64
     )
     out = torch.empty(batch if op.scalar_out else (*batch, op.out_width(d)), dtype=x.dtype, device=x.device)
     poison(out)
@@ -55,7 +51,7 @@ def launch_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, dtype, batch
     """Runs the backward kernel; returns per-row gradients (None where not needed):
     one rows-shaped tensor per vector, then c and t as (*batch, 1) tensors."""
     x = vecs[0]
-    pd = _param_dtype(dtype)
+    pd = torch.float64  # c, t and their gradients are double in every row kernel
     d, rows, keep, fields, aligned = prepare(
         vecs, ((c, c_val), (t, t_val)), dtype, batch, torch_rows, torch_scalar_rows, pd
     )
@@ -87,7 +83,7 @@ def launch_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, dtype, batch
 def launch_forward_cupy(op: RowOp, vecs, c, c_val, t, t_val, eps, dtype, batch):
     """The forward on CuPy arrays (no torch needed), on CuPy's current stream."""
     x = vecs[0]
-    pd = compute_dtype_name(dtype)
+    pd = "float64"
     d, rows, keep, fields, aligned = prepare(
         vecs, ((c, c_val), (t, t_val)), dtype, batch, cupy_rows, cupy_scalar_rows, pd
     )
