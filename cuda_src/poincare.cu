@@ -94,24 +94,39 @@ struct PoincareLogmap0 : xs_op_base {
   }
 };
 
-// exp_x(u) = x (+) tanh(sqrt(c) lambda_x |u| / 2) u / (sqrt(c)|u|)
+// exp_x(u) = x (+) z,  z = s u,  s = tanh(a) / (sqrt(c)|u|),  a = sqrt(c)|u| / B_x
+// (B_x = 1 - c|x|^2 = 2 / lambda_x), as the Mobius sum of mobius_add with w = x + z:
+// (A w + c|w|^2 x) / (A B + c|w|^2), A = B_x, B = 1 - c|z|^2 = 1 / cosh^2(a). |w|^2
+// is the late dot, summed from the elements of x + s u once s is known: near the
+// boundary with x + z ~ 0, |x|^2 + 2s<x,u> + s^2|u|^2 cancels to nothing.
 struct PoincareExpmap : xs_op_base {
-  static constexpr int NVEC = 2, NTERM = 2, NDOT = 3, NOUT = 2;
+  static constexpr int NVEC = 2, NTERM = 2, NDOT = 4, NOUT = 2;
   static constexpr bool SCALAR_OUT = false;
+  static constexpr bool LATE = true;
   XS_POINTS(xs_ball, 0)
-  XS_TABLE(term, xs_ij, {0, -1}, {1, -1})     // x, u
-  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {0, 1})  // |x|^2, |u|^2, <x,u>
+  XS_TABLE(term, xs_ij, {0, -1}, {1, -1})               // x, u
+  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {0, 1}, {0, 1})  // |x|^2, |u|^2, <x,u>, late |x + s u|^2
   XS_TABLE(out, int, 0, 1)
+  template <class R, class S>
+  __device__ __forceinline__ static R arg(const R& xx, const R& uu, const R& c) {
+    return xs_min(xs_sqrt(c) * xs_norm_from_sq<R, S>(uu) / xs_max(1 - c * xx, XS_LIM(min_denom)),
+                  XS_LIM(tanh_max));
+  }
+  // s, and |x + s u|^2 written with the other dots (what the backward differentiates)
+  template <class R, class S>
+  __device__ __forceinline__ static R late(const R (&dot)[NDOT], const R& c, R& s) {
+    s = xs_tanh(arg<R, S>(dot[0], dot[1], c)) / (xs_sqrt(c) * xs_norm_from_sq<R, S>(dot[1]));
+    return dot[0] + 2 * s * dot[2] + s * s * dot[1];
+  }
   XS_COEFFS {
-    const R xx = dot[0], uu = dot[1], xu = dot[2];
-    const R sc = xs_sqrt(c);
-    const R nu = xs_norm_from_sq<R, S>(uu);
-    const R bx = xs_max(1 - c * xx, XS_LIM(min_denom));  // 2 / lambda_x
-    const R s = xs_tanh_c<R, S>(sc * nu / bx) / (sc * nu);  // z = s u
-    const R xz = s * xu, zz = s * s * uu;
-    const R den = xs_max(1 + 2 * c * xz + c * c * xx * zz, XS_LIM(min_denom));
-    coef[0] = (1 + 2 * c * xz + c * zz) / den;
-    coef[1] = (1 - c * xx) * s / den;
+    const R xx = dot[0], uu = dot[1], ww = dot[3];
+    const R a = arg<R, S>(xx, uu, c);
+    const R s = xs_tanh(a) / (xs_sqrt(c) * xs_norm_from_sq<R, S>(uu));
+    const R ax = 1 - c * xx;
+    const R ch = xs_cosh(a);
+    const R den = xs_max(ax / (ch * ch) + c * ww, XS_LIM(min_denom));
+    coef[0] = (ax + c * ww) / den;
+    coef[1] = ax * s / den;
   }
 };
 
@@ -188,52 +203,58 @@ struct PoincareLambdaX : xs_op_base {
   XS_COEFFS { coef[0] = 2 / xs_max(1 - c * dot[0], XS_LIM(min_denom)); }
 };
 
-// gyr[u, v] w = w + alpha u + beta v, from |u|^2, |v|^2, <u,v>, <u,w>, <v,w>:
-//   alpha = 2 (-c^2 <u,w>|v|^2 + c<v,w> + 2c^2 <u,v><v,w>) / dn
-//   beta  = 2 (-c^2 <v,w>|u|^2 - c<u,w>) / dn,  dn = 1 + 2c<u,v> + c^2|u|^2|v|^2
+// gyr[u, v] w = w + alpha s + gamma v with s = u + v, from |u|^2, |v|^2, |s|^2,
+// <s,w>, <v,w>, <s,v> (Ungar's w + (alpha u + beta v), gamma = beta - alpha, with u
+// written as s - v):
+//   alpha = 2c (<v,w> B - c<s,w>|v|^2 + 2c<s,v><v,w>) / dn
+//   gamma = -2c (<s,w> B + c<v,w>|s|^2) / dn,  dn = A B + c|s|^2,
+// A = 1 - c|u|^2, B = 1 - c|v|^2 (dn = 1 + 2c<u,v> + c^2|u|^2|v|^2). Near the
+// boundary with u ~ -v, alpha u and beta v are large and nearly cancel and dn cancels
+// in the dots; here every such term carries s, formed elementwise, and gamma ~ s.
 template <class R, class S>
-__device__ __forceinline__ void xs_gyration_coeffs(const R& uu, const R& vv, const R& uv,
-                                                   const R& uw, const R& vw, const R& c,
-                                                   R& alpha, R& beta) {
-  const R c2 = c * c;
-  const R dn = xs_max(1 + 2 * c * uv + c2 * uu * vv, xs_limits<S>::min_denom);
-  alpha = 2 * (-c2 * uw * vv + c * vw + 2 * c2 * uv * vw) / dn;
-  beta = 2 * (-c2 * vw * uu - c * uw) / dn;
+__device__ __forceinline__ void xs_gyration_coeffs(const R& uu, const R& vv, const R& ss,
+                                                   const R& sw, const R& vw, const R& sv,
+                                                   const R& c, R& alpha, R& gamma) {
+  const R b = 1 - c * vv;
+  const R dn = xs_max((1 - c * uu) * b + c * ss, xs_limits<S>::min_denom);
+  alpha = 2 * c * (vw * b - c * sw * vv + 2 * c * sv * vw) / dn;
+  gamma = -2 * c * (sw * b + c * vw * ss) / dn;
 }
 
-// gyr[a, b] u = (-(a (+) b)) (+) (a (+) (b (+) u))
+// gyr[a, b] u = (-(a (+) b)) (+) (a (+) (b (+) u)) = u + alpha (a + b) + gamma b
 struct PoincareGyration : xs_op_base {
-  static constexpr int NVEC = 3, NTERM = 3, NDOT = 5, NOUT = 3;
+  static constexpr int NVEC = 3, NTERM = 4, NDOT = 6, NOUT = 3;
   static constexpr bool SCALAR_OUT = false;
   XS_POINTS(xs_ball, 0, 1)
-  XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {2, -1})                  // a, b, u
-  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {0, 1}, {0, 2}, {1, 2})  // aa bb ab au bu
-  XS_TABLE(out, int, 0, 1, 2)
+  XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {2, -1}, {0, 1, false, true})  // a, b, u, s = a + b
+  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {3, 3}, {3, 2}, {1, 2}, {3, 1})  // aa bb ss su bu sb
+  XS_TABLE(out, int, 2, 3, 1)
   XS_COEFFS {
-    R alpha, beta;
-    xs_gyration_coeffs<R, S>(dot[0], dot[1], dot[2], dot[3], dot[4], c, alpha, beta);
-    coef[0] = alpha;
-    coef[1] = beta;
-    coef[2] = R(1);
+    R alpha, gamma;
+    xs_gyration_coeffs<R, S>(dot[0], dot[1], dot[2], dot[3], dot[4], dot[5], c, alpha, gamma);
+    coef[0] = R(1);
+    coef[1] = alpha;
+    coef[2] = gamma;
   }
 };
 
-// P_{x->y}(v) = gyr[y, -x] v * lambda_x / lambda_y
+// P_{x->y}(v) = gyr[y, -x] v * lambda_x / lambda_y = scale (v + alpha d - gamma x),
+// d = y - x (the s = y + (-x) of xs_gyration_coeffs)
 struct PoincareTransp : xs_op_base {
-  static constexpr int NVEC = 3, NTERM = 3, NDOT = 5, NOUT = 3;
+  static constexpr int NVEC = 3, NTERM = 4, NDOT = 6, NOUT = 3;
   static constexpr bool SCALAR_OUT = false;
   XS_POINTS(xs_ball, 0, 1)
-  XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {2, -1})                  // x, y, v
-  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {0, 1}, {0, 2}, {1, 2})  // xx yy xy xv yv
-  XS_TABLE(out, int, 0, 1, 2)
+  XS_TABLE(term, xs_ij, {0, -1}, {1, -1}, {2, -1}, {1, 0})              // x, y, v, d = y - x
+  XS_TABLE(dot, xs_ij, {0, 0}, {1, 1}, {3, 3}, {3, 2}, {0, 2}, {3, 0})  // xx yy dd dv xv dx
+  XS_TABLE(out, int, 2, 3, 0)
   XS_COEFFS {
-    const R xx = dot[0], yy = dot[1], xy = dot[2], xv = dot[3], yv = dot[4];
-    R alpha, beta;  // gyr[y, -x] v = v + alpha y + beta (-x)
-    xs_gyration_coeffs<R, S>(yy, xx, -xy, yv, -xv, c, alpha, beta);
+    const R xx = dot[0], yy = dot[1], dd = dot[2], dv = dot[3], xv = dot[4], dx = dot[5];
+    R alpha, gamma;  // gyr[y, -x] v = v + alpha d + gamma (-x)
+    xs_gyration_coeffs<R, S>(yy, xx, dd, dv, -xv, -dx, c, alpha, gamma);
     const R scale = xs_max(1 - c * yy, XS_LIM(min_denom)) / xs_max(1 - c * xx, XS_LIM(min_denom));
-    coef[0] = -scale * beta;
+    coef[0] = scale;
     coef[1] = scale * alpha;
-    coef[2] = scale;
+    coef[2] = -scale * gamma;
   }
 };
 

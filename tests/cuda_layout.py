@@ -168,6 +168,7 @@ class RowStruct:
     out: tuple[int, ...]
     reads_t: bool
     reads_eps: bool
+    late: bool = False
 
 
 OP_BASE = "xs_op_base"
@@ -254,6 +255,7 @@ def parse_row_structs(
             out=tables["out"],
             reads_t=re.search(r"\bt\b", coeffs) is not None,
             reads_eps=re.search(r"\beps\b", coeffs) is not None,
+            late=bool(consts.get("LATE", False)),
         )
     return out
 
@@ -327,6 +329,7 @@ def compare_row_op(s: RowStruct, op, e0: int) -> list[str]:
         ("SCALAR_OUT", s.scalar_out, bool(op.scalar_out)),
         ("IN_SHIFT", s.in_shift, op.in_shift),
         ("OUT_SHIFT", s.out_shift, op.out_shift),
+        ("LATE", s.late, op.late is not None),
     ):
         if cpp != py:
             p.append(f"{n}: {what} is {cpp} in C++ but {py} in Python")

@@ -254,7 +254,7 @@ def test_parser_refuses_what_it_cannot_read():
     """Unknown constructs raise instead of being skipped (a skipped table would
     compare as missing, a skipped field would shift every later one)."""
     defaults, symbols = {"IN_SHIFT": 0, "OUT_SHIFT": 0}, {"XS_E0": -2}
-    text = _read(CUDA_SRC / "poincare.cu").replace("{0, 0}, {1, 1}, {0, 1})", "{0, 0}, {1, 1}, {0, XS_Y})", 1)
+    text = _read(CUDA_SRC / "poincare.cu").replace("{0, 1}, {0, 1})", "{0, 1}, {0, XS_Y})", 1)
     with pytest.raises(ValueError, match="XS_Y"):
         cl.parse_row_structs(text, "poincare.cu", defaults, symbols)
     with pytest.raises(ValueError, match="cannot read"):

@@ -69,6 +69,11 @@ constexpr int XS_E0 = -2;
 // (XS_POINTS in ops.cuh declares them).
 struct xs_op_base {
   static constexpr int IN_SHIFT = 0, OUT_SHIFT = 0;
+  // LATE: the last dot (a, b) is |t_a + s t_b|^2, not <t_a, t_b>. The forward sums it
+  // from the elements in a second pass, once the other dots give s; the op's
+  // `R late(dot, c, s)` sets s and returns the same sum written with the other dots,
+  // which is what the backward differentiates (its value is not used forward).
+  static constexpr bool LATE = false;
   static constexpr xs_domain DOMAIN = xs_free;
   static constexpr unsigned POINTS = 0;  // bit j: input j is a point of DOMAIN
 };
@@ -151,7 +156,7 @@ __device__ __forceinline__ void xs_accumulate_dots(const E (&v)[Op::NVEC][VEC], 
 #pragma unroll
     for (int k = 0; k < Op::NTERM; ++k) t[k] = xs_term<Op, S>(v, k, i, e + i);
 #pragma unroll
-    for (int d = 0; d < Op::NDOT; ++d) acc[d] += t[Op::dot(d).a] * t[Op::dot(d).b];
+    for (int d = 0; d < Op::NDOT - (Op::LATE ? 1 : 0); ++d) acc[d] += t[Op::dot(d).a] * t[Op::dot(d).b];
 #pragma unroll
     for (int j = 0; j < Op::NVEC; ++j) {
       const S x = S(v[j][i]);
@@ -282,6 +287,31 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_fwd(const xs_row_args a) {
   }
   xs_row_sum<G>(acc);
 
+  if constexpr (Op::LATE) {  // the late dot |t_a + s t_b|^2, from the elements
+    S s;
+    Op::template late<S, S>(reinterpret_cast<const S(&)[Op::NDOT]>(acc), S(c), s);
+    constexpr xs_ij L = Op::dot(Op::NDOT - 1);
+    S late[1] = {0};
+    auto add = [&](const E(&v)[NV][VEC], long long e) {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        const S w = xs_term<Op, S>(v, L.a, i, e + i) + s * xs_term<Op, S>(v, L.b, i, e + i);
+        late[0] += w * w;
+      }
+    };
+    if constexpr (NITER > 0) {
+#pragma unroll
+      for (int it = 0; it < NITER; ++it) add(cache[it], it * STEP + (long long)lane * VEC);  // zeros past D
+    } else {
+      for (long long e = (long long)lane * VEC; e < D; e += STEP) {
+        xs_load_rows<T, NV, VEC, Op::IN_SHIFT>(base, es, e, valid, cache[0]);
+        add(cache[0], e);
+      }
+    }
+    xs_row_sum<G>(late);
+    acc[Op::NDOT - 1] = late[0];
+  }
+
   const bool bad = xs_row_bad<Op, T>(acc, acc + Op::NDOT, c, D);
   S coef[Op::NOUT];
   Op::template coeffs<S, S>(reinterpret_cast<const S(&)[Op::NDOT]>(acc), c, t, eps, coef);
@@ -396,9 +426,14 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_bwd(const xs_row_args a) {
   R dots[Op::NDOT];
 #pragma unroll
   for (int d = 0; d < Op::NDOT; ++d) dots[d] = R::seed(acc[d], d);
+  const R cs = R::seed(c, Op::NDOT);
+  if constexpr (Op::LATE) {  // a function of the other dots here: its adjoint flows into theirs
+    R s;
+    dots[Op::NDOT - 1] = Op::template late<R, S>(dots, cs, s);
+  }
   const bool bad = xs_row_bad<Op, T>(acc, acc + NRED, c, D);
   R coef[Op::NOUT];
-  Op::template coeffs<R, S>(dots, R::seed(c, Op::NDOT), R::seed(t, Op::NDOT + 1), eps, coef);
+  Op::template coeffs<R, S>(dots, cs, R::seed(t, Op::NDOT + 1), eps, coef);
   if (bad) {
 #pragma unroll
     for (int k = 0; k < Op::NOUT; ++k) coef[k] = xs_nan(coef[k]);

@@ -34,7 +34,11 @@ class RowOp:
     of a Lorentz vector), and (a, b, False, True) for the sum v_a + v_b (formed
     elementwise, so that nearly opposite rows keep their digits); ``dots``: pairs of term indices; ``out``: the terms of
     a vector output. ``in_shift`` / ``out_shift``: the inputs / the output hold
-    the logical row from that element on (see rowwise.cuh)."""
+    the logical row from that element on (see rowwise.cuh). ``late``: the last dot
+    (a, b) is not <t_a, t_b> but |t_a + sigma t_b|^2, summed from the elements in a
+    second pass once the other dots give sigma; ``late(dots, c)`` returns (sigma, the
+    same sum written with the other dots), the second used by the backward, which
+    differentiates it (``LATE`` and ``late`` of the C++ struct)."""
 
     family: str
     name: str
@@ -50,6 +54,12 @@ class RowOp:
     in_shift: int = 0
     out_shift: int = 0
     min_features: int = 1  # 2 for hyperboloid points: the time coordinate and a space one
+    late: Callable | None = None
+
+    @property
+    def summed_dots(self) -> tuple[tuple[int, int], ...]:
+        """The dots summed in the first pass over the row (all but a late one)."""
+        return self.dots[:-1] if self.late else self.dots
 
     @property
     def qualname(self) -> str:

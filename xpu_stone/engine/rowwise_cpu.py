@@ -157,8 +157,12 @@ def cpu_forward(op: RowOp, vecs, c, c_val, t, t_val, eps):
     :func:`bad_rows`), output."""
     accum = _accum_dtype(vecs[0].dtype)
     ts = _terms(op, vecs, accum)
-    dots = [(ts[p] * ts[q]).sum(-1, keepdim=True) for p, q in op.dots]
+    dots = [(ts[p] * ts[q]).sum(-1, keepdim=True) for p, q in op.summed_dots]
     cs, tt = _as_rows_scalar(c, c_val, vecs[0], accum), _as_rows_scalar(t, t_val, vecs[0], accum)
+    if op.late:  # the second pass: |t_a + sigma t_b|^2 from the elements
+        a, b = op.dots[-1]
+        w = ts[a] + op.late(dots, cs)[0] * ts[b]
+        dots.append((w * w).sum(-1, keepdim=True))
     bad = bad_rows(op, vecs, dots, cs)
     coef = [_nan_where(bad, k) for k in op.coeffs(dots, cs, tt, eps)]
     if op.scalar_out:
@@ -181,10 +185,11 @@ def cpu_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, needs):
     if op.out_shift and not op.scalar_out:
         grad = torch.nn.functional.pad(grad, (op.out_shift, 0))
     with torch.enable_grad():
-        dots = [leaf((ts[p] * ts[q]).sum(-1, keepdim=True)) for p, q in op.dots]
+        dots = [leaf((ts[p] * ts[q]).sum(-1, keepdim=True)) for p, q in op.summed_dots]
         cs = leaf(_as_rows_scalar(c, c_val, vecs[0], accum))
         tt = leaf(_as_rows_scalar(t, t_val, vecs[0], accum))
-        coef = op.coeffs(dots, cs, tt, eps)
+        # a late dot as a function of the others: its adjoint flows into theirs
+        coef = op.coeffs([*dots, op.late(dots, cs)[1]] if op.late else dots, cs, tt, eps)
         if op.scalar_out:
             weights = [grad.to(accum).unsqueeze(-1)]
         else:
@@ -198,7 +203,7 @@ def cpu_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, needs):
     if not op.scalar_out:
         for k, term in enumerate(op.out):
             gterm[term] = gterm[term] + coef[k].detach() * grad.to(accum)
-    for (p, q), s in zip(op.dots, sbar[: len(op.dots)]):
+    for (p, q), s in zip(op.summed_dots, sbar[: len(op.summed_dots)]):
         if p == q:
             gterm[p] = gterm[p] + 2 * s * ts[p]
         else:

@@ -9,7 +9,7 @@ tensors of shape ``(..., 1)`` and returns the output coefficients; see
 from __future__ import annotations
 
 from .._deps import torch
-from ..constants import MIN_DENOM
+from ..constants import MIN_DENOM, TANH_MAX
 from ..engine.rowop import ALONE
 from ..engine.rowwise import row_op
 from ..engine.rowwise_cpu import artanh_c, clamp_min, norm_from_sq, sinh_c, tanh_c
@@ -69,15 +69,30 @@ def _logmap0(dot, c, t, eps):
     return [artanh_c(sn) / sn]
 
 
+def _expmap_late(dot, c):
+    """(s, |x + s u|^2 from the dots): z = s u with s = tanh(sqrt(c)|u| / B_x) / (sqrt(c)|u|),
+    B_x = 1 - c|x|^2 = 2 / lambda_x."""
+    xx, uu, xu = dot[:3]
+    a = _expmap_arg(xx, uu, c)
+    s = tanh_c(a) / (torch.sqrt(c) * norm_from_sq(uu))
+    return s, xx + 2 * s * xu + s * s * uu
+
+
+def _expmap_arg(xx, uu, c):
+    return torch.clamp_max(torch.sqrt(c) * norm_from_sq(uu) / clamp_min(1 - c * xx, MIN_DENOM), TANH_MAX)
+
+
 def _expmap(dot, c, t, eps):
-    xx, uu, xu = dot
-    sc = torch.sqrt(c)
-    nu = norm_from_sq(uu)
-    bx = clamp_min(1 - c * xx, MIN_DENOM)
-    s = tanh_c(sc * nu / bx) / (sc * nu)
-    xz, zz = s * xu, s * s * uu
-    den = clamp_min(1 + 2 * c * xz + c * c * xx * zz, MIN_DENOM)
-    return [(1 + 2 * c * xz + c * zz) / den, (1 - c * xx) * s / den]
+    """x (+) z, z = s u (see :func:`_expmap_late`), as the Mobius sum of :func:`_mobius_sum`
+    with w = x + z: (A w + c|w|^2 x) / (A B + c|w|^2), A = 1 - c|x|^2, B = 1 - c|z|^2 =
+    1 / cosh^2(a). |w|^2 is the late dot (summed from the elements of x + s u): near the
+    boundary with x + z ~ 0 the dots alone lose it. Coefficients of x and u."""
+    xx, uu, xu, ww = dot
+    a = _expmap_arg(xx, uu, c)
+    s = tanh_c(a) / (torch.sqrt(c) * norm_from_sq(uu))
+    ax = 1 - c * xx
+    den = clamp_min(ax / torch.cosh(a) ** 2 + c * ww, MIN_DENOM)
+    return [(ax + c * ww) / den, ax * s / den]
 
 
 def _logmap(dot, c, t, eps):
@@ -111,25 +126,27 @@ def _lambda_x(dot, c, t, eps):
     return [2 / clamp_min(1 - c * dot[0], MIN_DENOM)]
 
 
-def gyration_coeffs(uu, vv, uv, uw, vw, c):
-    """gyr[u, v] w = w + alpha u + beta v (see xs_gyration_coeffs in poincare.cu)."""
-    c2 = c * c
-    dn = clamp_min(1 + 2 * c * uv + c2 * uu * vv, MIN_DENOM)
-    alpha = 2 * (-c2 * uw * vv + c * vw + 2 * c2 * uv * vw) / dn
-    beta = 2 * (-c2 * vw * uu - c * uw) / dn
-    return alpha, beta
+def gyration_coeffs(uu, vv, ss, sw, vw, sv, c):
+    """gyr[u, v] w = w + alpha s + gamma v, s = u + v (see xs_gyration_coeffs in
+    poincare.cu): alpha = 2c (<v,w> B - c<s,w>|v|^2 + 2c<s,v><v,w>) / dn,
+    gamma = -2c (<s,w> B + c<v,w>|s|^2) / dn, dn = A B + c|s|^2."""
+    b = 1 - c * vv
+    dn = clamp_min((1 - c * uu) * b + c * ss, MIN_DENOM)
+    alpha = 2 * c * (vw * b - c * sw * vv + 2 * c * sv * vw) / dn
+    gamma = -2 * c * (sw * b + c * vw * ss) / dn
+    return alpha, gamma
 
 
 def _gyration(dot, c, t, eps):
-    alpha, beta = gyration_coeffs(*dot, c)
-    return [alpha, beta, torch.ones_like(alpha)]
+    alpha, gamma = gyration_coeffs(*dot, c)
+    return [torch.ones_like(alpha), alpha, gamma]
 
 
 def _transp(dot, c, t, eps):
-    xx, yy, xy, xv, yv = dot
-    alpha, beta = gyration_coeffs(yy, xx, -xy, yv, -xv, c)
+    xx, yy, dd, dv, xv, dx = dot
+    alpha, gamma = gyration_coeffs(yy, xx, dd, dv, -xv, -dx, c)  # gyr[y, -x] v = v + alpha d - gamma x
     scale = clamp_min(1 - c * yy, MIN_DENOM) / clamp_min(1 - c * xx, MIN_DENOM)
-    return [-scale * beta, scale * alpha, scale]
+    return [scale, scale * alpha, -scale * gamma]
 
 
 def _geodesic(dot, c, t, eps):
@@ -169,16 +186,39 @@ MOBIUS_SCALAR_MUL = _op(
 )
 EXPMAP0 = _op("expmap0", "PoincareExpmap0", ("u",), _ONE, _SQ, (0,), _expmap0)
 LOGMAP0 = _op("logmap0", "PoincareLogmap0", ("y",), _ONE, _SQ, (0,), _logmap0)
-EXPMAP = _op("expmap", "PoincareExpmap", ("x", "u"), _XY, ((0, 0), (1, 1), (0, 1)), (0, 1), _expmap)
+EXPMAP = _op(
+    "expmap",
+    "PoincareExpmap",
+    ("x", "u"),
+    _XY,
+    ((0, 0), (1, 1), (0, 1), (0, 1)),  # |x|^2, |u|^2, <x,u>, late |x + s u|^2
+    (0, 1),
+    _expmap,
+    late=_expmap_late,
+)
 LOGMAP = _op("logmap", "PoincareLogmap", ("x", "y"), _XYD, ((0, 0), (1, 1), (2, 2)), (2, 1), _logmap)
 DIST = _op("dist", "PoincareDist", ("x", "y"), _XYD, ((0, 0), (1, 1), (2, 2)), (0,), _dist, scalar_out=True)
 DIST0 = _op("dist0", "PoincareDist0", ("x",), _ONE, _SQ, (0,), _dist0, scalar_out=True)
 PROJECT = _op("project", "PoincareProject", ("x",), _ONE, _SQ, (0,), _project, uses_eps=True)
 LAMBDA_X = _op("lambda_x", "PoincareLambdaX", ("x",), _ONE, _SQ, (0,), _lambda_x, scalar_out=True)
-_THREE = ((X, ALONE), (Y, ALONE), (Z, ALONE))
-_FIVE = ((0, 0), (1, 1), (0, 1), (0, 2), (1, 2))
-GYRATION = _op("gyration", "PoincareGyration", ("a", "b", "u"), _THREE, _FIVE, (0, 1, 2), _gyration)
-TRANSP = _op("transp", "PoincareTransp", ("x", "y", "v"), _THREE, _FIVE, (0, 1, 2), _transp)
+GYRATION = _op(
+    "gyration",
+    "PoincareGyration",
+    ("a", "b", "u"),
+    ((X, ALONE), (Y, ALONE), (Z, ALONE), (X, Y, False, True)),  # a, b, u, s = a + b
+    ((0, 0), (1, 1), (3, 3), (3, 2), (1, 2), (3, 1)),  # aa bb ss su bu sb
+    (2, 3, 1),
+    _gyration,
+)
+TRANSP = _op(
+    "transp",
+    "PoincareTransp",
+    ("x", "y", "v"),
+    ((X, ALONE), (Y, ALONE), (Z, ALONE), (Y, X)),  # x, y, v, d = y - x
+    ((0, 0), (1, 1), (3, 3), (3, 2), (0, 2), (3, 0)),  # xx yy dd dv xv dx
+    (2, 3, 0),
+    _transp,
+)
 GEODESIC = _op(
     "geodesic",
     "PoincareGeodesic",
