@@ -122,6 +122,29 @@ def time_calls(fn, inputs: list, warmup: int = 5, reps: int = 40) -> float:
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
 
 
+def synchronize(device) -> None:
+    """Waits for the work queued on ``device`` (a CPU has none queued)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synced_wall_ms(fn, reps: int, device) -> list[float]:
+    """Wall-clock ms of each of ``reps`` calls of ``fn()``, the device synchronised
+    before and after each: for units of work long enough that the clock's
+    resolution and the synchronisation do not matter (a whole training epoch), on
+    a GPU or the CPU. Warm up before calling this."""
+    import time
+
+    out = []
+    for _ in range(reps):
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
 def rotations(set_bytes: int, l2_bytes: int | None = None) -> int:
     """How many input sets to rotate so that they exceed the L2 cache 4 times over."""
     if l2_bytes is None:

@@ -18,6 +18,8 @@
 #   linear      benchmarks.bench_linear: hyperbolic linear layers vs torch.compile of the references
 #   optim       benchmarks.bench_optim: fused Riemannian optimizer steps vs geoopt and torch Adam
 #   embeddings  benchmarks.bench_embeddings --max-seconds 200: mammal Poincaré embeddings vs geoopt
+#   userloop    benchmarks.bench_user_loop: a user's plain training loop (mammals) with xpu_stone, geoopt, a
+#               Euclidean floor, torch.compile and a captured step (~2-3 min on an H200)
 #   session     benchmarks.bench_session: inference-session latency and profiler overhead
 #   digits      xpu_stone.examples.digits_mlp --device cuda: the digits example on the GPU
 #   disk        xpu_stone.examples.poincare_embeddings --dim 2 --plot: 2-D Poincaré disk PNG in $OUT/disk
@@ -40,11 +42,12 @@
 #   TAIL                 lines of each log printed after the suite (default 15; tests: 40)
 set -uo pipefail
 
-SUITES=(device build tests poincare models pairwise linear optim embeddings session digits disk properties distributed)
+SUITES=(device build tests poincare models pairwise linear optim embeddings userloop session digits disk properties
+  distributed)
 DEFAULT_SUITES=(device build tests poincare)
 declare -A SUITE_TIMEOUT=(
   [device]=600 [build]=600 [tests]=420 [poincare]=240 [models]=240 [pairwise]=180
-  [linear]=180 [optim]=180 [embeddings]=300 [session]=120 [digits]=120 [disk]=180
+  [linear]=180 [optim]=180 [embeddings]=300 [userloop]=300 [session]=120 [digits]=120 [disk]=180
   [properties]=540 [distributed]=420
 )
 
@@ -141,6 +144,7 @@ suite_pairwise() { bench_module pairwise; }
 suite_linear() { bench_module linear; }
 suite_optim() { bench_module optim; }
 suite_embeddings() { bench_module embeddings --max-seconds 200; }
+suite_userloop() { bench_module user_loop; }
 suite_session() { bench_module session; }
 suite_digits() { run "$PY" -m xpu_stone.examples.digits_mlp --device cuda --no-progress; }
 suite_disk() {
