@@ -261,8 +261,8 @@ class Computed:
                 g = torch.tensor(
                     floats(exact(key, [a[i] for a in row_args], self.c[i], eps)), dtype=torch.float64
                 )
-            except TypeError:  # a complex result: z was rounded out of g's domain, it has no image
-                return math.inf
+            except (TypeError, ZeroDivisionError):  # z was rounded out of (complex) or onto the
+                return math.inf  # edge of (1 / 0) g's domain: it has no image
             return float((g - ref).norm()) + tol * float(g.norm()) + own(i, ref)
 
         return fn

@@ -30,7 +30,8 @@ TINY = ["--device", "cpu", "--epochs", str(EPOCHS), "--burnin", "0", "--lr", "1.
 def run(tmp_path_factory):
     pytest.importorskip("geoopt")
     out = tmp_path_factory.mktemp("userloop")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_user_loop", *TINY, "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,

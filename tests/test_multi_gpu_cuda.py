@@ -57,14 +57,20 @@ def cuda0_current():
     assert torch.cuda.current_device() == 0 and cupy.cuda.runtime.getDevice() == 0
 
 
+def _allocations(index: int) -> int:
+    """How many allocations torch's caching allocator has made on cuda:index so far (a
+    count that only grows: a free, e.g. of an earlier test's tensor, cannot hide one)."""
+    return torch.cuda.memory_stats(index).get("allocation.all.allocated", 0)
+
+
 def _run_on(device, fn):
     """``fn(device)`` with cuda:0 current; for cuda:1 checks that cuda:0 gets no allocation."""
     torch.cuda.synchronize(0)
-    before = torch.cuda.memory_allocated(0)
+    before = _allocations(0)
     out = fn(device)
     torch.cuda.synchronize(device)
     if device == D1:
-        assert torch.cuda.memory_allocated(0) == before, "work on cuda:1 allocated on cuda:0"
+        assert _allocations(0) == before, "work on cuda:1 allocated on cuda:0"
     assert torch.cuda.current_device() == 0
     return out
 

@@ -206,6 +206,38 @@ __device__ __forceinline__ void xs_row_sum(S (&acc)[N]) {
   }
 }
 
+// The late dot of an op (xs_op_base::LATE): |t_a + s t_b|^2 summed over the row, from
+// the row's chunks cached in registers (NITER > 0: zeros past D) or reloaded with
+// `load(e, v)`. The first NVEC rows of a chunk are the inputs. Every thread of the
+// row group takes part (a group reduction).
+template <class Op, class S, class E, int G, int NITER, int VEC, int NC, class Load>
+__device__ __forceinline__ S xs_late_sum(const E (&cache)[NITER > 0 ? NITER : 1][NC][VEC], S s, int lane,
+                                         long long D, Load load) {
+  constexpr xs_ij L = Op::dot(Op::NDOT - 1);
+  constexpr long long STEP = (long long)G * VEC;
+  S sum[1] = {0};
+  auto add = [&](const E(&v)[NC][VEC], long long e) {
+    const auto& in = reinterpret_cast<const E(&)[Op::NVEC][VEC]>(v);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      const S w = xs_term<Op, S>(in, L.a, i, e + i) + s * xs_term<Op, S>(in, L.b, i, e + i);
+      sum[0] += w * w;
+    }
+  };
+  if constexpr (NITER > 0) {
+#pragma unroll
+    for (int it = 0; it < NITER; ++it) add(cache[it], it * STEP + (long long)lane * VEC);
+  } else {
+    E v[NC][VEC];
+    for (long long e = (long long)lane * VEC; e < D; e += STEP) {
+      load(e, v);
+      add(v, e);
+    }
+  }
+  xs_row_sum<G>(sum);
+  return sum[0];
+}
+
 template <class T, int VEC, class E>
 __device__ __forceinline__ void xs_store_chunk(T* __restrict__ p, long long e, const E (&o)[VEC]) {
   if constexpr (VEC == 1) {
@@ -289,27 +321,11 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_fwd(const xs_row_args a) {
 
   if constexpr (Op::LATE) {  // the late dot |t_a + s t_b|^2, from the elements
     S s;
-    Op::template late<S, S>(reinterpret_cast<const S(&)[Op::NDOT]>(acc), S(c), s);
-    constexpr xs_ij L = Op::dot(Op::NDOT - 1);
-    S late[1] = {0};
-    auto add = [&](const E(&v)[NV][VEC], long long e) {
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) {
-        const S w = xs_term<Op, S>(v, L.a, i, e + i) + s * xs_term<Op, S>(v, L.b, i, e + i);
-        late[0] += w * w;
-      }
-    };
-    if constexpr (NITER > 0) {
-#pragma unroll
-      for (int it = 0; it < NITER; ++it) add(cache[it], it * STEP + (long long)lane * VEC);  // zeros past D
-    } else {
-      for (long long e = (long long)lane * VEC; e < D; e += STEP) {
-        xs_load_rows<T, NV, VEC, Op::IN_SHIFT>(base, es, e, valid, cache[0]);
-        add(cache[0], e);
-      }
-    }
-    xs_row_sum<G>(late);
-    acc[Op::NDOT - 1] = late[0];
+    Op::template late<S, S>(reinterpret_cast<const S(&)[Op::NDOT]>(acc), c, s);
+    acc[Op::NDOT - 1] = xs_late_sum<Op, S, E, G, NITER, VEC, NV>(
+        cache, s, lane, D, [&](long long e, E(&v)[NV][VEC]) {
+          xs_load_rows<T, NV, VEC, Op::IN_SHIFT>(base, es, e, valid, v);
+        });
   }
 
   const bool bad = xs_row_bad<Op, T>(acc, acc + Op::NDOT, c, D);
@@ -427,9 +443,16 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_bwd(const xs_row_args a) {
 #pragma unroll
   for (int d = 0; d < Op::NDOT; ++d) dots[d] = R::seed(acc[d], d);
   const R cs = R::seed(c, Op::NDOT);
-  if constexpr (Op::LATE) {  // a function of the other dots here: its adjoint flows into theirs
-    R s;
-    dots[Op::NDOT - 1] = Op::template late<R, S>(dots, cs, s);
+  if constexpr (Op::LATE) {
+    // the late dot as a function of the other dots, so that its adjoint flows into
+    // theirs, with the value summed from the elements (as the forward has it)
+    S s;
+    Op::template late<S, S>(reinterpret_cast<const S(&)[Op::NDOT]>(acc), c, s);
+    const S value = xs_late_sum<Op, S, E, G, NITER, VEC, NL>(
+        cache, s, lane, D, [&](long long e, E(&v)[NL][VEC]) { load(e, valid, v); });
+    R rs;
+    dots[Op::NDOT - 1] = Op::template late<R, S>(dots, cs, rs);
+    dots[Op::NDOT - 1].v = value;
   }
   const bool bad = xs_row_bad<Op, T>(acc, acc + NRED, c, D);
   R coef[Op::NOUT];

@@ -69,7 +69,10 @@ class RowOp:
     def kernels(self) -> OpKernels:
         """The op's entry of the kernel registry (its source, struct and variants)."""
         variants = SCALAR_ROW_VARIANTS if self.shifted else ROWWISE_VARIANTS
-        return OpKernels(self.qualname, f"{self.family}.cu", self.struct, variants)
+        # a late dot marks an op whose output terms cancel (expmap near the boundary with
+        # x + z ~ 0): its per-row tanh and cosh must be fp64-accurate for every dtype
+        fast = self.late is None
+        return OpKernels(self.qualname, f"{self.family}.cu", self.struct, variants, fast_transcendentals=fast)
 
     @functools.cached_property
     def labels(self) -> dict[str, str]:

@@ -152,6 +152,16 @@ def _nan_where(bad, x):
     return torch.where(bad, torch.full((), float("nan"), dtype=x.dtype, device=x.device), x)
 
 
+def _late_dot(op: RowOp, ts, dots, cs):
+    """An op's late dot |t_a + sigma t_b|^2 (see :class:`RowOp`): its value summed from
+    the elements (the second pass of the kernels), its derivatives those of the same sum
+    written with the other dots, so that its adjoint flows into theirs."""
+    a, b = op.dots[-1]
+    sigma, from_dots = op.late(dots, cs)
+    w = ts[a] + sigma.detach() * ts[b]
+    return from_dots + ((w * w).sum(-1, keepdim=True) - from_dots).detach()
+
+
 def cpu_forward(op: RowOp, vecs, c, c_val, t, t_val, eps):
     """The kernel's maths in torch (any device): terms, dots, coeffs (NaN for
     :func:`bad_rows`), output."""
@@ -159,10 +169,8 @@ def cpu_forward(op: RowOp, vecs, c, c_val, t, t_val, eps):
     ts = _terms(op, vecs, accum)
     dots = [(ts[p] * ts[q]).sum(-1, keepdim=True) for p, q in op.summed_dots]
     cs, tt = _as_rows_scalar(c, c_val, vecs[0], accum), _as_rows_scalar(t, t_val, vecs[0], accum)
-    if op.late:  # the second pass: |t_a + sigma t_b|^2 from the elements
-        a, b = op.dots[-1]
-        w = ts[a] + op.late(dots, cs)[0] * ts[b]
-        dots.append((w * w).sum(-1, keepdim=True))
+    if op.late:
+        dots.append(_late_dot(op, ts, dots, cs))
     bad = bad_rows(op, vecs, dots, cs)
     coef = [_nan_where(bad, k) for k in op.coeffs(dots, cs, tt, eps)]
     if op.scalar_out:
@@ -188,8 +196,7 @@ def cpu_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, needs):
         dots = [leaf((ts[p] * ts[q]).sum(-1, keepdim=True)) for p, q in op.summed_dots]
         cs = leaf(_as_rows_scalar(c, c_val, vecs[0], accum))
         tt = leaf(_as_rows_scalar(t, t_val, vecs[0], accum))
-        # a late dot as a function of the others: its adjoint flows into theirs
-        coef = op.coeffs([*dots, op.late(dots, cs)[1]] if op.late else dots, cs, tt, eps)
+        coef = op.coeffs([*dots, _late_dot(op, ts, dots, cs)] if op.late else dots, cs, tt, eps)
         if op.scalar_out:
             weights = [grad.to(accum).unsqueeze(-1)]
         else:

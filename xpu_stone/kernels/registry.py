@@ -115,6 +115,11 @@ SCALAR_ROW_VARIANTS = (
 )
 
 
+def fast_transcendental_defines(dtype: str) -> tuple[str, ...]:
+    """``XS_FAST_TRANSCENDENTALS=1`` for outputs stored in fp32 or narrower."""
+    return () if dtype == "float64" else ("XS_FAST_TRANSCENDENTALS=1",)
+
+
 @dataclass(frozen=True)
 class OpKernels:
     """The kernels of one op: its source, C++ struct and variants."""
@@ -124,6 +129,7 @@ class OpKernels:
     struct: str
     variants: tuple[Variant, ...] = ROWWISE_VARIANTS
     directions: tuple[str, ...] = ("fwd", "bwd")
+    fast_transcendentals: bool = True
 
     def variant(self, name: str) -> Variant:
         for v in self.variants:
@@ -138,11 +144,11 @@ class OpKernels:
             f"{cfg.threads}, {cfg.iters}, {cfg.vec}, {cfg.block}>"
         )
 
-    @staticmethod
-    def defines(dtype: str) -> tuple[str, ...]:
+    def defines(self, dtype: str) -> tuple[str, ...]:
         """Preprocessor switches of a kernel for rows of ``dtype``: outputs stored
-        in fp32 or narrower take fp32-accurate transcendentals (see math.cuh)."""
-        return () if dtype == "float64" else ("XS_FAST_TRANSCENDENTALS=1",)
+        in fp32 or narrower take fp32-accurate transcendentals (see math.cuh), unless
+        the op's ``fast_transcendentals`` is off (an op whose output terms cancel)."""
+        return fast_transcendental_defines(dtype) if self.fast_transcendentals else ()
 
     def all_kernels(self, dtypes=DTYPES):
         """(name, defines) of every kernel this op can launch, for build and checks."""
@@ -165,7 +171,7 @@ class KernelList:
     source: str
     kernels: tuple[tuple[str, str], ...]
 
-    defines = staticmethod(OpKernels.defines)
+    defines = staticmethod(fast_transcendental_defines)
 
     def name(self, dtype: str, index: int = 0) -> str:
         """The ``index``-th kernel listed for ``dtype``."""
