@@ -603,8 +603,20 @@ def test_bit_count():
     assert odd.codes == 128 * 3 * 3 * 2 and odd.residual == 2 * 128 * 70 and odd.scales == 16 * 70
     assert odd.per_weight > 128 * 3 / 1024 + 2 + 16 / 128
     assert G.stored_bits(64, 64, 64, 8, 0, False).scales == 0
+
+
+def test_default_layer_stores_at_most_a_tenth_of_fp16():
+    """Issue 17's target: ``RBELinear(768, 3072)`` at its defaults keeps at most a tenth
+    of the bytes of the float16 dense layer (weight and bias), every stored bit counted."""
     layer = rbe.RBELinear(768, 3072)
-    assert layer.stored_bits() == G.stored_bits(3072, 768, 32, 4, 1, True)
+    bits = layer.stored_bits()
+    # tile 32, 3 atoms, 1-bit residual: the parts written out from RBE.md's formula
+    assert (bits.codes, bits.residual, bits.scales, bits.bias) == (128 * 3 * 96 * 24, 3072 * 768,
+                                                                    16 * 3072 * 6, 16 * 3072)  # fmt: skip
+    assert bits.total <= 16 * (3072 * 768 + 3072) / 10
+    assert bits.per_weight <= 1.6
+    # what the state dict holds is exactly what is counted
+    assert sum(t.numel() * t.element_size() * 8 for t in layer.state_dict().values()) == bits.total
 
 
 def test_bad_arguments_raise_typed_errors():
@@ -780,6 +792,66 @@ def test_hybrid_optimizer_finds_the_discrete_fields():
     for _ in range(20):
         last3 = opt3.step(lambda: ((model3(x) - y) ** 2).mean()).item()
     assert last3 > 10 * last  # the moves are what gets there
+
+
+def _move_by_hand(f, move):
+    """The fields after a move, written here from RBE.md (None where it does not apply)."""
+    g = {k: v.clone() for k, v in f.items()}
+    if move in ("m_r+1", "m_r-1", "m_psi+1", "m_psi-1"):
+        name, step = move[:-2], (1 if move.endswith("+1") else -1)
+        g[name] += step
+        lo, hi = (0, 1023) if name == "m_r" else (-32, 31)
+        return g if lo <= int(g[name]) <= hi else None
+    if move in ("trk+1", "trk+2"):
+        g["trk"] = (g["trk"] + int(move[-1])) % 3
+        return g
+    if move == "s_h" and int(f["trk"]) != 1:
+        return None
+    g[move] = 1 - g[move]
+    return g
+
+
+def test_hybrid_optimizer_scores_only_moves_within_the_trust_region():
+    """Each move's score is <G, dW> and it is a candidate iff ||dW|| <= 2 ||atom|| over
+    its tile; dW and the atom (half the change of a sign flip) come from materialised
+    weights of the moved layer, not from the optimizer."""
+    torch.manual_seed(5)
+    layer = rbe.RBELinear(40, 24, atoms=2, residual_bits=0, bias=False).double()  # partial tiles
+    f = F.unpack_state(layer.state)
+    # a small-argument atom; a hyperbolic one with cosh(arg) < 1e3 (a larger one would round away the
+    # other atoms of its tile in w0, and this check compares differences of materialised weights)
+    f["m_r"][0, 0], f["trk"][1, 1], f["m_r"][1, 1], f["m_psi"][1, 1] = 3, 1, 2, 0
+    layer.state.copy_(F.pack_state(f))
+    opt = rbe.HybridOptimizer(torch.nn.Sequential(layer))
+    grad = torch.randn(24, 40, dtype=torch.float64)
+    scores, valid = opt._scores(layer, G.matrix_to_tiles(grad, 32))
+    w0 = layer.materialize(torch.float64).detach()
+
+    def weight_with(t, k, fields):
+        twin = rbe.RBELinear(40, 24, atoms=2, residual_bits=0, bias=False).double()
+        twin.load_state_dict(layer.state_dict())
+        twin.shadow.data.copy_(layer.shadow.data)
+        one = {n: v[t, k] for n, v in F.unpack_state(layer.state).items()} | fields
+        twin.state[t, k] = F.pack_state(one)
+        return twin.materialize(torch.float64).detach()
+
+    kinds = {True: set(), False: set()}
+    for t in range(2):
+        for k in range(2):
+            f_tk = {n: v[t, k] for n, v in F.unpack_state(layer.state).items()}
+            atom = (weight_with(t, k, {"sigma": 1 - f_tk["sigma"]}) - w0).norm() / 2
+            for m, move in enumerate(rbe.optim.MOVES):
+                moved = _move_by_hand(f_tk, move)
+                if moved is None:
+                    assert not valid[t, k, m]
+                    continue
+                dw = weight_with(t, k, moved) - w0
+                assert scores[t, k, m].item() == pytest.approx(
+                    (grad * dw).sum().item(), rel=1e-9, abs=1e-9
+                ), (t, k, move)
+                assert bool(valid[t, k, m]) == bool(dw.norm() <= 2 * atom * (1 + 1e-9)), (t, k, move)
+                kinds[bool(valid[t, k, m])].add(move)
+    assert "sigma" in kinds[True] and "trk+1" in kinds[False]  # the hyperbolic track is cut off
 
 
 def test_hybrid_optimizer_is_reproducible_and_keeps_codes_valid():
