@@ -72,6 +72,8 @@ def dtype_name(x) -> str:
 
 
 def _needs_grad(vecs, c, t) -> bool:
+    if torch.autograd.forward_ad._current_level >= 0:  # forward-mode AD: the custom op carries the tangent
+        return True
     if not torch.is_grad_enabled():
         return False
     for v in vecs:
@@ -153,6 +155,53 @@ def _define_custom_op(op: RowOp):
         )
         return (*out[:nv], out[nv], None, out[nv + 1], None, None)
 
+    def save_backward(ctx, inputs, output):
+        grad, vecs, (c, c_val, t, t_val, eps, needs) = inputs[0], inputs[1 : nv + 1], inputs[nv + 1 :]
+        ctx.save_for_backward(grad, *vecs, c, t)
+        ctx.consts = (c_val, t_val, eps, needs)
+
+    def double_backward(ctx, grads):
+        """The backward op's vector-Jacobian product. The backward op maps (g, v, c, t)
+        to the per-row gradients ``B_k = (dF/dr_k)^T g`` of the forward ``F`` (``fwd_cpu``:
+        torch ops, any device; float64 arithmetic for fp32/fp64 rows, fp32 for fp16/bf16,
+        the kernels' accumulation and bad-row rule), with ``r_k`` input ``k``
+        broadcast to the batch. Here ``F`` is recomputed with the inputs in the graph,
+        ``B`` taken by autograd with ``create_graph=True`` and differentiated again:
+        ``sum_k grads_k . dB_k/d(g, v, c, t)``. Under ``create_graph=True`` the result
+        stays differentiable (third and higher derivatives)."""
+        grad, *vecs = ctx.saved_tensors
+        vecs, (c, t) = vecs[:nv], vecs[nv:]
+        c_val, t_val, eps, needs = ctx.consts
+        ng = ctx.needs_input_grad
+        wanted = (ng[0], *ng[1 : nv + 1], ng[nv + 1], ng[nv + 3])  # g, vectors, c, t
+        create_graph = torch.is_grad_enabled()
+        batch = batch_shape(vecs, c, t)
+        with torch.enable_grad():
+            rows = [v.expand(*batch, v.shape[-1]) for v in vecs]
+            rows += [None if s is None else s.expand(*batch, 1) for s in (c, t)]
+            out = fwd_cpu(*rows[:nv], rows[nv], c_val, rows[nv + 1], t_val, eps)
+            ks = [k for k, need in enumerate(needs) if need]
+            firsts = torch.autograd.grad(
+                out, [rows[k] for k in ks], grad, create_graph=True, allow_unused=True
+            )
+            pairs = [
+                (b, grads[k].to(b.dtype)) for b, k in zip(firsts, ks) if b is not None and b.requires_grad
+            ]
+            inputs = [x for x, w in zip((grad, *vecs, c, t), wanted) if w]
+            found = iter(
+                torch.autograd.grad(
+                    [b for b, _ in pairs],
+                    inputs,
+                    [gg for _, gg in pairs],
+                    allow_unused=True,
+                    create_graph=create_graph,
+                )
+                if pairs  # none when the gradients are constants (an op linear in its inputs)
+                else [None] * len(inputs)
+            )
+        res = [next(found) if w else None for w in wanted]
+        return (*res[: nv + 1], res[nv + 1], None, res[nv + 2], None, None, None)
+
     return define_differentiable(
         op.qualname,
         f"({vec_args}, {tail}) -> Tensor",
@@ -161,4 +210,7 @@ def _define_custom_op(op: RowOp):
         Impls(bwd_fake, cuda=bwd_cuda, cpu=bwd_cpu),
         save,
         backward,
+        differentiable_forward=fwd_cpu,
+        save_backward=save_backward,
+        double_backward=double_backward,
     )
