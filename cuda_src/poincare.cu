@@ -112,11 +112,10 @@ struct PoincareExpmap : xs_op_base {
     return xs_min(xs_sqrt(c) * xs_norm_from_sq<R, S>(uu) / xs_max(1 - c * xx, XS_LIM(min_denom)),
                   XS_LIM(tanh_max));
   }
-  // s, and |x + s u|^2 written with the other dots (what the backward differentiates)
+  // s of the late dot |x + s u|^2
   template <class R, class S>
-  __device__ __forceinline__ static R late(const R (&dot)[NDOT], const R& c, R& s) {
-    s = xs_tanh(arg<R, S>(dot[0], dot[1], c)) / (xs_sqrt(c) * xs_norm_from_sq<R, S>(dot[1]));
-    return dot[0] + 2 * s * dot[2] + s * s * dot[1];
+  __device__ __forceinline__ static R late_scale(const R (&dot)[NDOT], const R& c) {
+    return xs_tanh(arg<R, S>(dot[0], dot[1], c)) / (xs_sqrt(c) * xs_norm_from_sq<R, S>(dot[1]));
   }
   XS_COEFFS {
     const R xx = dot[0], uu = dot[1], ww = dot[3];

@@ -111,7 +111,7 @@ __device__ __forceinline__ S xs_rbe_residual(const int* __restrict__ planes, con
 template <class T, class S, int B, int BN, int MODE>
 __global__ void __launch_bounds__(256)
     xs_rbe_mm(const T* __restrict__ in, const float* __restrict__ shadow, const int* __restrict__ state,
-              const int* __restrict__ planes, const float* __restrict__ scales, const float* __restrict__ levels_g,
+              const int* __restrict__ planes, const float* __restrict__ scales, const double* __restrict__ levels_g,
               const S* __restrict__ bias, S* __restrict__ ws, T* __restrict__ out, long long n_rows,
               long long out_f, long long in_f, int J, int bits, int tiles_per_split, double delta_omega,
               double hyp_max) {
@@ -211,7 +211,7 @@ __global__ void __launch_bounds__(256)
 template <class T, class S, int B>
 __global__ void __launch_bounds__(256)
     xs_rbe_grad(const T* __restrict__ x, const T* __restrict__ delta, const float* __restrict__ shadow,
-                const int* __restrict__ state, const int* __restrict__ planes, const float* __restrict__ levels_g,
+                const int* __restrict__ state, const int* __restrict__ planes, const double* __restrict__ levels_g,
                 S* __restrict__ g_shadow, S* __restrict__ g_scale,
                 long long n_rows, long long out_f, long long in_f, int J, int bits, double delta_omega,
                 double hyp_max) {

@@ -696,7 +696,13 @@ def _disagreement(a, b, k_eps: float, slack=None, d: int = 0) -> str | None:
             extra = NOISE * spread[i].to(xd.device)
         if art is not None and art[i] is not None:
             extra = extra + art[i].to(xd.device) * torch.maximum(xd.abs(), yd.abs())
-        refs = [xd] + [alt[i].to(torch.float64).to(xd.device) for alt in alternatives if alt[i] is not None]
+        # an alternative run can list other items (a float64 manifold's k is no leaf, so
+        # it has no k gradient): only an item of the same shape stands for this one
+        refs = [xd] + [
+            alt[i].to(torch.float64).to(xd.device)
+            for alt in alternatives
+            if len(alt) == len(_all(a)) and alt[i] is not None and alt[i].shape == x.shape
+        ]
         ok = torch.zeros(xd.shape, dtype=torch.bool, device=xd.device)
         for ref in refs:
             allowed = atol + rtol * _scale(ref, d) + extra

@@ -15,6 +15,7 @@ import xpu_stone
 from xpu_stone import KernelPolicy
 from xpu_stone.errors import CompilationError, InvalidArgumentError
 from xpu_stone.kernels import REGISTRY, compiler, dispatcher, explain
+from xpu_stone.kernels.auto_table import TunedTable
 from xpu_stone.kernels.launch import ROW_ARG_FIELDS, ROW_ARGS
 from xpu_stone.kernels.registry import DTYPES, MAX_CACHED
 
@@ -112,6 +113,15 @@ def test_registry_lists_every_poincare_op_and_bounded_variants():
         REGISTRY.get("poincare_nope")
 
 
+@pytest.fixture
+def heuristic_only():
+    """The empty table: every choice the heuristic's (also when the suite runs with the
+    shipped tables, XPU_STONE_TEST_TABLES=shipped)."""
+    dispatcher.set_tuned_table(TunedTable())
+    yield
+    dispatcher.set_tuned_table(None)
+
+
 @pytest.mark.parametrize(
     "dtype, d, aligned, variant",
     [
@@ -125,7 +135,7 @@ def test_registry_lists_every_poincare_op_and_bounded_variants():
         ("float64", 1, False, "generic"),
     ],
 )
-def test_heuristic_choices(dtype, d, aligned, variant):
+def test_heuristic_choices(dtype, d, aligned, variant, heuristic_only):
     choice = dispatcher.select("poincare_mobius_add", dtype, d, aligned)
     assert choice.variant == variant and choice.reason == "heuristic"
     assert choice.config.covers(d)

@@ -933,7 +933,7 @@ def test_cuda_glue_passes_the_group_sums_through(monkeypatch):
 
     def group_sums(grad, x, layer, needs):
         shadow, state, planes, scales, levels, out_f, in_f, tile, bits, _, _ = layer
-        assert torch.equal(levels, G.lloyd_max_levels(bits, torch.float32))
+        assert torch.equal(levels, G.lloyd_max_levels(bits, torch.float64))
         g = grad.double().T @ x.double() * G.residual_levels(planes, bits, in_f, torch.float64)
         groups = -(-in_f // 128)
         return (

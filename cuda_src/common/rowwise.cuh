@@ -69,10 +69,10 @@ constexpr int XS_E0 = -2;
 // (XS_POINTS in ops.cuh declares them).
 struct xs_op_base {
   static constexpr int IN_SHIFT = 0, OUT_SHIFT = 0;
-  // LATE: the last dot (a, b) is |t_a + s t_b|^2, not <t_a, t_b>. The forward sums it
-  // from the elements in a second pass, once the other dots give s; the op's
-  // `R late(dot, c, s)` sets s and returns the same sum written with the other dots,
-  // which is what the backward differentiates (its value is not used forward).
+  // LATE: the last dot (a, b) is |w|^2 with w = t_a + s t_b, not <t_a, t_b>. Forward and
+  // backward sum it from the elements in a second pass, once the other dots give s (the
+  // op's `R late_scale(dot, c)`, a function of the other dots and c). Its adjoint
+  // reaches the inputs through 2w and the other dots and c through s.
   static constexpr bool LATE = false;
   static constexpr xs_domain DOMAIN = xs_free;
   static constexpr unsigned POINTS = 0;  // bit j: input j is a point of DOMAIN
@@ -206,22 +206,25 @@ __device__ __forceinline__ void xs_row_sum(S (&acc)[N]) {
   }
 }
 
-// The late dot of an op (xs_op_base::LATE): |t_a + s t_b|^2 summed over the row, from
-// the row's chunks cached in registers (NITER > 0: zeros past D) or reloaded with
-// `load(e, v)`. The first NVEC rows of a chunk are the inputs. Every thread of the
-// row group takes part (a group reduction).
+// The late sums of an op (xs_op_base::LATE), with w = t_a + s t_b: sums[0] = |w|^2
+// (the late dot) and sums[1] = <w, t_b> (its derivative in s, over 2), over the row,
+// from the chunks cached in registers (NITER > 0: zeros past D) or reloaded with
+// `load(e, v)`. The first NVEC rows of a chunk are the inputs. Every thread of the row
+// group takes part (a group reduction).
 template <class Op, class S, class E, int G, int NITER, int VEC, int NC, class Load>
-__device__ __forceinline__ S xs_late_sum(const E (&cache)[NITER > 0 ? NITER : 1][NC][VEC], S s, int lane,
-                                         long long D, Load load) {
+__device__ __forceinline__ void xs_late_sums(const E (&cache)[NITER > 0 ? NITER : 1][NC][VEC], S s, int lane,
+                                             long long D, Load load, S (&sums)[2]) {
   constexpr xs_ij L = Op::dot(Op::NDOT - 1);
   constexpr long long STEP = (long long)G * VEC;
-  S sum[1] = {0};
+  sums[0] = sums[1] = 0;
   auto add = [&](const E(&v)[NC][VEC], long long e) {
     const auto& in = reinterpret_cast<const E(&)[Op::NVEC][VEC]>(v);
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-      const S w = xs_term<Op, S>(in, L.a, i, e + i) + s * xs_term<Op, S>(in, L.b, i, e + i);
-      sum[0] += w * w;
+      const S b = xs_term<Op, S>(in, L.b, i, e + i);
+      const S w = xs_term<Op, S>(in, L.a, i, e + i) + s * b;
+      sums[0] += w * w;
+      sums[1] += w * b;
     }
   };
   if constexpr (NITER > 0) {
@@ -234,8 +237,7 @@ __device__ __forceinline__ S xs_late_sum(const E (&cache)[NITER > 0 ? NITER : 1]
       add(v, e);
     }
   }
-  xs_row_sum<G>(sum);
-  return sum[0];
+  xs_row_sum<G>(sums);
 }
 
 template <class T, int VEC, class E>
@@ -320,12 +322,13 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_fwd(const xs_row_args a) {
   xs_row_sum<G>(acc);
 
   if constexpr (Op::LATE) {  // the late dot |t_a + s t_b|^2, from the elements
-    S s;
-    Op::template late<S, S>(reinterpret_cast<const S(&)[Op::NDOT]>(acc), c, s);
-    acc[Op::NDOT - 1] = xs_late_sum<Op, S, E, G, NITER, VEC, NV>(
-        cache, s, lane, D, [&](long long e, E(&v)[NV][VEC]) {
-          xs_load_rows<T, NV, VEC, Op::IN_SHIFT>(base, es, e, valid, v);
-        });
+    const S s = Op::template late_scale<S, S>(reinterpret_cast<const S(&)[Op::NDOT]>(acc), c);
+    S sums[2];
+    xs_late_sums<Op, S, E, G, NITER, VEC, NV>(
+        cache, s, lane, D,
+        [&](long long e, E(&v)[NV][VEC]) { xs_load_rows<T, NV, VEC, Op::IN_SHIFT>(base, es, e, valid, v); },
+        sums);
+    acc[Op::NDOT - 1] = sums[0];
   }
 
   const bool bad = xs_row_bad<Op, T>(acc, acc + Op::NDOT, c, D);
@@ -443,16 +446,17 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_bwd(const xs_row_args a) {
 #pragma unroll
   for (int d = 0; d < Op::NDOT; ++d) dots[d] = R::seed(acc[d], d);
   const R cs = R::seed(c, Op::NDOT);
+  // LATE: the late dot |w|^2, w = t_a + s t_b, is seeded like the others, with the value
+  // summed from the elements; its adjoint reaches the inputs through w itself (below)
+  // and the other dots and c through s (late_wb = <w, t_b>: d|w|^2/ds = 2 late_wb).
+  S late_s = 0, late_wb = 0;
   if constexpr (Op::LATE) {
-    // the late dot as a function of the other dots, so that its adjoint flows into
-    // theirs, with the value summed from the elements (as the forward has it)
-    S s;
-    Op::template late<S, S>(reinterpret_cast<const S(&)[Op::NDOT]>(acc), c, s);
-    const S value = xs_late_sum<Op, S, E, G, NITER, VEC, NL>(
-        cache, s, lane, D, [&](long long e, E(&v)[NL][VEC]) { load(e, valid, v); });
-    R rs;
-    dots[Op::NDOT - 1] = Op::template late<R, S>(dots, cs, rs);
-    dots[Op::NDOT - 1].v = value;
+    late_s = Op::template late_scale<S, S>(reinterpret_cast<const S(&)[Op::NDOT]>(acc), c);
+    S sums[2];
+    xs_late_sums<Op, S, E, G, NITER, VEC, NL>(
+        cache, late_s, lane, D, [&](long long e, E(&v)[NL][VEC]) { load(e, valid, v); }, sums);
+    dots[Op::NDOT - 1] = R::seed(sums[0], Op::NDOT - 1);
+    late_wb = sums[1];
   }
   const bool bad = xs_row_bad<Op, T>(acc, acc + NRED, c, D);
   R coef[Op::NOUT];
@@ -474,6 +478,13 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_bwd(const xs_row_args a) {
     }
     sbar[j] = s;
   }
+  if constexpr (Op::LATE) {  // the late dot's adjoint through s = s(dots, c)
+    const R sd = Op::template late_scale<R, S>(dots, cs);
+    const S chain = 2 * sbar[Op::NDOT - 1] * late_wb;
+#pragma unroll
+    for (int j = 0; j < NS; ++j)
+      if (j != Op::NDOT - 1) sbar[j] += chain * sd.d[j];
+  }
   if (valid && lane == 0) {
     if (gc) gc[row] = P(sbar[Op::NDOT]);
     if (gt) gt[row] = P(sbar[Op::NDOT + 1]);
@@ -489,7 +500,7 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_bwd(const xs_row_args a) {
     for (int q = 0; q < Op::NTERM; ++q) W[p][q] = 0;
   }
 #pragma unroll
-  for (int d = 0; d < Op::NDOT; ++d) {
+  for (int d = 0; d < Op::NDOT - (Op::LATE ? 1 : 0); ++d) {
     const xs_ij pq = Op::dot(d);
     if (pq.a == pq.b) {
       W[pq.a][pq.a] += E(2 * sbar[d]);
@@ -516,11 +527,20 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_bwd(const xs_row_args a) {
         tv[k] = xs_term<Op, E>(reinterpret_cast<const E(&)[NV][VEC]>(v), k, i, e + i);
 #pragma unroll
       for (int j = 0; j < NV; ++j) grad[j][i] = 0;
+      E gw = 0;  // LATE: d|w|^2/dw = 2w, times the late dot's adjoint
+      if constexpr (Op::LATE) {
+        constexpr xs_ij L = Op::dot(Op::NDOT - 1);
+        gw = E(2 * sbar[Op::NDOT - 1]) * (tv[L.a] + E(late_s) * tv[L.b]);
+      }
 #pragma unroll
       for (int k = 0; k < Op::NTERM; ++k) {
         const xs_ij tk = Op::term(k);
         if (tk.a == XS_E0 || (tk.spatial && e + i == 0)) continue;  // constant there
         E gk = VG ? direct[k] * v[NL - 1][i] : E(0);
+        if constexpr (Op::LATE) {
+          if (k == Op::dot(Op::NDOT - 1).a) gk += gw;
+          if (k == Op::dot(Op::NDOT - 1).b) gk += E(late_s) * gw;
+        }
 #pragma unroll
         for (int q = 0; q < Op::NTERM; ++q) gk += W[k][q] * tv[q];
         grad[tk.a][i] += gk;

@@ -35,10 +35,9 @@ class RowOp:
     elementwise, so that nearly opposite rows keep their digits); ``dots``: pairs of term indices; ``out``: the terms of
     a vector output. ``in_shift`` / ``out_shift``: the inputs / the output hold
     the logical row from that element on (see rowwise.cuh). ``late``: the last dot
-    (a, b) is not <t_a, t_b> but |t_a + sigma t_b|^2, summed from the elements in a
-    second pass once the other dots give sigma; ``late(dots, c)`` returns (sigma, the
-    same sum written with the other dots), the second used by the backward, which
-    differentiates it (``LATE`` and ``late`` of the C++ struct)."""
+    (a, b) is not <t_a, t_b> but |w|^2 with w = t_a + s t_b, summed from the elements
+    in a second pass once the other dots give s = ``late(dots, c)`` (``LATE`` and
+    ``late_scale`` of the C++ struct)."""
 
     family: str
     name: str

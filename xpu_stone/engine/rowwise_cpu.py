@@ -152,14 +152,11 @@ def _nan_where(bad, x):
     return torch.where(bad, torch.full((), float("nan"), dtype=x.dtype, device=x.device), x)
 
 
-def _late_dot(op: RowOp, ts, dots, cs):
-    """An op's late dot |t_a + sigma t_b|^2 (see :class:`RowOp`): its value summed from
-    the elements (the second pass of the kernels), its derivatives those of the same sum
-    written with the other dots, so that its adjoint flows into theirs."""
+def _late_sums(op: RowOp, ts, s):
+    """With w = t_a + s t_b for an op's late dot (a, b): (w, |w|^2, <w, t_b>) per row."""
     a, b = op.dots[-1]
-    sigma, from_dots = op.late(dots, cs)
-    w = ts[a] + sigma.detach() * ts[b]
-    return from_dots + ((w * w).sum(-1, keepdim=True) - from_dots).detach()
+    w = ts[a] + s * ts[b]
+    return w, (w * w).sum(-1, keepdim=True), (w * ts[b]).sum(-1, keepdim=True)
 
 
 def cpu_forward(op: RowOp, vecs, c, c_val, t, t_val, eps):
@@ -169,8 +166,8 @@ def cpu_forward(op: RowOp, vecs, c, c_val, t, t_val, eps):
     ts = _terms(op, vecs, accum)
     dots = [(ts[p] * ts[q]).sum(-1, keepdim=True) for p, q in op.summed_dots]
     cs, tt = _as_rows_scalar(c, c_val, vecs[0], accum), _as_rows_scalar(t, t_val, vecs[0], accum)
-    if op.late:
-        dots.append(_late_dot(op, ts, dots, cs))
+    if op.late:  # the second pass: |t_a + s t_b|^2 from the elements
+        dots.append(_late_sums(op, ts, op.late(dots, cs))[1])
     bad = bad_rows(op, vecs, dots, cs)
     coef = [_nan_where(bad, k) for k in op.coeffs(dots, cs, tt, eps)]
     if op.scalar_out:
@@ -196,7 +193,11 @@ def cpu_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, needs):
         dots = [leaf((ts[p] * ts[q]).sum(-1, keepdim=True)) for p, q in op.summed_dots]
         cs = leaf(_as_rows_scalar(c, c_val, vecs[0], accum))
         tt = leaf(_as_rows_scalar(t, t_val, vecs[0], accum))
-        coef = op.coeffs([*dots, _late_dot(op, ts, dots, cs)] if op.late else dots, cs, tt, eps)
+        if op.late:  # the late dot a leaf too, from the elements (as the kernels have it)
+            s_late = op.late(dots, cs)
+            w_late, ww, wb = _late_sums(op, ts, s_late.detach())
+            dots.append(leaf(ww))
+        coef = op.coeffs(dots, cs, tt, eps)
         if op.scalar_out:
             weights = [grad.to(accum).unsqueeze(-1)]
         else:
@@ -207,6 +208,16 @@ def cpu_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, needs):
         )
     sbar = [torch.zeros((), dtype=accum) if s is None else s for s in sbar]
     gterm = [0] * len(op.terms)
+    if op.late:  # the late dot's adjoint: through s into the other dots and c, through 2w into its terms
+        nd = len(op.summed_dots)
+        chain = (2 * sbar[nd] * wb).expand(s_late.shape)
+        through_s = torch.autograd.grad(s_late, [*dots[:nd], cs], chain, allow_unused=True)
+        for j, g in zip([*range(nd), nd + 1], through_s):
+            if g is not None:
+                sbar[j] = sbar[j] + g
+        a, b = op.dots[-1]
+        gterm[a] = gterm[a] + 2 * sbar[nd] * w_late
+        gterm[b] = gterm[b] + 2 * sbar[nd] * s_late.detach() * w_late
     if not op.scalar_out:
         for k, term in enumerate(op.out):
             gterm[term] = gterm[term] + coef[k].detach() * grad.to(accum)

@@ -358,7 +358,9 @@ class Trainer:
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(graph):
+                # a capture stream of the current device (torch's default one is made once,
+                # on whichever device was current then)
+                with torch.cuda.graph(graph, stream=torch.cuda.Stream()):
                     self._epoch_body(burnin, steps)
             except RuntimeError as e:  # an op that cannot be captured: train eagerly from now on
                 print(f"CUDA graph capture failed ({e}); continuing without graphs", file=sys.stderr)

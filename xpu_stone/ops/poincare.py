@@ -70,12 +70,9 @@ def _logmap0(dot, c, t, eps):
 
 
 def _expmap_late(dot, c):
-    """(s, |x + s u|^2 from the dots): z = s u with s = tanh(sqrt(c)|u| / B_x) / (sqrt(c)|u|),
+    """s of the late dot |x + s u|^2: z = s u with s = tanh(sqrt(c)|u| / B_x) / (sqrt(c)|u|),
     B_x = 1 - c|x|^2 = 2 / lambda_x."""
-    xx, uu, xu = dot[:3]
-    a = _expmap_arg(xx, uu, c)
-    s = tanh_c(a) / (torch.sqrt(c) * norm_from_sq(uu))
-    return s, xx + 2 * s * xu + s * s * uu
+    return tanh_c(_expmap_arg(dot[0], dot[1], c)) / (torch.sqrt(c) * norm_from_sq(dot[1]))
 
 
 def _expmap_arg(xx, uu, c):

@@ -126,7 +126,7 @@ def _mm(inp, layer, mode: int, bias=None):
 
 def forward_cuda(x, bias, layer):
     """``y = x Wᵀ + b`` for contiguous CUDA ``x`` ``(N, in)``; ``layer``: ``(shadow float32,
-    state, planes, scales float32, levels float32, out, in, tile, bits, Δω, hyperbolic clamp)``."""
+    state, planes, scales float32, levels float64, out, in, tile, bits, Δω, hyperbolic clamp)``."""
     return _mm(x, layer, MODES["forward"], bias)
 
 

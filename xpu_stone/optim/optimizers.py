@@ -159,6 +159,10 @@ class _Riemannian(torch.optim.Optimizer):
                 todo.append((group, p, grad, *_geometry(p), self._fusable(p, grad)))
         return todo
 
+    # torch.compile runs the step eagerly (one graph break): its host-side plan cache and
+    # per-parameter checks are Python state that dynamo cannot trace (torch 2.11 raises on
+    # the first setattr). A whole step in one graph: xpu_stone.runtime.capture.
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure=None):
         """One update of every parameter that has a gradient; returns ``closure()``'s loss.

@@ -85,7 +85,7 @@ def backward_cpu(grad, x, shadow, state, residual, scales, bias, out_features, t
     return gx, gs, gsc, gb
 
 
-# Lloyd–Max levels as float32 tensors, by (device, bits): made once, outside any graph capture
+# Lloyd–Max levels as float64 tensors (the fp64 kernels need every digit), by (device, bits): made once, outside any graph capture
 _LEVELS: dict[tuple[str, int], torch.Tensor] = {}
 
 
@@ -93,7 +93,7 @@ def _kernel_layer(shadow, state, residual, scales, out_features, inp, tile, resi
     """What the kernels of :mod:`xpu_stone.ops.rbe` take to generate the weight."""
     key = (str(shadow.device), residual_bits)
     if residual_bits and key not in _LEVELS:
-        _LEVELS[key] = lloyd_max_levels(residual_bits, torch.float32, shadow.device)
+        _LEVELS[key] = lloyd_max_levels(residual_bits, torch.float64, shadow.device)
     scales = scales.to(torch.float32).contiguous() if residual_bits else None
     return (shadow.contiguous(), state.contiguous(), residual.contiguous(), scales, _LEVELS.get(key), out_features,
             inp, tile, residual_bits, DELTA_OMEGA, HYP_ARG_MAX)  # fmt: skip

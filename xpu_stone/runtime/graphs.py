@@ -118,8 +118,12 @@ class CapturedGraph:
             self.graph = torch.cuda.CUDAGraph()
             # a pool id of our own (unless given one), to release it if the capture fails
             pool = torch.cuda.graph_pool_handle() if pool is None else pool
+            # a capture stream of this device: torch.cuda.graph's default one is made once per
+            # process, on whichever device was current then, and would move a capture for
+            # another GPU (and its allocations) to that device
+            capture_on = torch.cuda.Stream(self.device)
             try:
-                with use_torch_allocator(), torch.cuda.graph(self.graph, pool=pool):
+                with use_torch_allocator(), torch.cuda.graph(self.graph, pool=pool, stream=capture_on):
                     capture_stream = Stream.wrap(torch.cuda.current_stream())
                     with cp.cuda.Device(self.device), capture_stream.cupy:
                         self.outputs = fn(*self.inputs)
