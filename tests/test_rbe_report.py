@@ -143,3 +143,92 @@ def test_check_passes_on_the_pasted_block_and_fails_on_drift(tmp_path, capsys):
     assert script.main(["--results", str(results), "--check", str(readme)]) == 1
     assert script.main(["--results", str(results)]) == 0
     assert capsys.readouterr().out == block + "\n"
+
+
+# ------------------------------------------------------------------------- speed
+def _speed(date="2026-12-01", bwd=(0.06, 0.05, 0.04), gen=0.1):
+    """Rows as ``bench_rbe.py speed`` writes them, ``shape`` ``[out, in]``; ms chosen so the
+    ratios are plain: at 768→3072, batch 1, RBE 0.02 / cuBLAS 0.01 = 2, generate 0.1 / 0.02 = 5."""
+    rows = []
+    for shape, f in (([3072, 768], 1.0), ([768, 3072], 2.0)):
+        for batch, rbe, dense, svd in ((1, 0.02, 0.01, 0.015), (8, 0.03, 0.06, 0.02)):
+            rows += [{"shape": shape, "batch": batch, "mode": "fwd", "impl": i, "ms": ms * f}
+                     for i, ms in (("rbe_fused", rbe), ("dense_fp16_cublas", dense),
+                                   ("generate_then_matmul", gen), ("svd_fp16_rank7", svd))]  # fmt: skip
+        for batch, rbe in zip((1, 8, 16), bwd):
+            rows += [{"shape": shape, "batch": batch, "mode": "fwd+bwd", "impl": i, "ms": ms * f}
+                     for i, ms in (("rbe_fused", rbe), ("dense_fp16_cublas", 0.025))]  # fmt: skip
+        rows.append({"shape": shape, "memory_bytes": {"rbe_fused": 100, "rbe_stored": 90,
+                                                      "dense_fp16_cublas": 400, "svd_fp16_rank7": 50}})  # fmt: skip
+    env = {"gpu": "NVIDIA H200", "date": date, "torch": "2.11.0+cu130", "cuda": "13.0"}
+    return {"part": "speed", "rows": rows, "environment": env, "args": {"part": "speed"}}
+
+
+def test_speed_table_of_a_small_result():
+    table = script.speed_table(_speed(), "rbe-speed-x.json")
+    # [3072, 768] is RBELinear(768, 3072): in → out; ratios RBE / cuBLAS by hand
+    assert "| 768→3072 | fwd | 1 | 0.020 | 0.010 | 0.015 | 0.100 | 2.00 |" in table
+    assert "| 768→3072 | fwd | 8 | 0.030 | 0.060 | 0.020 | 0.100 | 0.50 |" in table
+    assert "| 768→3072 | fwd+bwd | 8 | 0.050 | 0.025 | — | — | 2.00 |" in table
+    assert "| 3072→768 | fwd | 1 | 0.040 | 0.020 | 0.030 | 0.200 | 2.00 |" in table
+    assert "| 768→3072 | 100 (25.0%) | 90 (22.5%) | 400 (100.0%) | 50 (12.5%) |" in table
+    assert "on one NVIDIA H200, torch 2.11.0+cu130, CUDA 13.0, 2026-12-01" in table
+    assert "(7 for 768→3072, 7 for 3072→768)" in table
+    assert "that ran: RBE fused, dense fp16 (cuBLAS), SVD pair (fp16), generate then matmul." in table
+    assert "torch's int4 kernel (`_weight_int4pack_mm`) has no row" in table
+
+
+def test_speed_table_names_failed_and_int4_runs():
+    data = _speed()
+    for r in data["rows"]:
+        if r.get("impl") == "svd_fp16_rank7":
+            r["ms"] = "failed: RuntimeError: boom"
+    data["rows"] += [{"shape": [3072, 768], "batch": 1, "mode": "fwd", "impl": "torch_int4", "ms": 0.5}]
+    table = script.speed_table(data, "x.json")
+    assert "| 768→3072 | fwd | 1 | 0.020 | 0.010 | failed | 0.100 | 0.500 | 2.00 |" in table
+    assert "| 768→3072 | fwd | 8 | 0.030 | 0.060 | failed | 0.100 | — | 0.50 |" in table
+    assert "that ran: RBE fused, dense fp16 (cuBLAS), generate then matmul, torch int4." in table
+    assert "Failed: SVD pair (fp16) (RuntimeError: boom)." in table
+    assert "int4 kernel" not in table
+
+
+def test_speed_targets_of_a_small_result():
+    t = script.speed_targets(_speed())
+    assert "cuBLAS: 0.020 ms against 0.010 ms, ratio 2.00 — **missed**." in t
+    assert "generate then matmul: 0.100 / 0.020 ms = 5.0× — **met**." in t
+    # backward: fwd+bwd − fwd = 0.06 − 0.02 = 0.040 at batch 1, 0.05 − 0.03 = 0.020 at 8; none at 16
+    assert "forward + backward 0.060, 0.050, 0.040 ms at batch 1, 8, 16 (an upper bound" in t
+    assert "both were timed: 0.040, 0.020 ms at batch 1, 8 — **missed** (by the estimate)." in t
+    assert "3.9× — **missed**." in script.speed_targets(_speed(gen=0.078))
+    data = _speed()  # a fwd+bwd at batch 64 is outside the target's batch <= 32
+    data["rows"].append(
+        {"shape": [3072, 768], "batch": 64, "mode": "fwd+bwd", "impl": "rbe_fused", "ms": 9.0}
+    )
+    assert "9.000" not in script.speed_targets(data)
+    # estimates within 30 µs but fwd+bwd is not: the file decides nothing
+    assert "0.025, 0.020 ms at batch 1, 8 — not decided by this file." in (
+        script.speed_targets(_speed(bwd=(0.045, 0.05, 0.04)))
+    )
+    assert "— **met** (forward + backward itself within it)." in (
+        script.speed_targets(_speed(bwd=(0.03, 0.03, 0.025)))
+    )
+    # the 3072→768 rows (twice the ms) do not stand in for RBELinear(768, 3072)
+    data = _speed()
+    data["rows"] = [r for r in data["rows"] if r["shape"] == [768, 3072]]
+    t = script.speed_targets(data)
+    assert t.count("not measured") == 3 and "**" not in t
+
+
+def test_the_newest_speed_file_is_read_and_none_says_not_measured(tmp_path):
+    assert (
+        script.speed_part(tmp_path) == "GPU speed: not measured (no `benchmarks/results/rbe-speed-*.json`).\n"
+    )
+    block = script.render(_write(tmp_path))
+    assert "GPU speed: not measured" in block and "RBE / cuBLAS" not in block
+    (tmp_path / "rbe-speed-NVIDIA_H200-2026-12-01.json").write_text(json.dumps(_speed()))
+    (tmp_path / "rbe-speed-NVIDIA_H200-2026-11-01.json").write_text(json.dumps(_speed("2026-11-01", gen=9.0)))
+    assert script.newest_speed(tmp_path)[0] == "rbe-speed-NVIDIA_H200-2026-12-01.json"
+    block = script.render(tmp_path)
+    assert "`benchmarks/results/rbe-speed-NVIDIA_H200-2026-12-01.json`" in block
+    assert "| 768→3072 | fwd | 1 | 0.020 | 0.010 | 0.015 | 0.100 | 2.00 |" in block
+    assert "5.0× — **met**" in block and "not measured" not in block

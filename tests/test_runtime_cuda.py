@@ -70,6 +70,10 @@ def test_devices_report_what_torch_sees():
 def test_stats_move_with_allocations_and_cupy_joins_torchs_pool():
     n = 64 * MiB
     torch.cuda.synchronize()
+    # no cached free block for t to land in: it gets a segment of its own, which the
+    # empty_cache at the end can give back (a block split from another test's segment
+    # could not be)
+    empty_cache()
     reset_peak()
     s0 = memory_stats()
     t = torch.empty(n, dtype=torch.uint8, device="cuda")
