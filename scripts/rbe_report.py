@@ -13,6 +13,16 @@ setting's table, and the recommendation that follows the per-layer table: at eac
 budget the codec of lowest mean error among ``rbe``, ``svd``, ``int4``. The
 recommendation is checked against what ``codec="auto"`` picked for each layer (the
 ``auto`` rows): :class:`ValueError` when a pick is not the lowest error of that layer.
+
+Then the GPU speed of the newest :data:`SPEED` file (``bench_rbe.py speed``; its rows'
+``shape`` is ``[out, in]``): median ms a call of each implementation, the ratio
+:math:`t_\\mathrm{RBE} / t_\\mathrm{cuBLAS}`, the bytes each layer keeps, and issue 17's
+targets for ``RBELinear(768, 3072)``: fused forward at batch 1 no slower than dense
+fp16 cuBLAS; at least 4x faster than generating the weight then multiplying
+(:math:`t_\\mathrm{gen} / t_\\mathrm{RBE} \\ge 4`); backward at most
+:data:`BACKWARD_TARGET_MS` at batch <= 32, estimated as
+:math:`t_\\mathrm{fwd+bwd} - t_\\mathrm{fwd}` where both were timed at that batch
+(the file times no backward alone).
 """
 
 from __future__ import annotations
@@ -33,11 +43,18 @@ RESULTS = ROOT / "benchmarks" / "results"
 QUALITY = "rbe-quality-cpu-2026-12-01-all.json"
 DEFAULT = "rbe-default-cpu-2026-12-01.json"
 DIGITS = "rbe-digits-cpu-2026-12-01.json"
+SPEED = "rbe-speed-*.json"  # the newest by its environment's date
 BEGIN, END = "<!-- rbe-table:begin -->", "<!-- rbe-table:end -->"
 CODECS = ("rbe", "svd", "int4")  # the library's codecs, what "auto" chooses among
 COLUMNS = (("rbe", "RBE (chooser's setting)"), ("residual_only", "residual only, no atoms"),
            ("svd", "SVD (best of fp16/int8 factors)"), ("int4", "int4 (group 128)"), ("auto", 'codec="auto"'))  # fmt: skip
 NAMES = {"rbe": "RBE", "svd": "SVD", "int4": "int4", "auto": "auto", "residual_only": "residual only"}
+IMPLS = {"rbe_fused": "RBE fused", "dense_fp16_cublas": "dense fp16 (cuBLAS)", "svd": "SVD pair (fp16)",
+         "generate_then_matmul": "generate then matmul", "torch_int4": "torch int4"}  # fmt: skip
+MEMORY = {"rbe_fused": "RBE on the device", "rbe_stored": "RBE stored", "dense_fp16_cublas": "dense fp16",
+          "svd": "SVD pair (fp16)", "torch_int4": "torch int4"}  # fmt: skip
+TARGET_SHAPE = (3072, 768)  # [out, in] of RBELinear(768, 3072), as bench_rbe.py writes "shape"
+BACKWARD_TARGET_MS = 0.030
 
 
 def _bits(b: float) -> str:
@@ -201,6 +218,156 @@ def digits_table(data) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _impl(name: str) -> str:
+    """``svd_fp16_rank<r>`` is the SVD pair whatever its rank."""
+    return "svd" if name.startswith("svd_") else name
+
+
+def _layer(shape) -> str:
+    out, inp = shape
+    return f"{inp}→{out}"
+
+
+def _timings(data) -> dict:
+    """``{(shape, mode, batch, impl): ms}``; ``ms`` a float, or the ``"failed: ..."`` text."""
+    return {(tuple(r["shape"]), r["mode"], r["batch"], _impl(r["impl"])): r["ms"] for r in data["rows"]
+            if "ms" in r}  # fmt: skip
+
+
+def _ms(v) -> str:
+    return "—" if v is None else f"{v:.3f}" if isinstance(v, float) else "failed"
+
+
+def _ratio(a, b) -> float | None:
+    return a / b if isinstance(a, float) and isinstance(b, float) else None
+
+
+def newest_speed(results: Path) -> tuple[str, dict] | None:
+    """``(file name, result)`` of the :data:`SPEED` file of the latest date, or None."""
+    found = [(json.loads(p.read_text()), p.name) for p in results.glob(SPEED)]
+    if not found:
+        return None
+    data, name = max(found, key=lambda dn: (dn[0]["environment"]["date"], dn[1]))
+    return name, data
+
+
+def speed_table(data, name: str) -> str:
+    env, ms = data["environment"], _timings(data)
+    impls = list(dict.fromkeys(k[3] for k in ms))
+    cols = [i for i in IMPLS if i in impls] + [i for i in impls if i not in IMPLS]
+    ran = [i for i in cols if any(isinstance(v, float) for k, v in ms.items() if k[3] == i)]
+    failed = {_impl(r["impl"]): r["ms"] for r in data["rows"] if isinstance(r.get("ms"), str)}
+    ranks = {tuple(r["shape"]): r["impl"].rsplit("rank", 1)[1] for r in data["rows"]
+             if r.get("impl", "").startswith("svd_")}  # fmt: skip
+    notes = [f"Implementations that ran: {', '.join(IMPLS.get(i, i) for i in ran)}."]
+    if failed:
+        notes.append(
+            "Failed: "
+            + "; ".join(f"{IMPLS.get(i, i)} ({m.removeprefix('failed: ')})" for i, m in failed.items())
+            + "."
+        )
+    if "torch_int4" not in impls:
+        notes.append(
+            "torch's int4 kernel (`_weight_int4pack_mm`) has no row: `bench_rbe.py speed` leaves it out "
+            "when it does not run on the device, and the file keeps no reason."
+        )
+    lines = [
+        f"GPU speed of the default `RBELinear` (tile 32, 3 atoms, 1-bit residual), float16 input, on one "
+        f"{env['gpu']}, torch {env['torch']}, CUDA {env['cuda']}, {env['date']} (`benchmarks/results/{name}`, "
+        f"`bench_rbe.py speed`): median ms a call (CUDA events); forward without grad, forward + backward "
+        f"of `y.sum()`; the SVD pair of float16 factors at rank RBE's stored bits / (16·(in + out)) "
+        f"({', '.join(f'{ranks[s]} for {_layer(s)}' for s in ranks)}); generate then matmul: "
+        f"`materialize()` then one GEMM. " + " ".join(notes),
+        "",
+        "| layer | pass | batch | " + " | ".join(IMPLS.get(i, i) for i in cols) + " | RBE / cuBLAS |",
+        "|---|---|---" + "|---" * len(cols) + "|---|",
+    ]
+    for shape, mode, batch in dict.fromkeys(k[:3] for k in ms):
+        row = [ms.get((shape, mode, batch, i)) for i in cols]
+        r = _ratio(
+            ms.get((shape, mode, batch, "rbe_fused")), ms.get((shape, mode, batch, "dense_fp16_cublas"))
+        )
+        lines.append(f"| {_layer(shape)} | {mode} | {batch} | " + " | ".join(map(_ms, row))
+                     + f" | {'—' if r is None else f'{r:.2f}'} |")  # fmt: skip
+    mem = {tuple(r["shape"]): {_impl(k): v for k, v in r["memory_bytes"].items()} for r in data["rows"]
+           if "memory_bytes" in r}  # fmt: skip
+    keys = list(dict.fromkeys(k for m in mem.values() for k in m))
+    lines += [
+        "",
+        "Bytes a layer keeps (weight and bias; RBE on the device: its parameters and buffers; RBE stored: "
+        "its state dict, every stored bit counted), in brackets the share of dense fp16:",
+        "",
+        "| layer | " + " | ".join(MEMORY.get(k, k) for k in keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
+    for shape, m in mem.items():
+        dense = m.get("dense_fp16_cublas")
+        cells = [f"{m[k]:,} ({m[k] / dense:.1%})" if k in m and dense else f"{m[k]:,}" if k in m else "—"
+                 for k in keys]  # fmt: skip
+        lines.append(f"| {_layer(shape)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(ok: bool) -> str:
+    return "**met**" if ok else "**missed**"
+
+
+def speed_targets(data) -> str:
+    """Issue 17's three speed targets for ``RBELinear(768, 3072)``, with met/missed."""
+    ms, s = _timings(data), TARGET_SHAPE
+    rbe, cub, gen = (
+        ms.get((s, "fwd", 1, i)) for i in ("rbe_fused", "dense_fp16_cublas", "generate_then_matmul")
+    )
+    lines = [
+        f"Issue 17's speed targets for `RBELinear(768, 3072)` (rows of shape {list(s)}), from this file:",
+        "",
+    ]
+    r = _ratio(rbe, cub)
+    fwd = (
+        "not measured"
+        if r is None
+        else f"{rbe:.3f} ms against {cub:.3f} ms, ratio {r:.2f} — {_verdict(r <= 1)}"
+    )
+    lines.append(f"- fused forward at batch 1 no slower than dense fp16 cuBLAS: {fwd}.")
+    r = _ratio(gen, rbe)
+    gain = "not measured" if r is None else f"{gen:.3f} / {rbe:.3f} ms = {r:.1f}× — {_verdict(r >= 4)}"
+    lines.append(f"- fused forward at batch 1 at least 4× faster than generate then matmul: {gain}.")
+    both = {b: v for (sh, mode, b, i), v in sorted(ms.items(), key=lambda kv: kv[0][2])
+            if (sh, mode, i) == (s, "fwd+bwd", "rbe_fused") and b <= 32 and isinstance(v, float)}  # fmt: skip
+    est = {b: v - ms[s, "fwd", b, "rbe_fused"] for b, v in both.items()
+           if isinstance(ms.get((s, "fwd", b, "rbe_fused")), float)}  # fmt: skip
+    limit = f"{BACKWARD_TARGET_MS * 1e3:g} µs"
+    if not both:
+        bwd = "not measured"
+    else:
+        if max(both.values()) <= BACKWARD_TARGET_MS:
+            verdict = _verdict(True) + " (forward + backward itself within it)"
+        elif any(v > BACKWARD_TARGET_MS for v in est.values()):
+            verdict = _verdict(False) + " (by the estimate)"
+        else:
+            verdict = "not decided by this file"
+        parts = [f"forward + backward {', '.join(f'{v:.3f}' for v in both.values())} ms at batch "
+                 f"{', '.join(map(str, both))} (an upper bound of the backward)"]  # fmt: skip
+        if est:
+            parts.append(
+                f"estimated backward = forward + backward − forward at the batches where both were timed: "
+                f"{', '.join(f'{v:.3f}' for v in est.values())} ms at batch {', '.join(map(str, est))}"
+            )
+        bwd = "the file times no backward alone; " + "; ".join(parts) + f" — {verdict}"
+    lines.append(f"- backward at most {limit} at batch ≤ 32: {bwd}.")
+    return "\n".join(lines) + "\n"
+
+
+def speed_part(results: Path) -> str:
+    """The speed tables and targets of the newest :data:`SPEED` file; a line saying speed
+    was not measured when there is none."""
+    found = newest_speed(results)
+    if found is None:
+        return f"GPU speed: not measured (no `benchmarks/results/{SPEED}`).\n"
+    name, data = found
+    return speed_table(data, name) + "\n" + speed_targets(data)
+
+
 def recommendation(data) -> str:
     """One clause a budget: the codec of lowest mean error and what ``auto`` picked; then
     what RBE's atoms add over its residual coder alone, where both met every layer."""
@@ -233,6 +400,7 @@ def render(results: Path = RESULTS) -> str:
         whole_model_table(quality),
         default_table(json.loads((results / DEFAULT).read_text())),
         digits_table(json.loads((results / DIGITS).read_text())),
+        speed_part(results),
     ]
     return BEGIN + "\n" + "\n".join(parts) + END
 

@@ -176,6 +176,41 @@ def test_entry_has_the_documented_layout(two_entries, tmp_path, monkeypatch):
     assert hit.from_cache and hit == type(hit)(**{**first.__dict__, "from_cache": True})
 
 
+@needs_nvrtc
+def test_registers_read_from_the_cubin_match_the_ptxas_report(tmp_path, monkeypatch):
+    """The cubin's own register count (its .nv.info EIATTR_REGCOUNT entry) is what ptxas
+    reports in the log; a symbol not in the cubin, or bytes that are no ELF, give -1."""
+    monkeypatch.setenv("XPU_STONE_CACHE_DIR", str(tmp_path))
+    for job in _kernels(6):
+        k = _compile(job)
+        assert k.registers > 0 and compiler.cubin_registers(k.cubin, k.lowered_name) == k.registers
+    assert compiler.cubin_registers(k.cubin, "_Z9no_kernelv") == -1
+    assert compiler.cubin_registers(b"\x7fELF" + bytes(60), k.lowered_name) == -1
+
+
+@needs_nvrtc
+def test_registers_known_when_nvrtc_logs_no_ptxas_report(tmp_path, monkeypatch):
+    """An NVRTC whose program log is empty (as on some GPU hosts) still gives entries
+    with the kernel's register count, read from the cubin."""
+    monkeypatch.setenv("XPU_STONE_CACHE_DIR", str(tmp_path / "logged"))
+    job = _kernels(1)[0]
+    logged = _compile(job)
+    real = compiler._nvrtc()
+
+    class Silent:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        @staticmethod
+        def getProgramLog(prog):
+            return ""
+
+    monkeypatch.setattr(compiler, "_nvrtc", lambda: Silent())
+    monkeypatch.setenv("XPU_STONE_CACHE_DIR", str(tmp_path / "silent"))
+    silent = _compile(job)
+    assert not silent.from_cache and silent.registers == logged.registers > 0
+
+
 # ---------------------------------------------------- unwritable cache folders
 @needs_nvrtc
 def test_cache_below_a_file_warns_once_and_keeps_kernels_in_memory(tmp_path, monkeypatch):

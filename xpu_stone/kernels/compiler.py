@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 import tempfile
 import threading
 import warnings
@@ -136,6 +137,46 @@ def _resources(log: str) -> dict:
         "spill_bytes": int(spill.group(2)) + int(spill.group(3)) if spill else 0,
         "smem_bytes": int(smem.group(1)) if smem else 0,
     }
+
+
+_EIATTR_REGCOUNT = 0x2F  # .nv.info attribute: (symbol index, registers) of a kernel
+_EIFMT_SVAL = 0x04  # .nv.info entry with a 16-bit size and that many payload bytes
+
+
+def cubin_registers(cubin: bytes, symbol: str) -> int:
+    """Registers of kernel ``symbol`` (its mangled name) read from the cubin itself:
+    the ``EIATTR_REGCOUNT`` entry of its ELF ``.nv.info`` section. -1 when absent.
+    The fallback for an NVRTC whose log carries no ptxas report."""
+    try:
+        shoff = struct.unpack_from("<Q", cubin, 0x28)[0]
+        entsize, count, names_index = struct.unpack_from("<HHH", cubin, 0x3A)
+        sections = [struct.unpack_from("<IIQQQQII", cubin, shoff + i * entsize) for i in range(count)]
+
+        def cstr(table_offset: int, at: int) -> str:
+            start = table_offset + at
+            return cubin[start : cubin.index(b"\0", start)].decode()
+
+        names = sections[names_index][4]
+        by_name = {cstr(names, sec[0]): sec for sec in sections}
+        symtab, info = by_name[".symtab"], by_name[".nv.info"]
+        strings = sections[symtab[6]][4]  # sh_link: the symbol names' table
+        index = next(
+            i
+            for i in range(symtab[5] // 24)
+            if cstr(strings, struct.unpack_from("<I", cubin, symtab[4] + 24 * i)[0]) == symbol
+        )
+        data, at = cubin[info[4] : info[4] + info[5]], 0
+        while at + 4 <= len(data):
+            fmt, attr = data[at], data[at + 1]
+            size = struct.unpack_from("<H", data, at + 2)[0] if fmt == _EIFMT_SVAL else 0
+            if attr == _EIATTR_REGCOUNT and size == 8:
+                sym, regs = struct.unpack_from("<II", data, at + 4)
+                if sym == index:
+                    return regs
+            at += 4 + size
+    except (struct.error, KeyError, StopIteration, IndexError, ValueError, UnicodeDecodeError):
+        pass
+    return -1
 
 
 CACHE_MAGIC = b"XSKC 1\n"
@@ -286,6 +327,8 @@ def compile_kernel(
     finally:
         nvrtc.destroyProgram(prog)
     meta = {"lowered_name": lowered, **_resources(log)}
+    if meta["registers"] < 0:  # an NVRTC that leaves the ptxas report out of its log
+        meta["registers"] = cubin_registers(cubin, lowered)
     if use_cache:
         _store_entry(path, encode_entry(path.name.removesuffix(CACHE_SUFFIX), cubin, meta))
     return CompiledKernel(source, name, arch, cubin, from_cache=False, **meta)
