@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     elapsed = time.perf_counter() - start
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"elapsed_s": elapsed, "kernels": report}, f, indent=1)
+            json.dump({"elapsed_s": elapsed, "failed": failures, "kernels": report}, f, indent=1)
     cached = sum(r["cached"] for r in report)
     print(
         f"{len(report)} kernels compiled ({cached} from cache) for {', '.join(archs)} in {elapsed:.1f} s "

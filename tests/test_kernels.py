@@ -207,3 +207,20 @@ def test_main_job_without_torch_says_what_it_skipped():
     assert "checking the CPU path" not in out.stdout
     assert "skipped: the self-check" in out.stdout and "pip install torch" in out.stdout
     assert "compiled one kernel of each" in out.stdout or "skipped: the kernel compile check" in out.stdout
+
+
+@needs_nvrtc
+def test_check_kernels_json_counts_the_failures(tmp_path, monkeypatch):
+    """scripts/check_kernels.py --json: every kernel compiled is listed, and the number
+    that failed is written too (a report that lists only successes cannot show one)."""
+    from helpers import load_script
+
+    monkeypatch.setenv("XPU_STONE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "build.json"
+    script = load_script("check_kernels")
+    rc = script.main(
+        ["--arch", "sm_90", "--ops", "rbe_linear", "--dtypes", "float32", "--quiet", "--json", str(out)]
+    )
+    report = json.loads(out.read_text())
+    expected = sum(1 for _ in REGISTRY.get("rbe_linear").all_kernels(["float32"]))
+    assert rc == 0 and report["failed"] == 0 and len(report["kernels"]) == expected > 0
