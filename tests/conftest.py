@@ -53,3 +53,15 @@ def poisoned_outputs():
     config.poison_outputs = True
     yield
     config.poison_outputs = False
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one CPU thread for the test (tiny matmuls: threads only contend on a
+    2-core CI machine); the previous count afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

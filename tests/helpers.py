@@ -10,6 +10,7 @@ import importlib.util
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 import xpu_stone.convert
@@ -17,10 +18,22 @@ import xpu_stone.klein
 import xpu_stone.lorentz
 import xpu_stone.poincare
 from xpu_stone.constants import BOUNDARY_EPS
+from xpu_stone.kernels import compiler
 from xpu_stone.manifolds import ManifoldParameter
 from xpu_stone.reference import poincare as R
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _nvrtc_available() -> bool:
+    try:
+        compiler.nvrtc_version()
+        return True
+    except Exception:
+        return False
+
+
+needs_nvrtc = pytest.mark.skipif(not _nvrtc_available(), reason="NVRTC library not installed")
 DTYPE_NAME = {
     torch.float32: "float32",
     torch.float64: "float64",

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_steps_reach_twin, fresh_twin
+from helpers import assert_steps_reach_twin, fresh_twin, needs_nvrtc
 
 from xpu_stone.engine import rowwise_cuda
 from xpu_stone.engine.launch import allocates
@@ -48,16 +48,6 @@ from xpu_stone.optim import RiemannianAdam, RiemannianSGD
 ROOT = Path(__file__).resolve().parent.parent
 cupy = pytest.importorskip("cupy")
 
-
-def _nvrtc_available() -> bool:
-    try:
-        compiler.nvrtc_version()
-        return True
-    except Exception:
-        return False
-
-
-needs_nvrtc = pytest.mark.skipif(not _nvrtc_available(), reason="NVRTC library not installed")
 
 MAGIC = b"XSKC 1\n"
 ELF = b"\x7fELF"

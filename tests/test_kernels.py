@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import needs_nvrtc
 
 import xpu_stone
 from xpu_stone import KernelPolicy
@@ -21,17 +22,6 @@ from xpu_stone.kernels.registry import DTYPES, MAX_CACHED
 
 ROOT = Path(__file__).resolve().parent.parent
 pytest.importorskip("cupy")
-
-
-def _nvrtc_available() -> bool:
-    try:
-        compiler.nvrtc_version()
-        return True
-    except Exception:
-        return False
-
-
-needs_nvrtc = pytest.mark.skipif(not _nvrtc_available(), reason="NVRTC library not installed")
 
 
 @needs_nvrtc

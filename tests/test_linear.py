@@ -20,12 +20,7 @@ from xpu_stone.reference import linear as RL
 CURVATURES = (0.01, 1.0, 4.0, 100.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _ball(shape, c, gen, max_norm=0.9, dtype=torch.float64):

@@ -18,13 +18,7 @@ from xpu_stone.errors import InvalidArgumentError, InvalidCurvatureError
 from xpu_stone.manifolds import ManifoldParameter, PoincareBall, manifold_of
 from xpu_stone.reference import linear as RL
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _ball(shape, c=1.0, seed=0, max_norm=0.9):

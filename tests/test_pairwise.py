@@ -20,12 +20,7 @@ from xpu_stone.reference import pairwise as RP
 CURVATURES = (0.01, 1.0, 4.0, 100.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: threads only contend on a 2-core CI machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _interior(shape, c, gen, dtype=torch.float64, max_norm=0.9):

@@ -16,6 +16,7 @@ import mpmath
 import numpy
 import pytest
 import torch
+from helpers import needs_nvrtc
 
 from xpu_stone import rbe
 from xpu_stone.errors import (
@@ -29,13 +30,7 @@ from xpu_stone.rbe import generator as G
 from xpu_stone.rbe.compress import rbe_setting
 from xpu_stone.rbe.functional import rbe_linear
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------ the transcription of RBE.md
@@ -885,17 +880,7 @@ def test_every_kernel_variant_is_registered():
     assert len(names) == 40
 
 
-def _nvrtc_available() -> bool:
-    try:
-        from xpu_stone.kernels import compiler
-
-        compiler.nvrtc_version()
-        return True
-    except Exception:
-        return False
-
-
-@pytest.mark.skipif(not _nvrtc_available(), reason="NVRTC library not installed")
+@needs_nvrtc
 def test_rbe_kernels_compile_for_sm90(tmp_path, monkeypatch):
     """One kernel of each template and storage family (the build compiles all 40)."""
     from xpu_stone.kernels import compiler
