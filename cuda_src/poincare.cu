@@ -112,15 +112,20 @@ struct PoincareExpmap : xs_op_base {
     return xs_min(xs_sqrt(c) * xs_norm_from_sq<R, S>(uu) / xs_max(1 - c * xx, XS_LIM(min_denom)),
                   XS_LIM(tanh_max));
   }
+  // z = s u: s from the tanh argument a
+  template <class R, class S>
+  __device__ __forceinline__ static R scale(const R& a, const R& uu, const R& c) {
+    return xs_tanh(a) / (xs_sqrt(c) * xs_norm_from_sq<R, S>(uu));
+  }
   // s of the late dot |x + s u|^2
   template <class R, class S>
   __device__ __forceinline__ static R late_scale(const R (&dot)[NDOT], const R& c) {
-    return xs_tanh(arg<R, S>(dot[0], dot[1], c)) / (xs_sqrt(c) * xs_norm_from_sq<R, S>(dot[1]));
+    return scale<R, S>(arg<R, S>(dot[0], dot[1], c), dot[1], c);
   }
   XS_COEFFS {
     const R xx = dot[0], uu = dot[1], ww = dot[3];
     const R a = arg<R, S>(xx, uu, c);
-    const R s = xs_tanh(a) / (xs_sqrt(c) * xs_norm_from_sq<R, S>(uu));
+    const R s = scale<R, S>(a, uu, c);
     const R ax = 1 - c * xx;
     const R ch = xs_cosh(a);
     const R den = xs_max(ax / (ch * ch) + c * ww, XS_LIM(min_denom));

@@ -72,7 +72,11 @@ def _logmap0(dot, c, t, eps):
 def _expmap_late(dot, c):
     """s of the late dot |x + s u|^2: z = s u with s = tanh(sqrt(c)|u| / B_x) / (sqrt(c)|u|),
     B_x = 1 - c|x|^2 = 2 / lambda_x."""
-    return tanh_c(_expmap_arg(dot[0], dot[1], c)) / (torch.sqrt(c) * norm_from_sq(dot[1]))
+    return _expmap_scale(_expmap_arg(dot[0], dot[1], c), dot[1], c)
+
+
+def _expmap_scale(a, uu, c):
+    return tanh_c(a) / (torch.sqrt(c) * norm_from_sq(uu))
 
 
 def _expmap_arg(xx, uu, c):
@@ -84,9 +88,9 @@ def _expmap(dot, c, t, eps):
     with w = x + z: (A w + c|w|^2 x) / (A B + c|w|^2), A = 1 - c|x|^2, B = 1 - c|z|^2 =
     1 / cosh^2(a). |w|^2 is the late dot (summed from the elements of x + s u): near the
     boundary with x + z ~ 0 the dots alone lose it. Coefficients of x and u."""
-    xx, uu, xu, ww = dot
+    xx, uu, _, ww = dot
     a = _expmap_arg(xx, uu, c)
-    s = tanh_c(a) / (torch.sqrt(c) * norm_from_sq(uu))
+    s = _expmap_scale(a, uu, c)
     ax = 1 - c * xx
     den = clamp_min(ax / torch.cosh(a) ** 2 + c * ww, MIN_DENOM)
     return [(ax + c * ww) / den, ax * s / den]
