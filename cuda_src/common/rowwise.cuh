@@ -207,16 +207,18 @@ __device__ __forceinline__ void xs_row_sum(S (&acc)[N]) {
 }
 
 // The late sums of an op (xs_op_base::LATE), with w = t_a + s t_b: sums[0] = |w|^2
-// (the late dot) and sums[1] = <w, t_b> (its derivative in s, over 2), over the row,
-// from the chunks cached in registers (NITER > 0: zeros past D) or reloaded with
-// `load(e, v)`. The first NVEC rows of a chunk are the inputs. Every thread of the row
-// group takes part (a group reduction).
-template <class Op, class S, class E, int G, int NITER, int VEC, int NC, class Load>
+// (the late dot) and, with N = 2 (the backward), sums[1] = <w, t_b> (its derivative in
+// s, over 2), over the row, from the chunks cached in registers (NITER > 0: zeros past
+// D) or reloaded with `load(e, v)`. The first NVEC rows of a chunk are the inputs.
+// Every thread of the row group takes part (a group reduction).
+template <class Op, class S, class E, int G, int NITER, int VEC, int NC, int N, class Load>
 __device__ __forceinline__ void xs_late_sums(const E (&cache)[NITER > 0 ? NITER : 1][NC][VEC], S s, int lane,
-                                             long long D, Load load, S (&sums)[2]) {
+                                             long long D, Load load, S (&sums)[N]) {
+  static_assert(N == 1 || N == 2, "|w|^2, and <w, t_b> for the backward");
   constexpr xs_ij L = Op::dot(Op::NDOT - 1);
   constexpr long long STEP = (long long)G * VEC;
-  sums[0] = sums[1] = 0;
+#pragma unroll
+  for (int k = 0; k < N; ++k) sums[k] = 0;
   auto add = [&](const E(&v)[NC][VEC], long long e) {
     const auto& in = reinterpret_cast<const E(&)[Op::NVEC][VEC]>(v);
 #pragma unroll
@@ -224,7 +226,7 @@ __device__ __forceinline__ void xs_late_sums(const E (&cache)[NITER > 0 ? NITER 
       const S b = xs_term<Op, S>(in, L.b, i, e + i);
       const S w = xs_term<Op, S>(in, L.a, i, e + i) + s * b;
       sums[0] += w * w;
-      sums[1] += w * b;
+      if constexpr (N == 2) sums[N - 1] += w * b;
     }
   };
   if constexpr (NITER > 0) {
@@ -323,8 +325,8 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_fwd(const xs_row_args a) {
 
   if constexpr (Op::LATE) {  // the late dot |t_a + s t_b|^2, from the elements
     const S s = Op::template late_scale<S, S>(reinterpret_cast<const S(&)[Op::NDOT]>(acc), c);
-    S sums[2];
-    xs_late_sums<Op, S, E, G, NITER, VEC, NV>(
+    S sums[1];
+    xs_late_sums<Op, S, E, G, NITER, VEC, NV, 1>(
         cache, s, lane, D,
         [&](long long e, E(&v)[NV][VEC]) { xs_load_rows<T, NV, VEC, Op::IN_SHIFT>(base, es, e, valid, v); },
         sums);
@@ -453,7 +455,7 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_bwd(const xs_row_args a) {
   if constexpr (Op::LATE) {
     late_s = Op::template late_scale<S, S>(reinterpret_cast<const S(&)[Op::NDOT]>(acc), c);
     S sums[2];
-    xs_late_sums<Op, S, E, G, NITER, VEC, NL>(
+    xs_late_sums<Op, S, E, G, NITER, VEC, NL, 2>(
         cache, late_s, lane, D, [&](long long e, E(&v)[NL][VEC]) { load(e, valid, v); }, sums);
     dots[Op::NDOT - 1] = R::seed(sums[0], Op::NDOT - 1);
     late_wb = sums[1];

@@ -152,11 +152,10 @@ def _nan_where(bad, x):
     return torch.where(bad, torch.full((), float("nan"), dtype=x.dtype, device=x.device), x)
 
 
-def _late_sums(op: RowOp, ts, s):
-    """With w = t_a + s t_b for an op's late dot (a, b): (w, |w|^2, <w, t_b>) per row."""
+def _late_w(op: RowOp, ts, s):
+    """(w, t_b) of an op's late dot (a, b): w = t_a + s t_b, its |w|^2 the late dot."""
     a, b = op.dots[-1]
-    w = ts[a] + s * ts[b]
-    return w, (w * w).sum(-1, keepdim=True), (w * ts[b]).sum(-1, keepdim=True)
+    return ts[a] + s * ts[b], ts[b]
 
 
 def cpu_forward(op: RowOp, vecs, c, c_val, t, t_val, eps):
@@ -167,7 +166,8 @@ def cpu_forward(op: RowOp, vecs, c, c_val, t, t_val, eps):
     dots = [(ts[p] * ts[q]).sum(-1, keepdim=True) for p, q in op.summed_dots]
     cs, tt = _as_rows_scalar(c, c_val, vecs[0], accum), _as_rows_scalar(t, t_val, vecs[0], accum)
     if op.late:  # the second pass: |t_a + s t_b|^2 from the elements
-        dots.append(_late_sums(op, ts, op.late(dots, cs))[1])
+        w, _ = _late_w(op, ts, op.late(dots, cs))
+        dots.append((w * w).sum(-1, keepdim=True))
     bad = bad_rows(op, vecs, dots, cs)
     coef = [_nan_where(bad, k) for k in op.coeffs(dots, cs, tt, eps)]
     if op.scalar_out:
@@ -195,8 +195,9 @@ def cpu_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, needs):
         tt = leaf(_as_rows_scalar(t, t_val, vecs[0], accum))
         if op.late:  # the late dot a leaf too, from the elements (as the kernels have it)
             s_late = op.late(dots, cs)
-            w_late, ww, wb = _late_sums(op, ts, s_late.detach())
-            dots.append(leaf(ww))
+            w_late, t_b = _late_w(op, ts, s_late.detach())
+            wb = (w_late * t_b).sum(-1, keepdim=True)  # d|w|^2/ds = 2 <w, t_b>
+            dots.append(leaf((w_late * w_late).sum(-1, keepdim=True)))
         coef = op.coeffs(dots, cs, tt, eps)
         if op.scalar_out:
             weights = [grad.to(accum).unsqueeze(-1)]
