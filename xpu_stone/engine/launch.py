@@ -24,7 +24,6 @@ __all__ = [
     "address",
     "allocates",
     "compute_dtype",
-    "compute_dtype_name",
     "device_props",
     "launch_rows",
     "poison",
@@ -45,14 +44,10 @@ TORCH_OF = {v: k for k, v in TORCH_DTYPES.items()}
 CUPY_DTYPES = {"float32": "float32", "float64": "float64", "float16": "float16"}
 
 
-def compute_dtype_name(dtype: str) -> str:
-    """The arithmetic (and per-row parameter) dtype of rows stored in ``dtype``:
-    float64 for float64, float32 for the others."""
-    return "float64" if dtype == "float64" else "float32"
-
-
 def compute_dtype(dtype):
-    """:func:`compute_dtype_name` for a torch dtype."""
+    """The torch dtype the GEMM-style kernels (pairwise, linear) compute and keep their
+    per-row scalars in for rows stored in ``dtype``: float64 for float64, float32 for
+    the others (the row kernels take every per-row scalar in float64)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
