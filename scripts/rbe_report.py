@@ -228,10 +228,18 @@ def _layer(shape) -> str:
     return f"{inp}→{out}"
 
 
-def _timings(data) -> dict:
-    """``{(shape, mode, batch, impl): ms}``; ``ms`` a float, or the ``"failed: ..."`` text."""
-    return {(tuple(r["shape"]), r["mode"], r["batch"], _impl(r["impl"])): r["ms"] for r in data["rows"]
-            if "ms" in r}  # fmt: skip
+def _timings(data, key: str = "ms") -> dict:
+    """``{(shape, mode, batch, impl): ms}`` of the rows' ``key`` (``ms``: the eager call,
+    ``graph_ms``: device time from a CUDA-graph replay); a float, or the ``"failed: ..."`` text."""
+    return {(tuple(r["shape"]), r["mode"], r["batch"], _impl(r["impl"])): r[key] for r in data["rows"]
+            if key in r}  # fmt: skip
+
+
+TIMING = {
+    "ms": "median ms a call (CUDA events around each eager call: host launch cost included)",
+    "graph_ms": "device ms a call (20 calls captured in one CUDA graph, the replay timed with CUDA events: "
+    "no host launch cost)",
+}
 
 
 def _ms(v) -> str:
@@ -251,12 +259,13 @@ def newest_speed(results: Path) -> tuple[str, dict] | None:
     return name, data
 
 
-def speed_table(data, name: str) -> str:
-    env, ms = data["environment"], _timings(data)
+def speed_table(data, name: str, key: str = "ms") -> str:
+    env, ms = data["environment"], _timings(data, key)
     impls = list(dict.fromkeys(k[3] for k in ms))
     cols = [i for i in IMPLS if i in impls] + [i for i in impls if i not in IMPLS]
     ran = [i for i in cols if any(isinstance(v, float) for k, v in ms.items() if k[3] == i)]
-    failed = {_impl(r["impl"]): r["ms"] for r in data["rows"] if isinstance(r.get("ms"), str)}
+    failed = {_impl(r["impl"]): r[key] for r in data["rows"] if isinstance(r.get(key), str)}
+    unavailable = {_impl(r["impl"]): r["unavailable"] for r in data["rows"] if "unavailable" in r}
     ranks = {tuple(r["shape"]): r["impl"].rsplit("rank", 1)[1] for r in data["rows"]
              if r.get("impl", "").startswith("svd_")}  # fmt: skip
     notes = [f"Implementations that ran: {', '.join(IMPLS.get(i, i) for i in ran)}."]
@@ -266,7 +275,9 @@ def speed_table(data, name: str) -> str:
             + "; ".join(f"{IMPLS.get(i, i)} ({m.removeprefix('failed: ')})" for i, m in failed.items())
             + "."
         )
-    if "torch_int4" not in impls:
+    for i, why in unavailable.items():
+        notes.append(f"{IMPLS.get(i, i)} did not run ({why.removeprefix('failed: ')}).")
+    if "torch_int4" not in impls and "torch_int4" not in unavailable:
         notes.append(
             "torch's int4 kernel (`_weight_int4pack_mm`) has no row: `bench_rbe.py speed` leaves it out "
             "when it does not run on the device, and the file keeps no reason."
@@ -274,7 +285,7 @@ def speed_table(data, name: str) -> str:
     lines = [
         f"GPU speed of the default `RBELinear` (tile 32, 3 atoms, 1-bit residual), float16 input, on one "
         f"{env['gpu']}, torch {env['torch']}, CUDA {env['cuda']}, {env['date']} (`benchmarks/results/{name}`, "
-        f"`bench_rbe.py speed`): median ms a call (CUDA events); forward without grad, forward + backward "
+        f"`bench_rbe.py speed`): {TIMING[key]}; forward without grad, forward + backward "
         f"of `y.sum()`; the SVD pair of float16 factors at rank RBE's stored bits / (16·(in + out)) "
         f"({', '.join(f'{ranks[s]} for {_layer(s)}' for s in ranks)}); generate then matmul: "
         f"`materialize()` then one GEMM. " + " ".join(notes),
@@ -289,6 +300,8 @@ def speed_table(data, name: str) -> str:
         )
         lines.append(f"| {_layer(shape)} | {mode} | {batch} | " + " | ".join(map(_ms, row))
                      + f" | {'—' if r is None else f'{r:.2f}'} |")  # fmt: skip
+    if key != "ms":
+        return "\n".join(lines) + "\n"
     mem = {tuple(r["shape"]): {_impl(k): v for k, v in r["memory_bytes"].items()} for r in data["rows"]
            if "memory_bytes" in r}  # fmt: skip
     keys = list(dict.fromkeys(k for m in mem.values() for k in m))
@@ -312,14 +325,16 @@ def _verdict(ok: bool) -> str:
     return "**met**" if ok else "**missed**"
 
 
-def speed_targets(data) -> str:
-    """Issue 17's three speed targets for ``RBELinear(768, 3072)``, with met/missed."""
-    ms, s = _timings(data), TARGET_SHAPE
+def speed_targets(data, key: str = "ms") -> str:
+    """Issue 17's three speed targets for ``RBELinear(768, 3072)``, with met/missed, from
+    the rows' ``key`` timings."""
+    ms, s = _timings(data, key), TARGET_SHAPE
     rbe, cub, gen = (
         ms.get((s, "fwd", 1, i)) for i in ("rbe_fused", "dense_fp16_cublas", "generate_then_matmul")
     )
     lines = [
-        f"Issue 17's speed targets for `RBELinear(768, 3072)` (rows of shape {list(s)}), from this file:",
+        f"Issue 17's speed targets for `RBELinear(768, 3072)` (rows of shape {list(s)}), from this file's "
+        f"{'eager' if key == 'ms' else 'device (CUDA-graph)'} timings:",
         "",
     ]
     r = _ratio(rbe, cub)
@@ -365,7 +380,10 @@ def speed_part(results: Path) -> str:
     if found is None:
         return f"GPU speed: not measured (no `benchmarks/results/{SPEED}`).\n"
     name, data = found
-    return speed_table(data, name) + "\n" + speed_targets(data)
+    out = speed_table(data, name) + "\n" + speed_targets(data)
+    if any("graph_ms" in r for r in data["rows"]):
+        out += "\n" + speed_table(data, name, "graph_ms") + "\n" + speed_targets(data, "graph_ms")
+    return out
 
 
 def recommendation(data) -> str:

@@ -33,6 +33,7 @@ from xpu_stone.engine.rowop import E0, RowOp
 from xpu_stone.kernels.launch import ROW_ARG_FIELDS, ROW_ARGS
 from xpu_stone.kernels.registry import DTYPES, REGISTRY
 from xpu_stone.ops import hyperbolic_linear, optim, pairwise
+from xpu_stone.ops import rbe as ops_rbe
 from xpu_stone.ops.optim import INT_FIELDS as _INT_FIELDS
 from xpu_stone.ops.optim import META_FIELDS as _META_FIELDS
 
@@ -296,6 +297,7 @@ def constant_mirrors(py_values: dict[str, object] | None = None) -> dict[str, di
             "XS_HYP_ARG_MAX": ("ops.hyperbolic_linear.HYP_ARG_MAX", hyperbolic_linear.HYP_ARG_MAX)
         },
         "optim.cu": {f"XS_{n}": (f"ops.optim.{n}", getattr(optim, n)) for n in _OPTIM_CODES},
+        "rbe.cu": {"XS_RBE_MAX_WALK": ("ops.rbe.MMA_MAX_WALK", ops_rbe.MMA_MAX_WALK)},
     }
     for table in mirrors.values():
         for expr, (name, value) in table.items():

@@ -875,20 +875,25 @@ def test_every_kernel_variant_is_registered():
         assert f"xs_rbe_finish<{t}, {s}>" in names
         for tile in (32, 64):
             assert f"xs_rbe_grad<{t}, {s}, {tile}>" in names
-            for bn in (16,) if t == "double" else (16, 64):
-                assert {f"xs_rbe_mm<{t}, {s}, {tile}, {bn}, {m}>" for m in (0, 1)} <= names
-    assert len(names) == 40
+            for m in (0, 1):
+                assert {f"xs_rbe_gemv<{t}, {s}, {tile}, {nb}, {m}>" for nb in (4, 16)} <= names
+                if t in ("xs_half", "xs_bf16"):  # larger batches on the tensor cores
+                    assert f"xs_rbe_mma<{t}, {tile}, {m}>" in names
+                else:
+                    assert f"xs_rbe_mm<{t}, {s}, {tile}, {64 if t == 'float' else 16}, {m}>" in names
+    assert len(names) == 60
 
 
 @needs_nvrtc
 def test_rbe_kernels_compile_for_sm90(tmp_path, monkeypatch):
-    """One kernel of each template and storage family (the build compiles all 40)."""
+    """One kernel of each template and storage family (the build compiles all 60)."""
     from xpu_stone.kernels import compiler
     from xpu_stone.ops import rbe as ops_rbe
 
     monkeypatch.setenv("XPU_STONE_CACHE_DIR", str(tmp_path))
-    for dtype, kind, tile, bn, mode in (("float32", "mm", 32, 16, 0), ("bfloat16", "mm", 32, 64, 1),
-                                        ("float64", "finish", 0, 0, 0), ("float16", "grad", 32, 0, 0)):  # fmt: skip
+    for dtype, kind, tile, bn, mode in (("float32", "mm", 32, 64, 0), ("bfloat16", "mma", 32, 0, 1),
+                                        ("float64", "finish", 0, 0, 0), ("float16", "grad", 32, 0, 0),
+                                        ("float64", "gemv", 64, 16, 1)):  # fmt: skip
         name = ops_rbe.kernel_name(kind, dtype, tile, bn, mode)
         k = compiler.compile_kernel("rbe.cu", name, "sm_90", defines=ops_rbe.KERNELS.defines(dtype))
         assert k.cubin and k.lowered_name.startswith("_Z") and 0 < k.registers <= 255
@@ -917,7 +922,7 @@ def test_cuda_glue_passes_the_group_sums_through(monkeypatch):
     from xpu_stone.rbe import functional
 
     def group_sums(grad, x, layer, needs):
-        shadow, state, planes, scales, levels, out_f, in_f, tile, bits, _, _ = layer
+        shadow, state, planes, scales, levels, polar, out_f, in_f, tile, bits, _, _ = layer
         assert torch.equal(levels, G.lloyd_max_levels(bits, torch.float64))
         g = grad.double().T @ x.double() * G.residual_levels(planes, bits, in_f, torch.float64)
         groups = -(-in_f // 128)

@@ -232,3 +232,25 @@ def test_the_newest_speed_file_is_read_and_none_says_not_measured(tmp_path):
     assert "`benchmarks/results/rbe-speed-NVIDIA_H200-2026-12-01.json`" in block
     assert "| 768→3072 | fwd | 1 | 0.020 | 0.010 | 0.015 | 0.100 | 2.00 |" in block
     assert "5.0× — **met**" in block and "not measured" not in block
+
+
+def test_device_timings_get_a_table_and_targets_of_their_own(tmp_path):
+    """Rows with ``graph_ms`` (CUDA-graph replay): a second table and target list from
+    those, the eager ones unchanged; an int4 that did not run is named with its reason."""
+    data = _speed()
+    for r in data["rows"]:
+        if "ms" in r:
+            r["graph_ms"] = r["ms"] / 4
+    data["rows"].append(
+        {"shape": [3072, 768], "impl": "torch_int4", "unavailable": "failed: RuntimeError: no"}
+    )
+    (tmp_path / "rbe-speed-NVIDIA_H200-2026-12-01.json").write_text(json.dumps(data))
+    part = script.speed_part(tmp_path)
+    assert "| 768→3072 | fwd | 1 | 0.020 | 0.010 | 0.015 | 0.100 | 2.00 |" in part  # eager
+    assert "| 768→3072 | fwd | 1 | 0.005 | 0.003 | 0.004 | 0.025 | 2.00 |" in part  # device
+    assert (
+        "from this file's eager timings:" in part and "from this file's device (CUDA-graph) timings:" in part
+    )
+    assert "0.005 ms against 0.003 ms, ratio 2.00 — **missed**" in part
+    assert "torch int4 did not run (RuntimeError: no)." in part and "has no row" not in part
+    assert part.count("Bytes a layer keeps") == 1

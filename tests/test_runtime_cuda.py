@@ -76,13 +76,18 @@ def test_stats_move_with_allocations_and_cupy_joins_torchs_pool():
     empty_cache()
     reset_peak()
     s0 = memory_stats()
-    t = torch.empty(n, dtype=torch.uint8, device="cuda")
+    # larger than every free piece of a segment torch still holds in part: a segment of its own
+    t_n = n + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+    t = torch.empty(t_n, dtype=torch.uint8, device="cuda")
     s1 = memory_stats()
     assert s1.torch_allocated - s0.torch_allocated >= n and s1.cupy_used == s0.cupy_used
+    # larger than every free piece of a chunk CuPy's pool still holds in part (those
+    # stay after empty_cache): a chunk of its own, which the empty_cache at the end frees
+    own_n = n + cupy.get_default_memory_pool().free_bytes()
     with use_torch_allocator(False):
-        own = cupy.empty(n, dtype=cupy.uint8)  # CuPy's own pool
+        own = cupy.empty(own_n, dtype=cupy.uint8)  # CuPy's own pool
     s2 = memory_stats()
-    assert s2.cupy_used - s1.cupy_used >= n and s2.torch_allocated == s1.torch_allocated
+    assert s2.cupy_used - s1.cupy_used >= own_n and s2.torch_allocated == s1.torch_allocated
     assert s2.allocated == s2.torch_allocated + s2.cupy_used and not s2.cupy_routed_to_torch
     with use_torch_allocator():
         shared = cupy.empty(n, dtype=cupy.uint8)  # one pool: torch's
@@ -97,7 +102,7 @@ def test_stats_move_with_allocations_and_cupy_joins_torchs_pool():
     del own, t
     empty_cache()
     s4 = memory_stats()
-    assert s4.cupy_reserved <= s3.cupy_reserved - n and s4.torch_reserved <= s3.torch_reserved - n
+    assert s4.cupy_reserved <= s3.cupy_reserved - own_n and s4.torch_reserved <= s3.torch_reserved - t_n
     assert 0 < s4.free <= s4.total
 
 
@@ -228,7 +233,8 @@ def test_profiler_gpu_times_variants_and_trace(tmp_path):
     assert [r.shape for r in recs[:2]] == [(1 << 15, 1024), (64, 64)]
     assert all(r.gpu_ns is not None and r.gpu_ns > 0 and r.host_ns > 0 for r in recs)
     big_ns = [r.gpu_ns for r in recs[::2]]
-    assert min(big_ns) > max(r.gpu_ns for r in recs[1::2])
+    # medians: another process's kernels on a shared GPU can stretch a single small call's span
+    assert np.median(big_ns) > np.median([r.gpu_ns for r in recs[1::2]])
     assert 0.5 < np.median(big_ns) / (t.ms * 1e6) < 2.0
     assert recs[0].variant == dispatcher.select("poincare_mobius_add", "float32", 1024, True).variant
     assert all(b.gpu_start_ns >= a.gpu_start_ns for a, b in zip(recs, recs[1:]))

@@ -35,6 +35,7 @@ from .generator import (
     generate,
     lloyd_max_levels,
     matrix_to_tiles,
+    polar_table,
     residual_levels,
     tile_grads,
 )
@@ -85,18 +86,23 @@ def backward_cpu(grad, x, shadow, state, residual, scales, bias, out_features, t
     return gx, gs, gsc, gb
 
 
-# Lloyd–Max levels as float64 tensors (the fp64 kernels need every digit), by (device, bits): made once, outside any graph capture
+# Lloyd–Max levels (by (device, bits)) and the polar tables (rho, psi) of a tile (by (device,
+# tile)) as float64 tensors (the fp64 kernels need every digit): made once, outside any graph capture
 _LEVELS: dict[tuple[str, int], torch.Tensor] = {}
+_POLAR: dict[tuple[str, int], torch.Tensor] = {}
 
 
 def _kernel_layer(shadow, state, residual, scales, out_features, inp, tile, residual_bits):
     """What the kernels of :mod:`xpu_stone.ops.rbe` take to generate the weight."""
-    key = (str(shadow.device), residual_bits)
+    dev = str(shadow.device)
+    key = (dev, residual_bits)
     if residual_bits and key not in _LEVELS:
         _LEVELS[key] = lloyd_max_levels(residual_bits, torch.float64, shadow.device)
+    if (dev, tile) not in _POLAR:
+        _POLAR[dev, tile] = torch.stack(polar_table(tile, torch.float64, shadow.device)).contiguous()
     scales = scales.to(torch.float32).contiguous() if residual_bits else None
-    return (shadow.contiguous(), state.contiguous(), residual.contiguous(), scales, _LEVELS.get(key), out_features,
-            inp, tile, residual_bits, DELTA_OMEGA, HYP_ARG_MAX)  # fmt: skip
+    return (shadow.contiguous(), state.contiguous(), residual.contiguous(), scales, _LEVELS.get(key),
+            _POLAR[dev, tile], out_features, inp, tile, residual_bits, DELTA_OMEGA, HYP_ARG_MAX)  # fmt: skip
 
 
 def forward_cuda(x, shadow, state, residual, scales, bias, out_features, tile, residual_bits):
