@@ -214,3 +214,25 @@ def test_check_kernels_json_counts_the_failures(tmp_path, monkeypatch):
     report = json.loads(out.read_text())
     expected = sum(1 for _ in REGISTRY.get("rbe_linear").all_kernels(["float32"]))
     assert rc == 0 and report["failed"] == 0 and len(report["kernels"]) == expected > 0
+
+
+def test_launch_parameters_are_packed_at_their_c_alignment():
+    """launch_kernel's packed parameters: each pointer cuLaunchKernel reads holds its
+    argument's value at the alignment of its C type; a non-NumPy argument is left to CuPy."""
+    import ctypes
+
+    import numpy
+
+    from xpu_stone.kernels import launch
+
+    args = (numpy.uint64(2**40 + 5), numpy.int32(-3), numpy.float64(2.5), numpy.int32(7), numpy.float32(1.5),
+            numpy.int64(-(2**40)), numpy.uint32(9))  # fmt: skip
+    ptr = launch._params_ptr(args)
+    pointers = (ctypes.c_void_p * len(args)).from_address(ptr)
+    types = (ctypes.c_uint64, ctypes.c_int32, ctypes.c_double, ctypes.c_int32, ctypes.c_float, ctypes.c_int64,
+             ctypes.c_uint32)  # fmt: skip
+    for p, a, c in zip(pointers, args, types):
+        assert p % ctypes.sizeof(c) == 0 and c.from_address(p).value == a
+    assert launch._params_ptr((numpy.int32(1), object())) is None
+    again = launch._params_ptr((numpy.uint64(1),) + args[1:])  # same signature: same memory, new values
+    assert again == ptr and ctypes.c_uint64.from_address(pointers[0]).value == 1

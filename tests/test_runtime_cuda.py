@@ -223,8 +223,11 @@ def test_profiler_gpu_times_variants_and_trace(tmp_path):
     big = (_points(1 << 15, 1024, 1), _points(1 << 15, 1024, 2))
     small = (_points(64, 64, 3), _points(64, 64, 4))
     P.mobius_add(*big)
-    with timed() as t:
-        P.mobius_add(*big)
+    walls = []  # another process's kernels on a shared GPU only ever add time: minima compare
+    for _ in range(3):
+        with timed() as t:
+            P.mobius_add(*big)
+        walls.append(t.ms)
     with profile(gpu_time=True) as p:
         for _ in range(3):
             P.mobius_add(*big)
@@ -235,7 +238,7 @@ def test_profiler_gpu_times_variants_and_trace(tmp_path):
     big_ns = [r.gpu_ns for r in recs[::2]]
     # medians: another process's kernels on a shared GPU can stretch a single small call's span
     assert np.median(big_ns) > np.median([r.gpu_ns for r in recs[1::2]])
-    assert 0.5 < np.median(big_ns) / (t.ms * 1e6) < 2.0
+    assert 0.5 < min(big_ns) / (min(walls) * 1e6) < 2.0
     assert recs[0].variant == dispatcher.select("poincare_mobius_add", "float32", 1024, True).variant
     assert all(b.gpu_start_ns >= a.gpu_start_ns for a, b in zip(recs, recs[1:]))
     trace = p.export_chrome_trace(tmp_path / "t.json").read_text()

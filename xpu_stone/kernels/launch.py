@@ -13,6 +13,8 @@ import ctypes
 import struct
 import threading
 
+import numpy
+
 from .._deps import cupy as _cupy
 from .._deps import require_cupy
 from ..errors import cuda_error
@@ -140,8 +142,9 @@ def launch_kernel(
     C types of the kernel's parameters (``numpy.uint64(ptr)`` for a raw device
     pointer, ``numpy.int64``, ``numpy.float32``...); ``grid`` and ``block`` are
     ints or tuples. ``op``, ``shape`` and ``dtype`` label the launch for
-    :mod:`xpu_stone.runtime.profiler`. For kernels off the per-call hot path: this
-    costs a few µs more than :func:`launch_row`."""
+    :mod:`xpu_stone.runtime.profiler`. NumPy-scalar arguments are packed once into
+    per-thread memory and launched with ``cuLaunchKernel`` directly (like
+    :func:`launch_row`); a CuPy array among them takes CuPy's slower call."""
     recorder = RECORDER[0]
     if recorder is not None:
         recorder(op or "kernel", "", shape, dtype, device_id, stream_ptr, _launch_kernel, fn, grid, block,
@@ -171,17 +174,66 @@ def cupy_stream(stream_ptr: int):
     return require_cupy("CUDA streams").cuda.Stream.from_external(_StreamHandle(stream_ptr))
 
 
+# NumPy scalar type -> struct code of the kernel parameter it fills
+_PARAM_CODES = {
+    numpy.uint64: "Q",
+    numpy.int64: "q",
+    numpy.uint32: "I",
+    numpy.int32: "i",
+    numpy.float64: "d",
+    numpy.float32: "f",
+}
+
+
+class _PackedParams(threading.local):
+    """Per-thread parameter memory of :func:`launch_kernel`, one per argument signature:
+    the values packed at their C alignment in one buffer and the array of pointers into
+    it that cuLaunchKernel reads (it copies the values before returning)."""
+
+    def __init__(self):
+        self.by_signature: dict[tuple, tuple] = {}
+
+
+_packed = _PackedParams()
+
+
+def _params_ptr(args: tuple) -> int | None:
+    """The packed parameters of ``args`` (NumPy scalars); None for any other argument."""
+    signature = tuple(map(type, args))
+    entry = _packed.by_signature.get(signature)
+    if entry is None:
+        codes = [_PARAM_CODES.get(t) for t in signature]
+        if None in codes:
+            return None
+        layout = struct.Struct("@" + "".join(codes))  # native alignment: as the C compiler lays them
+        ends = [struct.calcsize("@" + "".join(codes[: i + 1])) for i in range(len(codes))]
+        buf = ctypes.create_string_buffer(max(layout.size, 1))
+        base = ctypes.addressof(buf)
+        params = (ctypes.c_void_p * max(len(codes), 1))(
+            *[base + end - struct.calcsize(code) for end, code in zip(ends, codes)]
+        )
+        entry = _packed.by_signature[signature] = (layout, buf, params, ctypes.addressof(params))
+    layout, buf, _, ptr = entry
+    layout.pack_into(buf, 0, *args)
+    return ptr
+
+
+def _dims(v) -> tuple[int, int, int]:
+    t = tuple(v) if isinstance(v, tuple) else (v,)
+    return (int(t[0]), int(t[1]) if len(t) > 1 else 1, int(t[2]) if len(t) > 2 else 1)
+
+
 def _launch_kernel(fn, grid, block, args, stream_ptr, device_id, shared_mem):
     cupy = require_cupy("running kernels")
+    params = _params_ptr(args)
     try:
-        with cupy.cuda.Device(device_id):
-            stream = cupy_stream(stream_ptr)
-            fn(
-                grid if isinstance(grid, tuple) else (grid,),
-                block if isinstance(block, tuple) else (block,),
-                args,
-                shared_mem=shared_mem,
-                stream=stream,
-            )
+        if params is None:  # CuPy arrays among the arguments: CuPy's own call converts them
+            with cupy.cuda.Device(device_id):
+                fn(_dims(grid), _dims(block), args, shared_mem=shared_mem, stream=cupy_stream(stream_ptr))
+        elif cupy.cuda.runtime.getDevice() == device_id:
+            _driver.launchKernel(fn.ptr, *_dims(grid), *_dims(block), shared_mem, stream_ptr, params, 0)
+        else:
+            with cupy.cuda.Device(device_id):
+                _driver.launchKernel(fn.ptr, *_dims(grid), *_dims(block), shared_mem, stream_ptr, params, 0)
     except _driver.CUDADriverError as e:
         raise cuda_error(e) from e
