@@ -29,10 +29,15 @@ from dataclasses import dataclass
 from .._deps import torch
 from ..errors import UnsupportedOperationError
 
-__all__ = ["LIB", "Impls", "define", "define_differentiable", "empty_if_none", "none_unless"]
+__all__ = ["EAGER", "LIB", "Impls", "define", "define_differentiable", "empty_if_none", "none_unless"]
 
 NAMESPACE = "xpu_stone"
 LIB = torch.library.Library(NAMESPACE, "DEF") if torch is not None else None
+# name -> ``apply`` of the op's eager autograd.Function (:func:`define_differentiable`): a
+# caller that is not tracing (torch.compile), not under a torch.func transform and not in
+# forward-mode AD may call it instead of the op, with the op's arguments, for the same
+# result and gradients at less host time; anywhere else the op itself must be called.
+EAGER: dict[str, Callable] = {}
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,29 @@ def define_differentiable(
         return first_order(keyset, *args)
 
     LIB.impl(name, autograd_kernel, "Autograd", with_keyset=True)
+    EAGER[name] = _eager_function(name, impls, save, autograd_backward).apply
     return forward_op
+
+
+def _eager_function(name: str, impls: Impls, save: Callable, autograd_backward: Callable):
+    """The op's first-order autograd as a plain autograd.Function that calls the device's
+    implementation directly: the same formula (``save``, ``autograd_backward``) as the
+    registered Autograd kernel, without the dispatcher round trip and the generated
+    Function of ``torch.library`` (default filling, keyset metadata, redispatch). For
+    eager calls only (see :data:`EAGER`)."""
+
+    def forward(ctx, *args):
+        x = args[0]
+        impl = impls.any_device or (impls.cuda if x.is_cuda else impls.cpu)
+        out = impl(*args)
+        save(ctx, args, out)
+        return out
+
+    def backward(ctx, *grads):
+        return autograd_backward(ctx, *grads)
+
+    return type(f"{name}_eager", (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "backward": staticmethod(backward)})  # fmt: skip
 
 
 def _recorded_backward(name: str, backward_op, save_backward, double_backward) -> Callable:
