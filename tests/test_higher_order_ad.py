@@ -377,6 +377,8 @@ def test_eager_function_matches_the_op_and_is_what_an_eager_call_takes(op):
     if op.qualname == "poincare_mobius_add":  # through the public function
         x = vecs[0].detach().clone().requires_grad_()
         assert type(P.mobius_add(x, vecs[1], c=0.7).grad_fn).__name__ == "poincare_mobius_add_eagerBackward"
+        # second derivatives through the eager Function: the op's double backward
+        assert torch.autograd.gradgradcheck(lambda a, b: P.mobius_add(a, b, c=0.7), _leaves(vecs[0], vecs[1]))
         grad_x = torch.func.grad(lambda a: P.mobius_add(a, vecs[1], c=0.7).sum())
         with pytest.raises(RuntimeError):  # the op under a transform (unsupported there, as documented)
             grad_x(vecs[0])
