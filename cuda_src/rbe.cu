@@ -427,7 +427,7 @@ __device__ __forceinline__ void xs_mma16816(xs_bf16, float (&d)[4], const unsign
 // W rounded to T is the one difference from the CUDA-core kernel (fp16 saturates at
 // +-65504).
 template <class T, int B, int MODE>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(256, 1)
     xs_rbe_mma(const T* __restrict__ in, const float* __restrict__ shadow, const int* __restrict__ state,
                const int* __restrict__ planes, const float* __restrict__ scales, const double* __restrict__ levels_g, const double* __restrict__ polar,
                const float* __restrict__ bias, float* __restrict__ ws, T* __restrict__ out, long long n_rows,
