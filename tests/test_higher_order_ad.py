@@ -382,3 +382,56 @@ def test_eager_function_matches_the_op_and_is_what_an_eager_call_takes(op):
         grad_x = torch.func.grad(lambda a: P.mobius_add(a, vecs[1], c=0.7).sum())
         with pytest.raises(RuntimeError):  # the op under a transform (unsupported there, as documented)
             grad_x(vecs[0])
+
+
+def test_eager_function_of_the_gemm_style_ops_matches_the_op():
+    """cdist, the linear maps and the RBE layer: the public call takes the eager Function
+    and gives the op's outputs and gradients bit for bit."""
+    from xpu_stone import linear, rbe
+    from xpu_stone.engine.custom_op import EAGER
+    from xpu_stone.ops.hyperbolic_linear import FC, hnn_op, matvec_op
+    from xpu_stone.ops.pairwise import cdist_op
+    from xpu_stone.rbe.functional import _op as rbe_op
+
+    gen = torch.Generator().manual_seed(31)
+    c = torch.tensor(0.7, dtype=F64)
+    x, y = _ball((6, 5), c, gen, "cpu"), _ball((4, 5), c, gen, "cpu")
+    m, z, r = (torch.randn(s, generator=gen, dtype=F64) for s in ((3, 5), (5, 3), (3,)))
+    layer = rbe.RBELinear(5, 3, atoms=2).double()
+    cases = {  # name: (op, its arguments (leaves first), the public call)
+        "pairwise_cdist": (cdist_op, (x[None], y[None], None, 0.7, 0), lambda a: PW.cdist(a, y, c=0.7)),
+        "linear_mobius_matvec": (matvec_op, (x, m, None, 0.7), lambda a: linear.mobius_matvec(m, a, c=0.7)),
+        "linear_hnn": (hnn_op, (x, z, r, 0.7, FC), lambda a: linear.poincare_fc(a, z, r, c=0.7)),
+        "rbe_linear": (
+            rbe_op,
+            (
+                x,
+                layer.shadow.detach(),
+                layer.state,
+                layer.residual,
+                layer.scales.detach(),
+                layer.bias.detach(),
+                3,
+                32,
+                1,
+            ),
+            layer,
+        ),  # fmt: skip
+    }
+    for name, (op, args, public) in cases.items():
+        got = []
+        for call in (op, EAGER[name]):
+            leaves = [a.detach().clone().requires_grad_() if torch.is_tensor(a) and a.is_floating_point() else a
+                      for a in args]  # fmt: skip
+            out = call(*leaves)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            grads = torch.autograd.grad(out, [a for a in leaves if torch.is_tensor(a) and a.requires_grad],
+                                        torch.ones_like(out))  # fmt: skip
+            got.append((out.detach(), grads))
+        assert torch.equal(got[0][0], got[1][0]), name
+        assert all(torch.equal(a, b) for a, b in zip(got[0][1], got[1][1])), name
+        node, seen = public(x.clone().requires_grad_()).grad_fn, []
+        while node is not None:  # down the first inputs: views, then the op's node
+            seen.append(type(node).__name__)
+            node = node.next_functions[0][0] if node.next_functions else None
+        assert f"{name}_eagerBackward" in seen, (name, seen)

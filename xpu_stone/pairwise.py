@@ -55,6 +55,7 @@ import math
 from ._deps import cupy, is_cupy_array, require_cupy, require_torch, torch
 from .engine import call, check_curvature
 from .engine.checks import check_values
+from .engine.custom_op import eager
 from .engine.launch import TORCH_DTYPES
 from .engine.scalars import check_number
 from .errors import InvalidArgumentError, ShapeMismatchError
@@ -148,7 +149,7 @@ def _cdist(x, y, c_t, c_val, mid, batch):
     nb = math.prod(batch)
     xb = x.expand(*batch, n, d).reshape(nb, n, d)
     yb = y.expand(*batch, m, d).reshape(nb, m, d)
-    out = cdist_op(xb.contiguous(), yb.contiguous(), c_t, c_val, mid)
+    out = eager("pairwise_cdist", cdist_op)(xb.contiguous(), yb.contiguous(), c_t, c_val, mid)
     return out.reshape(*batch, n, m)
 
 

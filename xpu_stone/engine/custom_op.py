@@ -29,14 +29,24 @@ from dataclasses import dataclass
 from .._deps import torch
 from ..errors import UnsupportedOperationError
 
-__all__ = ["EAGER", "LIB", "Impls", "define", "define_differentiable", "empty_if_none", "none_unless"]
+__all__ = [
+    "EAGER",
+    "LIB",
+    "Impls",
+    "define",
+    "define_differentiable",
+    "eager",
+    "empty_if_none",
+    "none_unless",
+]
 
 NAMESPACE = "xpu_stone"
 LIB = torch.library.Library(NAMESPACE, "DEF") if torch is not None else None
 # name -> ``apply`` of the op's eager autograd.Function (:func:`define_differentiable`): a
 # caller that is not tracing (torch.compile), not under a torch.func transform and not in
 # forward-mode AD may call it instead of the op, with the op's arguments, for the same
-# result and gradients at less host time; anywhere else the op itself must be called.
+# result and gradients at less host time; anywhere else the op itself must be called
+# (:func:`eager` picks).
 EAGER: dict[str, Callable] = {}
 
 
@@ -126,6 +136,18 @@ def define_differentiable(
     LIB.impl(name, autograd_kernel, "Autograd", with_keyset=True)
     EAGER[name] = _eager_function(name, impls, save, autograd_backward).apply
     return forward_op
+
+
+def eager(name: str, op):
+    """``EAGER[name]`` where it may stand in for ``op``: not tracing (``torch.compile``),
+    no ``torch.func`` transform, no forward-mode AD; ``op`` itself anywhere else."""
+    if (
+        torch.compiler.is_compiling()
+        or torch._C._functorch.peek_interpreter_stack() is not None
+        or torch.autograd.forward_ad._current_level >= 0
+    ):
+        return op
+    return EAGER[name]
 
 
 def _eager_function(name: str, impls: Impls, save: Callable, autograd_backward: Callable):

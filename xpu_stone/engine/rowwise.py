@@ -4,9 +4,9 @@ kernels and its torch custom op), :func:`call` runs it.
 A call on torch tensors is checked (in the checked mode, ``config.check_finite``,
 its values too: :func:`~xpu_stone.engine.checks.check_row_op_values`), then takes
 the direct kernel launch (CUDA, no autograd, not tracing: the shortest host path), the
-op's eager autograd.Function (:data:`~xpu_stone.engine.custom_op.EAGER`: autograd, not
-tracing) or the custom op ``torch.ops.xpu_stone.<family>_<name>`` (``torch.compile``,
-``torch.func`` transforms, forward-mode AD, CPU without autograd),
+op's eager autograd.Function (:func:`~xpu_stone.engine.custom_op.eager`: not tracing,
+no ``torch.func`` transform, no forward-mode AD) or the custom op
+``torch.ops.xpu_stone.<family>_<name>`` (everywhere else),
 whose implementations are the GPU launches of :mod:`~xpu_stone.engine.rowwise_cuda`
 and the torch transcription of :mod:`~xpu_stone.engine.rowwise_cpu`. A call on
 CuPy arrays is checked and launched on CuPy's current stream (no torch needed).
@@ -19,7 +19,7 @@ from .._deps import is_cupy_array, require_torch, torch
 from ..errors import InvalidArgumentError
 from ..kernels.registry import REGISTRY
 from .checks import batch_shape, check_row_op_values, validate_cupy, validate_torch
-from .custom_op import EAGER, Impls, define_differentiable, empty_if_none, none_unless
+from .custom_op import Impls, define_differentiable, eager, empty_if_none, none_unless
 from .launch import TORCH_DTYPES
 from .rowop import RowOp
 from .rowwise_cpu import FP16_MAX, cpu_backward, cpu_forward
@@ -28,7 +28,6 @@ from .rowwise_cuda import launch_backward, launch_forward, launch_forward_cupy
 __all__ = ["OPS", "call", "dtype_name", "row_op"]
 
 OPS: dict[str, object] = {}  # qualname -> torch.ops.xpu_stone.<qualname>.default
-_interpreter_stack = torch._C._functorch.peek_interpreter_stack if torch is not None else None
 
 
 def row_op(family: str, name: str, struct: str, vectors, terms, dots, out, coeffs, **options) -> RowOp:
@@ -60,17 +59,10 @@ def call(op: RowOp, vecs: tuple, c, t=None, eps: float = 0.0, keepdim: bool | No
         c, c_val, t, t_val, dtype, batch = validate_torch(op, vecs, c, t)
         if config.check_finite:  # one attribute read on the common path
             check_row_op_values(op, vecs, c, c_val)
-        if torch.compiler.is_compiling() or _interpreter_stack() is not None:
-            out = OPS[op.qualname](*vecs, c, c_val, t, t_val, eps)  # traced, or under a torch.func transform
-        elif not _needs_grad(vecs, c, t):
-            if vecs[0].is_cuda:
-                out = launch_forward(op, vecs, c, c_val, t, t_val, eps, dtype, batch)
-            else:
-                out = OPS[op.qualname](*vecs, c, c_val, t, t_val, eps)
-        elif torch.autograd.forward_ad._current_level >= 0:
-            out = OPS[op.qualname](*vecs, c, c_val, t, t_val, eps)  # the op's kernel carries the tangent
-        else:
-            out = EAGER[op.qualname](*vecs, c, c_val, t, t_val, eps)  # eager autograd, same formula
+        if vecs[0].is_cuda and not _needs_grad(vecs, c, t) and not torch.compiler.is_compiling():
+            out = launch_forward(op, vecs, c, c_val, t, t_val, eps, dtype, batch)
+        else:  # the op's eager autograd.Function where it may stand in, else the op
+            out = eager(op.qualname, OPS[op.qualname])(*vecs, c, c_val, t, t_val, eps)
     return out[..., None] if keepdim else out
 
 

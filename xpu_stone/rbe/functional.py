@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from ..engine.custom_op import Impls, define_differentiable, empty_if_none, none_unless
+from ..engine.custom_op import Impls, define_differentiable, eager, empty_if_none, none_unless
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..ops import rbe as _ops
 from .format import DELTA_OMEGA
@@ -217,6 +217,6 @@ def rbe_linear(x, shadow, state, residual, scales, bias, out_features: int, tile
     ``scales`` is ignored (any tensor) when ``residual_bits`` is 0."""
     check_operands(x, shadow, state, residual, scales, bias, out_features, tile, residual_bits)
     lead = x.shape[:-1]
-    y = _op(x.reshape(-1, x.shape[-1]).contiguous(), shadow, state, residual, scales, bias, out_features,
-            tile, residual_bits)  # fmt: skip
+    y = eager("rbe_linear", _op)(x.reshape(-1, x.shape[-1]).contiguous(), shadow, state, residual, scales, bias,
+                                 out_features, tile, residual_bits)  # fmt: skip
     return y.reshape(*lead, out_features)
