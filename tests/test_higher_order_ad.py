@@ -435,3 +435,25 @@ def test_eager_function_of_the_gemm_style_ops_matches_the_op():
             seen.append(type(node).__name__)
             node = node.next_functions[0][0] if node.next_functions else None
         assert f"{name}_eagerBackward" in seen, (name, seen)
+
+
+def test_dispatch_modes_and_meta_tensors_see_the_op_not_the_eager_function():
+    """Under a torch dispatch mode (make_fx, FakeTensor, FLOP counters) and on the meta
+    device an eager call goes through the custom op, so the mode sees it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x = (torch.rand(3, 4, dtype=F64) * 0.1).requires_grad_()
+    with Seen() as mode:
+        P.mobius_add(x, x.detach(), c=0.7)
+    assert any("xpu_stone.poincare_mobius_add" in n for n in mode.names), mode.names
+    meta = torch.empty(3, 4, device="meta", requires_grad=True)
+    assert P.mobius_add(meta, meta.detach(), c=0.7).shape == (3, 4)  # the op's fake implementation

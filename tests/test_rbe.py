@@ -630,6 +630,9 @@ def test_bad_arguments_raise_typed_errors():
         rbe_linear(torch.randn(2, 64), layer.shadow, layer.state.long(), *args[1:])
     with pytest.raises(ShapeMismatchError, match="bias"):
         rbe_linear(torch.randn(2, 64), layer.shadow, *args[:3], torch.zeros(3), *args[4:])
+    nine = torch.zeros(layer.shadow.shape[0], 9, 4)  # the kernels keep at most 8 atoms a tile
+    with pytest.raises(InvalidArgumentError, match="1..8 atoms"):
+        rbe_linear(torch.randn(2, 64), nine, torch.zeros(nine.shape[:2], dtype=torch.int32), *args[1:])
     with pytest.raises(InvalidArgumentError):
         rbe.RBELinear.from_linear(torch.nn.Conv1d(2, 2, 1))
 

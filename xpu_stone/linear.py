@@ -93,7 +93,7 @@ def mobius_matvec(M, x, c=1.0):
     _check_like(M, "M", x, M.dim() == 2 and M.shape[1] == x.shape[-1], f"(D_out, {x.shape[-1]})")
     c_t, c_val = check_curvature(c, x)
     check_values("linear.mobius_matvec", [("x", x, BALL), ("M", M, None)], c_val if c_t is None else c_t)
-    out, _ = eager("linear_mobius_matvec", matvec_op)(_flatten(x), M.contiguous(), c_t, c_val)
+    out, _ = eager("linear_mobius_matvec", matvec_op, x)(_flatten(x), M.contiguous(), c_t, c_val)
     return out.reshape(*x.shape[:-1], M.shape[0])
 
 
@@ -105,7 +105,7 @@ def _hnn(x, z, r, c, mode):
     c_val = _fixed_c(c, x)
     check_values(f"linear.{'poincare_fc' if mode == FC else 'poincare_mlr'}",
                  [("x", x, BALL), ("z", z, None), ("r", r[None], None)], c_val)  # fmt: skip
-    out, _ = eager("linear_hnn", hnn_op)(_flatten(x), z.contiguous(), r.contiguous(), c_val, mode)
+    out, _ = eager("linear_hnn", hnn_op, x)(_flatten(x), z.contiguous(), r.contiguous(), c_val, mode)
     return out.reshape(*x.shape[:-1], z.shape[1])
 
 

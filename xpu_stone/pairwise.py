@@ -149,7 +149,7 @@ def _cdist(x, y, c_t, c_val, mid, batch):
     nb = math.prod(batch)
     xb = x.expand(*batch, n, d).reshape(nb, n, d)
     yb = y.expand(*batch, m, d).reshape(nb, m, d)
-    out = eager("pairwise_cdist", cdist_op)(xb.contiguous(), yb.contiguous(), c_t, c_val, mid)
+    out = eager("pairwise_cdist", cdist_op, xb)(xb.contiguous(), yb.contiguous(), c_t, c_val, mid)
     return out.reshape(*batch, n, m)
 
 

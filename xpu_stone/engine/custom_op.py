@@ -138,13 +138,17 @@ def define_differentiable(
     return forward_op
 
 
-def eager(name: str, op):
-    """``EAGER[name]`` where it may stand in for ``op``: not tracing (``torch.compile``),
-    no ``torch.func`` transform, no forward-mode AD; ``op`` itself anywhere else."""
+def eager(name: str, op, like):
+    """``EAGER[name]`` where it may stand in for ``op``: ``like`` (the first tensor
+    argument) on a CUDA device or the CPU, not tracing (``torch.compile``), no
+    ``torch.func`` transform, no forward-mode AD, no torch dispatch mode (``make_fx``,
+    FakeTensor, FLOP counters: they must see the op); ``op`` itself anywhere else."""
     if (
-        torch.compiler.is_compiling()
+        like.device.type not in ("cuda", "cpu")
+        or torch.compiler.is_compiling()
         or torch._C._functorch.peek_interpreter_stack() is not None
         or torch.autograd.forward_ad._current_level >= 0
+        or torch._C._len_torch_dispatch_stack() > 0
     ):
         return op
     return EAGER[name]

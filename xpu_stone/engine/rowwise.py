@@ -62,7 +62,7 @@ def call(op: RowOp, vecs: tuple, c, t=None, eps: float = 0.0, keepdim: bool | No
         if vecs[0].is_cuda and not _needs_grad(vecs, c, t) and not torch.compiler.is_compiling():
             out = launch_forward(op, vecs, c, c_val, t, t_val, eps, dtype, batch)
         else:  # the op's eager autograd.Function where it may stand in, else the op
-            out = eager(op.qualname, OPS[op.qualname])(*vecs, c, c_val, t, t_val, eps)
+            out = eager(op.qualname, OPS[op.qualname], vecs[0])(*vecs, c, c_val, t, t_val, eps)
     return out[..., None] if keepdim else out
 
 

@@ -12,8 +12,12 @@ batches stage each tile in shared memory once per block: fp16/bf16 in ``xs_rbe_m
 128 rows a block on the tensor cores (``mma.m16n8k16``, the tile rounded to the
 activation dtype); fp32 (64 rows) and fp64 (16 rows) in ``xs_rbe_mm`` on the CUDA cores.
 Splits of the walk fill the GPU (``BLOCKS_PER_SM``); with more than one, the partial
-sums go to a workspace ``(splits, rows, cols)`` of at most a 32nd of the fp16 weight's
-bytes (or 1 MiB), which ``xs_rbe_finish`` adds up (bias and rounding included).
+sums go to a workspace ``(splits, rows, cols)`` which ``xs_rbe_finish`` adds up (bias
+and rounding included). The GEMV's workspace stays under a 32nd of the fp16 weight's
+bytes (or 1 MiB); the tensor-core kernel walks at most ``MMA_MAX_WALK`` tiles a block,
+so a layer more than 32 tiles long in the walked dimension is split at least
+``ceil(walk / 32)`` ways whatever the batch, and its workspace grows with the batch
+(``splits x rows x cols`` fp32: 256 MiB at 4096 rows of a 4096 x 4096 layer).
 Atom and scale gradients (``xs_rbe_grad``): one block per tile forms the tile's
 ``G = δᵀ x`` in registers and reduces it against the atom derivatives; its row sums
 of ``G ℓ[c]`` are added atomically into the scales' gradient ``(out, ceil(in/128))``
@@ -125,7 +129,8 @@ def _mm(inp, layer, mode: int, bias=None):
     yb = -(-n // bn)
     sms = device_props(dev)[0]
     # the GEMV's partial sums of all splits stay under a 32nd of the fp16 weight (or WORKSPACE_MIN)
-    cap = max(1, max(out_f * in_f // 16, WORKSPACE_MIN) // (n * out_dim * 4)) if kind == "gemv" else walk
+    item = 8 if s == torch.float64 else 4
+    cap = max(1, max(out_f * in_f // 16, WORKSPACE_MIN) // (n * out_dim * item)) if kind == "gemv" else walk
     splits = max(1, min(walk, cap, -(-BLOCKS_PER_SM[kind] * sms // (fixed * yb))))
     if kind == "mma":
         splits = max(splits, -(-walk // MMA_MAX_WALK))

@@ -188,6 +188,10 @@ def check_operands(
         raise InvalidArgumentError(
             f"shadow must be float32 or float64 and state int32, got {shadow.dtype}, {state.dtype}"
         )
+    if shadow.dim() != 3 or not 1 <= shadow.shape[1] <= 8:
+        raise InvalidArgumentError(
+            f"shadow must have shape (tiles, atoms, 4) with 1..8 atoms a tile, got {tuple(shadow.shape)}"
+        )
     inp = x.shape[-1]
     tiles = -(-out_features // tile) * -(-inp // tile)
     groups = -(-inp // GROUP)
@@ -217,6 +221,6 @@ def rbe_linear(x, shadow, state, residual, scales, bias, out_features: int, tile
     ``scales`` is ignored (any tensor) when ``residual_bits`` is 0."""
     check_operands(x, shadow, state, residual, scales, bias, out_features, tile, residual_bits)
     lead = x.shape[:-1]
-    y = eager("rbe_linear", _op)(x.reshape(-1, x.shape[-1]).contiguous(), shadow, state, residual, scales, bias,
+    y = eager("rbe_linear", _op, x)(x.reshape(-1, x.shape[-1]).contiguous(), shadow, state, residual, scales, bias,
                                  out_features, tile, residual_bits)  # fmt: skip
     return y.reshape(*lead, out_features)
