@@ -135,6 +135,28 @@ __device__ __forceinline__ S xs_rbe_residual(const int* __restrict__ planes, con
   return S(scales[o * groups + (k >> 7)]) * levels[xs_rbe_code(planes, o, k, groups, bits)];
 }
 
+// The walk of one block of xs_rbe_gemv, xs_rbe_mm and xs_rbe_mma: tile row (MODE 0) or
+// tile column (MODE 1) `fixed` = blockIdx.x, walking the tiles [w0, w1) of the other
+// dimension (split blockIdx.z of tiles_per_split), with the batch rows from
+// nb = blockIdx.y * rows; in_dim: the width of the rows it reads, out_dim: of those it writes.
+struct xs_rbe_walk {
+  long long tile_cols, groups, fixed, w0, w1, nb, in_dim, out_dim;
+};
+template <int B, int MODE>
+__device__ __forceinline__ xs_rbe_walk xs_rbe_block_walk(long long out_f, long long in_f, int tiles_per_split,
+                                                         int rows) {
+  const long long tile_cols = (in_f + B - 1) / B, tile_rows = (out_f + B - 1) / B;
+  const long long w0 = static_cast<long long>(blockIdx.z) * tiles_per_split;
+  return {tile_cols,
+          (in_f + 127) / 128,
+          static_cast<long long>(blockIdx.x),
+          w0,
+          min(MODE == 0 ? tile_cols : tile_rows, w0 + tiles_per_split),
+          static_cast<long long>(blockIdx.y) * rows,
+          MODE == 0 ? in_f : out_f,
+          MODE == 0 ? out_f : in_f};
+}
+
 // W_ij of cell (o, k) (rho, psi its polar coordinates in the tile); 0 outside the matrix.
 template <class S>
 __device__ __forceinline__ S xs_rbe_weight(const xs_rbe_atom<S>* atoms, int J, S rho, S psi, S hmax,
@@ -174,14 +196,8 @@ __global__ void __launch_bounds__(128)
   __shared__ S io_s[4][NB][B];                // per warp: the input values its tile meets; then partial sums
   __shared__ S levels[16];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const long long tile_rows = (out_f + B - 1) / B, tile_cols = (in_f + B - 1) / B;
-  const long long groups = (in_f + 127) / 128;
-  const long long fixed = blockIdx.x;
-  const long long n_walk = MODE == 0 ? tile_cols : tile_rows;
-  const long long w0 = static_cast<long long>(blockIdx.z) * tiles_per_split;
-  const long long w1 = min(n_walk, w0 + tiles_per_split);
-  const long long nb = static_cast<long long>(blockIdx.y) * NB;
-  const long long in_dim = MODE == 0 ? in_f : out_f, out_dim = MODE == 0 ? out_f : in_f;
+  const auto [tile_cols, groups, fixed, w0, w1, nb, in_dim, out_dim] =
+      xs_rbe_block_walk<B, MODE>(out_f, in_f, tiles_per_split, NB);
   if (bits > 0 && threadIdx.x < (1 << bits)) levels[threadIdx.x] = S(levels_g[threadIdx.x]);
   if (TABLE) {
     for (int e = threadIdx.x; e < B * B; e += 128) {
@@ -337,14 +353,8 @@ __global__ void __launch_bounds__(256)
   __shared__ xs_rbe_atom<S> atoms[8];
   __shared__ S levels[16];
   const int t = threadIdx.x;
-  const long long tile_rows = (out_f + B - 1) / B, tile_cols = (in_f + B - 1) / B;
-  const long long groups = (in_f + 127) / 128;
-  const long long fixed = blockIdx.x;                  // tr (MODE 0) or tc (MODE 1)
-  const long long n_walk = MODE == 0 ? tile_cols : tile_rows;
-  const long long w0 = static_cast<long long>(blockIdx.z) * tiles_per_split;
-  const long long w1 = min(n_walk, w0 + tiles_per_split);
-  const long long nb = static_cast<long long>(blockIdx.y) * BN;
-  const long long in_dim = MODE == 0 ? in_f : out_f, out_dim = MODE == 0 ? out_f : in_f;
+  const auto [tile_cols, groups, fixed, w0, w1, nb, in_dim, out_dim] =
+      xs_rbe_block_walk<B, MODE>(out_f, in_f, tiles_per_split, BN);  // fixed: tr (MODE 0) or tc (MODE 1)
   if (bits > 0 && t < (1 << bits)) levels[t] = S(levels_g[t]);
   S rho[NE], psi[NE];
 #pragma unroll
@@ -442,14 +452,8 @@ __global__ void __launch_bounds__(256, 1)
   __shared__ xs_rbe_atom<float> atoms[XS_RBE_MAX_WALK * 8];  // the whole walk's, decoded once
   __shared__ float levels[16];
   const int t = threadIdx.x, lane = t & 31, warp = t >> 5, g = lane >> 2, q = lane & 3;
-  const long long tile_cols = (in_f + B - 1) / B, tile_rows = (out_f + B - 1) / B;
-  const long long groups = (in_f + 127) / 128;
-  const long long fixed = blockIdx.x;
-  const long long n_walk = MODE == 0 ? tile_cols : tile_rows;
-  const long long w0 = static_cast<long long>(blockIdx.z) * tiles_per_split;
-  const long long w1 = min(n_walk, w0 + tiles_per_split);
-  const long long nb = static_cast<long long>(blockIdx.y) * BM;
-  const long long in_dim = MODE == 0 ? in_f : out_f, out_dim = MODE == 0 ? out_f : in_f;
+  const auto [tile_cols, groups, fixed, w0, w1, nb, in_dim, out_dim] =
+      xs_rbe_block_walk<B, MODE>(out_f, in_f, tiles_per_split, BM);
   if (bits > 0 && t < (1 << bits)) levels[t] = float(levels_g[t]);
   for (int e = t; e < (w1 - w0) * J; e += 256) {
     const long long wk = w0 + e / J;

@@ -168,11 +168,8 @@ def _eager_function(name: str, impls: Impls, save: Callable, autograd_backward: 
         save(ctx, args, out)
         return out
 
-    def backward(ctx, *grads):
-        return autograd_backward(ctx, *grads)
-
     return type(f"{name}_eager", (torch.autograd.Function,),
-                {"forward": staticmethod(forward), "backward": staticmethod(backward)})  # fmt: skip
+                {"forward": staticmethod(forward), "backward": staticmethod(autograd_backward)})  # fmt: skip
 
 
 def _recorded_backward(name: str, backward_op, save_backward, double_backward) -> Callable:

@@ -104,13 +104,18 @@ def launch_row(fn, grid: int, block: int, fields: tuple, stream_ptr: int, device
     buf = _params
     ROW_ARGS.pack_into(buf.struct, 0, *fields)
     try:
-        if cupy.cuda.runtime.getDevice() == device_id:
-            _driver.launchKernel(fn.ptr, grid, 1, 1, block, 1, 1, 0, stream_ptr, buf.params_ptr, 0)
-        else:
-            with cupy.cuda.Device(device_id):
-                _driver.launchKernel(fn.ptr, grid, 1, 1, block, 1, 1, 0, stream_ptr, buf.params_ptr, 0)
+        _launch_on(cupy, device_id, fn.ptr, grid, 1, 1, block, 1, 1, 0, stream_ptr, buf.params_ptr)
     except _driver.CUDADriverError as e:
         raise cuda_error(e) from e
+
+
+def _launch_on(cupy, device_id: int, fn_ptr: int, gx, gy, gz, bx, by, bz, shared_mem, stream_ptr, params_ptr):
+    """cuLaunchKernel with packed parameters, making ``device_id`` current only when it is not."""
+    if cupy.cuda.runtime.getDevice() == device_id:
+        _driver.launchKernel(fn_ptr, gx, gy, gz, bx, by, bz, shared_mem, stream_ptr, params_ptr, 0)
+    else:
+        with cupy.cuda.Device(device_id):
+            _driver.launchKernel(fn_ptr, gx, gy, gz, bx, by, bz, shared_mem, stream_ptr, params_ptr, 0)
 
 
 # While a profile is open, xpu_stone.runtime.profiler installs its recorder here
@@ -230,10 +235,7 @@ def _launch_kernel(fn, grid, block, args, stream_ptr, device_id, shared_mem):
         if params is None:  # CuPy arrays among the arguments: CuPy's own call converts them
             with cupy.cuda.Device(device_id):
                 fn(_dims(grid), _dims(block), args, shared_mem=shared_mem, stream=cupy_stream(stream_ptr))
-        elif cupy.cuda.runtime.getDevice() == device_id:
-            _driver.launchKernel(fn.ptr, *_dims(grid), *_dims(block), shared_mem, stream_ptr, params, 0)
         else:
-            with cupy.cuda.Device(device_id):
-                _driver.launchKernel(fn.ptr, *_dims(grid), *_dims(block), shared_mem, stream_ptr, params, 0)
+            _launch_on(cupy, device_id, fn.ptr, *_dims(grid), *_dims(block), shared_mem, stream_ptr, params)
     except _driver.CUDADriverError as e:
         raise cuda_error(e) from e

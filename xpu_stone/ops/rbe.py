@@ -125,7 +125,7 @@ def _mm(inp, layer, mode: int, bias=None):
         kind, threads, bn = "mma", BLOCK, MMA_BATCH
     else:
         kind, threads, bn = "mm", BLOCK, LARGE_BATCH[dtype]
-    name = kernel_name(kind, dtype, tile, bn if kind != "mma" else 0, mode)
+    name = kernel_name(kind, dtype, tile, bn, mode)
     yb = -(-n // bn)
     sms = device_props(dev)[0]
     # the GEMV's partial sums of all splits stay under a 32nd of the fp16 weight (or WORKSPACE_MIN)

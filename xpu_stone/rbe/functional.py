@@ -192,12 +192,12 @@ def check_operands(
         raise InvalidArgumentError(
             f"shadow must have shape (tiles, atoms, 4) with 1..8 atoms a tile, got {tuple(shadow.shape)}"
         )
-    inp = x.shape[-1]
+    inp, atoms = x.shape[-1], shadow.shape[1]
     tiles = -(-out_features // tile) * -(-inp // tile)
     groups = -(-inp // GROUP)
     want = {
-        "shadow": (tiles, shadow.shape[1] if shadow.dim() == 3 else -1, 4),
-        "state": (tiles, shadow.shape[1] if shadow.dim() == 3 else -1),
+        "shadow": (tiles, atoms, 4),
+        "state": (tiles, atoms),
         "residual": (out_features, groups, residual_bits, 4),
     }
     got = {"shadow": tuple(shadow.shape), "state": tuple(state.shape), "residual": tuple(residual.shape)}
