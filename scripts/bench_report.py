@@ -94,14 +94,17 @@ def combine(by_bench: dict[str, list[Path]]) -> dict:
         dates += [d.get("meta", {}).get("date", "") for d in docs]
         newest = docs[-1]
         if "rows" in newest:
-            rows = {}
+            rows, every = {}, []
             for p, d in zip(paths, docs):
                 for r in d["rows"]:
                     if str(r.get("note", "")).startswith("invalid"):
                         continue  # a measurement its own file marks as not what it claims
-                    rows[_row_key(r)] = {**r, "source": p.name}
+                    every.append({**r, "source": p.name})
+                    rows[_row_key(r)] = every[-1]
             benches[bench] = {"meta": newest.get("meta", {}), "copy_gbps": newest.get("copy_gbps", 0.0)}
             benches[bench]["rows"] = list(rows.values())
+            # every file's rows, for comparisons made within one file (one run): _same_run
+            benches[bench]["all_rows"] = every
             benches[bench]["copy_by_source"] = {p.name: d.get("copy_gbps", 0.0) for p, d in zip(paths, docs)}
         else:
             benches[bench] = newest
@@ -160,15 +163,19 @@ def rowwise_rows(doc: dict):
 
 
 def speedups(doc: dict, mode: str = "fwd+bwd") -> dict:
-    """(bench, op, dtype, D) -> {impl: other ms / xpu_stone ms} where both were measured."""
-    times = defaultdict(dict)
-    for bench, r in rowwise_rows(doc):
-        if r["mode"] == mode:
-            times[(bench, r["op"], r["dtype"], feature_size(r))][r["impl"]] = r["ms"]
+    """(bench, op, dtype, D) -> {impl: other ms / xpu_stone ms} where both were measured
+    in one run (:func:`_same_run`)."""
     out = {}
-    for key, t in times.items():
-        if "xpu_stone" in t and len(t) > 1:
-            out[key] = {impl: ms / t["xpu_stone"] for impl, ms in t.items() if impl != "xpu_stone"}
+    for bench in ROWWISE:
+        for (op, dtype, shape), t in _same_run(doc, bench).items():
+            xs = t.get(("xpu_stone", mode))
+            others = (
+                {i: r["ms"] / xs["ms"] for (i, m), r in t.items() if m == mode and i != "xpu_stone"}
+                if xs
+                else {}
+            )
+            if others:
+                out[(bench, op, dtype, int(shape[-1]))] = others
     return out
 
 
@@ -493,9 +500,12 @@ T_LOOP_FLOOR, T_LOOP_GEOOPT = 1.15, 10.0  # user loop: eager over its Euclidean 
 T_ADAM_GEOOPT, T_ADAM_FUSED = 50.0, 2.0  # optimizer step over geoopt's; its time within 2x fused Adam's
 T_EMBED_GEOOPT, T_SESSION, T_PROFILER_US, T_BUILD_S = 5.0, 3.0, 2.0, 20.0
 REASONS = {  # why a target is missed, where it is known (no figures here: those come from the files)
-    "fwd": "in fp32 at D = 1024 one block of 256 threads serves a row; in bf16 the fp64 row arithmetic, not "
-    "memory, is the limit; the conversions to and from the hyperboloid change the row length and access "
-    "scalars one by one",
+    "fwd": "in fp32 at D = 1024 one block of 256 threads serves a row; the ops whose per-row formula has "
+    "transcendentals (mobius_scalar_mul, expmap, logmap, dist, dist0, geodesic) evaluate it in fp64 on every "
+    "thread of the row, which rows of D <= 256 do not amortise (read from the per-op pattern, not profiled); "
+    "fp16 and bf16 rows compute their elements in fp32 since 2026-12-01 and run the heuristic's launch "
+    "configuration until the shipped tables are re-tuned for them; the conversions to and from the hyperboloid "
+    "change the row length and access scalars one by one",
     "fb": "geoopt's Lorentz maths is lighter than its Poincaré maths",
     "linear": "the GEMMs are cuBLAS's; the separate epilogue and backward kernels cost more than "
     "torch.compile's fused Triton code",
@@ -566,15 +576,24 @@ def pick(doc: dict, bench: str, impl: str, mode: str) -> dict:
 
 def _same_run(doc: dict, bench: str) -> dict:
     """(op, dtype, shape) -> (impl, mode) -> row, for the problems some other
-    implementation was measured on next to xpu_stone."""
-    by = defaultdict(dict)
-    for r in _rows(doc, bench):
-        by[(r["op"], r["dtype"], tuple(r["shape"]))][(r["impl"], r["mode"])] = r
-    return {
-        k: t
-        for k, t in by.items()
-        if {i for i, _ in t} - {"xpu_stone"} and any(i == "xpu_stone" for i, _ in t)
-    }
+    implementation was measured on next to xpu_stone: the rows of one file (one run),
+    the newest file that has such a pair. A newer file that timed xpu_stone alone
+    does not pair its rows with an older file's alternatives."""
+    order = {name: i for i, name in enumerate(doc["sources"])}
+    by = defaultdict(lambda: defaultdict(dict))  # problem -> source -> (impl, mode) -> row
+    for r in doc["benches"].get(bench, {}).get("all_rows", []):
+        if r["ms"] > 0 and r["impl"] in IMPLS and not r["op"].startswith("host_overhead"):
+            by[(r["op"], r["dtype"], tuple(r["shape"]))][r["source"]][(r["impl"], r["mode"])] = r
+    out = {}
+    for k, runs in by.items():
+        paired = [
+            src
+            for src, t in runs.items()
+            if {i for i, _ in t} - {"xpu_stone"} and any(i == "xpu_stone" for i, _ in t)
+        ]
+        if paired:
+            out[k] = runs[max(paired, key=order.__getitem__)]
+    return out
 
 
 def _rowwise_section(doc: dict, bench: str) -> list[str]:
@@ -912,9 +931,10 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
             ):
                 want += 1
                 t = _same_run(doc, bench).get((op, dtype, tuple(xs["shape"])), {})
+                mine = t.get(("xpu_stone", "fwd+bwd"))  # the xpu_stone time of that run
                 for impl in vs:
-                    if (impl, "fwd+bwd") in t:
-                        vs[impl].append(t[(impl, "fwd+bwd")]["ms"] / xs["ms"])
+                    if mine and (impl, "fwd+bwd") in t:
+                        vs[impl].append(t[(impl, "fwd+bwd")]["ms"] / mine["ms"])
     if want:
         got = [
             f"{len(vs[i])} of {want} cells measured against {LABEL[i]}, {_span(vs[i], _x)}, "

@@ -10,6 +10,7 @@ To update the README after committing new result files::
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -76,18 +77,24 @@ def test_the_figures_the_issue_found_without_a_file_are_taken_from_the_files():
     assert f"| {eager / graph:.1f}× (outputs bit-identical) |" in row
     assert "75 µs" not in text and "836" not in text and "11.1×" not in row
     assert "import" not in text.lower() and "digits" not in text.lower()
-    # the lowest bf16 forward share of copy, straight from the files
-    bf16 = [
-        r["pct_copy"]
-        for bench in ("poincare", "models")
-        for path in RESULTS.glob(f"{bench}-NVIDIA_H200-*.json")
-        for r in json.loads(path.read_text())["rows"]
-        if r["impl"] == "xpu_stone" and r["mode"] == "fwd" and r["dtype"] == "bfloat16"
-        and not r["op"].startswith("convert.")
-    ]  # fmt: skip
-    assert round(min(bf16)) == 13
+    # the bf16 forward shares of copy, straight from the files: per (bench, op, D) the row
+    # of the newest file (date, then suffix: what a re-run of the same day adds)
+    newest = {}
+    for bench in ("poincare", "models"):
+        paths = sorted(
+            RESULTS.glob(f"{bench}-NVIDIA_H200-*.json"),
+            key=lambda p: (re.search(r"\d{4}-\d{2}-\d{2}", p.name)[0], p.stem.split("-")[-1]),
+        )
+        for path in paths:
+            for r in json.loads(path.read_text())["rows"]:
+                if r["impl"] == "xpu_stone" and r["mode"] == "fwd" and r["dtype"] == "bfloat16" \
+                        and not r["op"].startswith(("convert.", "host_overhead")):  # fmt: skip
+                    newest[(bench, r["op"], r["shape"][-1])] = r["pct_copy"]
+    lo, hi = round(min(newest.values())), round(max(newest.values()))
+    assert lo < 92  # the target is missed somewhere, as the bullet says
     bullet = next(line for line in text.splitlines() if line.startswith("- Row-wise forward"))
-    assert "bf16: 0 of" in bullet and ", 13–91 %" in bullet
+    ok = sum(v >= 92 for v in newest.values())
+    assert f"bf16: {ok} of {len(newest)} cells, {lo}–{hi} %" in bullet, bullet
     # the embedding example's speed-up says what each side ran with
     emb = next(line for line in text.splitlines() if "batch 512 |" in line and "embeddings epoch" in line)
     assert "CUDA-graph epoch vs geoopt eager" in emb and "eager, no graph" in emb
@@ -100,7 +107,7 @@ def test_every_figure_follows_its_file(results):
     doc = json.loads(path.read_text())
     doc["session"].update(cuda_graph_latency_us=61.25, eager_latency_us=735.0, speedup=12.0)
     path.write_text(json.dumps(doc))
-    path = results / "poincare-NVIDIA_H200-2026-11-21-full.json"
+    path = results / "poincare-NVIDIA_H200-2026-12-01-s5.json"  # the newest poincare file
     doc = json.loads(path.read_text())
     row = next(
         r
@@ -112,12 +119,47 @@ def test_every_figure_follows_its_file(results):
     path.write_text(json.dumps(doc))
     text = report.readme_section(results)
     assert "61.2 µs (InferenceSession" in text and "eager 735.0 µs | 12.0×" in text and "79.6" not in text
-    assert ", 7–91 %" in text and "| geodesic | 55 | 52 | 73 | 41 | 82 | 19 | 35 | 35 | 7 |" in text
+    geodesic = next(line for line in text.splitlines() if line.startswith("| geodesic | "))
+    assert geodesic.split(" | ")[9] == "7", geodesic  # bf16, D = 1024
+    bullet = next(line for line in text.splitlines() if line.startswith("- Row-wise forward"))
+    assert "cells, 7–" in bullet.split("bf16: ")[1].split(";")[0], bullet
     (results / "session-NVIDIA_H200-2026-11-22.json").unlink()
     (results / "optim-NVIDIA_H200-2026-11-22.json").unlink()
     text = report.readme_section(results)
     assert "InferenceSession" not in text and "Profiler open" not in text and "RiemannianAdam" not in text
     assert "HypLinear fwd+bwd" in text  # the other files still speak
+
+
+def test_comparisons_pair_rows_of_one_run_only(results):
+    """A newer file that timed xpu_stone alone (no alternatives) changes the bandwidth
+    table but not the speed-ups, which pair the rows of one file: slow down its
+    mobius_add fp32 D=64 row 10x and the comparison row keeps the older run's pair."""
+
+    def comparison_row(text):
+        return next(
+            line for line in text.splitlines() if line.startswith("| mobius_add | fp32 | 1041666×64 |")
+        )
+
+    before = comparison_row(report.readme_section(results))
+    path = results / "poincare-NVIDIA_H200-2026-12-01-s5.json"
+    doc = json.loads(path.read_text())
+    hit = 0
+    for r in doc["rows"]:
+        if (r["op"], r["impl"], r["dtype"], r["shape"]) == (
+            "mobius_add",
+            "xpu_stone",
+            "float32",
+            [1041666, 64],
+        ):
+            r["ms"] *= 10
+            r["pct_copy"] /= 10
+            hit += 1
+    assert hit == 2  # fwd and fwd+bwd; the file has no alternatives for this problem
+    path.write_text(json.dumps(doc))
+    text = report.readme_section(results)
+    assert comparison_row(text) == before
+    mobius = next(line for line in text.splitlines() if line.startswith("| mobius_add | "))
+    assert mobius.split(" | ")[2] == "9", mobius  # fp32 D=64 forward: 93 % / 10, from the newer file
 
 
 def test_a_gpu_without_results_is_refused(results):

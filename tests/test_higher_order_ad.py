@@ -433,7 +433,12 @@ def test_eager_function_of_the_gemm_style_ops_matches_the_op():
         node, seen = public(x.clone().requires_grad_()).grad_fn, []
         while node is not None:  # down the first inputs: views, then the op's node
             seen.append(type(node).__name__)
-            node = node.next_functions[0][0] if node.next_functions else None
+            if seen[-1] == f"{name}_eagerBackward":
+                break
+            try:
+                node = node.next_functions[0][0] if node.next_functions else None
+            except RuntimeError:  # torch 2.11 refuses next_functions on some nodes: the walk ends there
+                break
         assert f"{name}_eagerBackward" in seen, (name, seen)
 
 

@@ -26,6 +26,9 @@ from xpu_stone.kernels.registry import DTYPES, LaunchConfig, OpKernels
 from xpu_stone.kernels.tuned_table import TABLES_DIR, TableFile, library_version, slug
 
 SHIPPED = sorted(TABLES_DIR.glob("*.json"))
+# dtypes whose entries were taken out of the shipped tables and not yet re-tuned (see
+# xpu_stone/kernels/tables/README.md): their cells run the heuristic's choice
+WITHDRAWN = {"float16", "bfloat16"}
 
 
 def _config_problem(op, dtype, bucket, variant_name, config, what):
@@ -97,7 +100,7 @@ def test_shipped_table_matches_the_registry(path):
     identity = {"gpu_name": table.gpu_name, "compute_capability": table.compute_capability, "driver": None}
     assert table.problems(identity) == []  # the dispatcher's own check agrees
     assert len(table.entries) == len(data["entries"])  # no duplicate cells
-    assert {e["dtype"] for e in data["entries"]} == set(DTYPES)
+    assert {e["dtype"] for e in data["entries"]} == set(DTYPES) - WITHDRAWN
 
 
 def _corruptions(data):

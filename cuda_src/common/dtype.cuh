@@ -37,6 +37,24 @@ struct xs_traits<xs_bf16> {
   using P = float;
 };
 
+// Element arithmetic type of the row-wise engine for rows of T whose row sums are
+// S: fp32 for 16-bit rows (a 16-bit value, the sum or difference of two, and the
+// product of two such are exact or within one fp32 rounding), S otherwise. A
+// bf16 element beyond 1.8e19 in magnitude squares past fp32's range: its row
+// sums read inf, as an fp64 row's do past 1.3e154 (fp16 tops out at 65504).
+template <class T, class S>
+struct xs_elem {
+  using type = S;
+};
+template <class S>
+struct xs_elem<xs_half, S> {
+  using type = float;
+};
+template <class S>
+struct xs_elem<xs_bf16, S> {
+  using type = float;
+};
+
 __device__ __forceinline__ float xs_to_e(float v) { return v; }
 __device__ __forceinline__ double xs_to_e(double v) { return v; }
 __device__ __forceinline__ float xs_to_e(xs_half v) {

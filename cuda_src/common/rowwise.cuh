@@ -24,9 +24,13 @@
 // (-1: v_b of a difference; v_b of a sum has +1).
 // xpu_stone/engine/rowwise_cpu.py transcribes exactly this for the CPU.
 //
-// Element arithmetic (terms, output sums, gradients) runs in S as well: for
-// fp32 rows that is fp64, so that an output that is a small difference of large
-// terms keeps its digits; the value is rounded to T once, when stored.
+// Element arithmetic (terms, output sums, gradients) runs in E = xs_elem<T, S>
+// (dtype.cuh): S for fp32 and fp64 rows (fp64 for fp32 rows, so that an output
+// that is a small difference of large terms keeps its digits), fp32 for 16-bit
+// rows, whose elements, their differences and their products are exact in
+// fp32. The per-row scalars (dots, coefficients, c, t) are S for every dtype;
+// each chunk of VEC products is summed in E and added to S once. The value is
+// rounded to T once, when stored.
 //
 // Thread layout: G threads per row (G <= 32: several rows per warp; G > 32: one
 // row per block of G threads). Each thread moves VEC consecutive elements per
@@ -123,6 +127,37 @@ __device__ __forceinline__ R xs_term(const V (&v)[Op::NVEC][VEC], int k, int i, 
   return t.sum ? a + R(v[t.b][i]) : a - R(v[t.b][i]);
 }
 
+// Whether term k is an input as loaded (an input, its space part or e_0): its
+// elements, and the product of two of them, are exact in E (xs_elem). A
+// difference or sum of two inputs, and products with one, may round in fp32.
+template <class Op>
+__host__ __device__ constexpr bool xs_raw_term(int k) {
+  return Op::term(k).b < 0;
+}
+
+// What rounding took from term k at this position: v_a -+ v_b - fl(v_a -+ v_b),
+// exactly (TwoSum); zero for raw terms. The forward of 16-bit rows adds
+// coef * remainder to the output, so that an output that cancels a term to
+// nothing keeps what the term's rounding dropped (geodesic(u, v, 1) = v with
+// |v| < 2^-16 |u| in fp32 arithmetic).
+template <class Op, class V, int VEC>
+__device__ __forceinline__ float xs_term_rem(const V (&v)[Op::NVEC][VEC], int k, int i, long long gi) {
+  const xs_ij t = Op::term(k);
+  if (t.b < 0 || (t.spatial && gi == 0)) return 0.0f;
+  const float a = v[t.a][i], b = t.sum ? float(v[t.b][i]) : -float(v[t.b][i]);
+  const float s = a + b, bb = s - a;
+  return (a - (s - bb)) + (b - bb);
+}
+
+template <class A, class B>
+struct xs_same {
+  static constexpr bool value = false;
+};
+template <class A>
+struct xs_same<A, A> {
+  static constexpr bool value = true;
+};
+
 // Loads elements [e, e + VEC) of the NV rows (zeros when !ok); with SH > 0
 // (VEC == 1), logical element e is stored at e - SH and the first SH read as 0.
 template <class T, int NV, int VEC, int SH, class E>
@@ -146,29 +181,57 @@ __device__ __forceinline__ void xs_load_rows(const T* const (&base)[3], const lo
 
 // Adds a loaded chunk (row elements e ...) to the dots acc[0, NDOT) and to the
 // own point sums pts[0, xs_point_sums<Op>::count()); 0 * v of the elements of
-// the inputs that no sum of squares sees goes to dot 0.
+// the inputs that no sum of squares sees goes to dot 0. The chunk's VEC
+// products are summed in E first and the chunk sum is added to S once. For
+// 16-bit rows (E = fp32, S = fp64) that holds for products of raw terms, which
+// are exact in fp32, so one conversion serves VEC elements; a dot with a
+// difference or sum term takes its products in S (xs_mixed_dot).
+// Whether the product of terms a and b (-1: an input gradient row, raw) is taken in S
+// rather than E: E is narrower than S and a or b is not raw.
+template <class Op, class S, class E>
+__host__ __device__ constexpr bool xs_mixed_dot(int a, int b) {
+  return !xs_same<E, S>::value && !((a < 0 || xs_raw_term<Op>(a)) && (b < 0 || xs_raw_term<Op>(b)));
+}
+
 template <class Op, class S, class E, int VEC>
 __device__ __forceinline__ void xs_accumulate_dots(const E (&v)[Op::NVEC][VEC], S* acc, S* pts, long long e) {
   using PS = xs_point_sums<Op>;
+  constexpr int ND = Op::NDOT - (Op::LATE ? 1 : 0);
+  constexpr int NP = PS::count();
+  static_assert(ND >= 1, "an op has a dot besides its late one");
+  E part[ND + NP];  // this chunk's dots, then its own point sums
+#pragma unroll
+  for (int k = 0; k < ND + NP; ++k) part[k] = 0;
 #pragma unroll
   for (int i = 0; i < VEC; ++i) {
-    S t[Op::NTERM];
+    E t[Op::NTERM];
 #pragma unroll
-    for (int k = 0; k < Op::NTERM; ++k) t[k] = xs_term<Op, S>(v, k, i, e + i);
+    for (int k = 0; k < Op::NTERM; ++k) t[k] = xs_term<Op, E>(v, k, i, e + i);
 #pragma unroll
-    for (int d = 0; d < Op::NDOT - (Op::LATE ? 1 : 0); ++d) acc[d] += t[Op::dot(d).a] * t[Op::dot(d).b];
+    for (int d = 0; d < ND; ++d) {
+      const xs_ij pq = Op::dot(d);
+      if (xs_mixed_dot<Op, S, E>(pq.a, pq.b)) {
+        acc[d] += S(t[pq.a]) * S(t[pq.b]);
+      } else {
+        part[d] += t[pq.a] * t[pq.b];
+      }
+    }
 #pragma unroll
     for (int j = 0; j < Op::NVEC; ++j) {
-      const S x = S(v[j][i]);
-      if (!PS::squared(j)) acc[0] += S(0) * x;  // NaN if x is NaN or +-inf
+      const E x = v[j][i];
+      if (!PS::squared(j)) part[0] += E(0) * x;  // NaN if x is NaN or +-inf
       if (!PS::own(j)) continue;
       if (Op::DOMAIN == xs_hyperboloid && e + i == 0) {
-        pts[PS::slot(j) + 1] += x;  // v_0
+        part[ND + PS::slot(j) + 1] += x;  // v_0
       } else {
-        pts[PS::slot(j)] += x * x;
+        part[ND + PS::slot(j)] += x * x;
       }
     }
   }
+#pragma unroll
+  for (int d = 0; d < ND; ++d) acc[d] += S(part[d]);
+#pragma unroll
+  for (int k = 0; k < NP; ++k) pts[k] += S(part[ND + k]);
 }
 
 // Whether the row's inputs are bad (see the header): dots the reduced dots,
@@ -219,15 +282,21 @@ __device__ __forceinline__ void xs_late_sums(const E (&cache)[NITER > 0 ? NITER 
   constexpr long long STEP = (long long)G * VEC;
 #pragma unroll
   for (int k = 0; k < N; ++k) sums[k] = 0;
-  auto add = [&](const E(&v)[NC][VEC], long long e) {
+  const E se = E(s);
+  auto add = [&](const E(&v)[NC][VEC], long long e) {  // a chunk, summed in E (xs_accumulate_dots)
     const auto& in = reinterpret_cast<const E(&)[Op::NVEC][VEC]>(v);
+    E part[N];
+#pragma unroll
+    for (int k = 0; k < N; ++k) part[k] = 0;
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-      const S b = xs_term<Op, S>(in, L.b, i, e + i);
-      const S w = xs_term<Op, S>(in, L.a, i, e + i) + s * b;
-      sums[0] += w * w;
-      if constexpr (N == 2) sums[N - 1] += w * b;
+      const E b = xs_term<Op, E>(in, L.b, i, e + i);
+      const E w = xs_term<Op, E>(in, L.a, i, e + i) + se * b;
+      part[0] += w * w;
+      if constexpr (N == 2) part[N - 1] += w * b;
     }
+#pragma unroll
+    for (int k = 0; k < N; ++k) sums[k] += S(part[k]);
   };
   if constexpr (NITER > 0) {
 #pragma unroll
@@ -277,7 +346,7 @@ struct xs_row_args {
 
 // Where thread `lane` of a row starts, and how far apart its accesses are.
 #define XS_ROW_SETUP                                                                   \
-  using E = S;                                                                         \
+  using E = typename xs_elem<T, S>::type;                                             \
   /* c, t and their gradients are double for every row dtype: a float64 c given  */    \
   /* with fp32/16-bit rows must not be rounded near the boundary (1 - c|x|^2).   */    \
   using P = double;                                                                    \
@@ -356,6 +425,11 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_fwd(const xs_row_args a) {
         E s = 0;
 #pragma unroll
         for (int k = 0; k < Op::NOUT; ++k) s += ce[k] * xs_term<Op, E>(v, Op::out(k), i, e + i);
+        if constexpr (!xs_same<E, S>::value) {  // what fp32 dropped from the difference terms
+#pragma unroll
+          for (int k = 0; k < Op::NOUT; ++k)
+            if (!xs_raw_term<Op>(Op::out(k))) s += ce[k] * xs_term_rem<Op>(v, Op::out(k), i, e + i);
+        }
         o[i] = s;
       }
       if (e >= Op::OUT_SHIFT) xs_store_chunk<T, VEC>(orow, e - Op::OUT_SHIFT, o);
@@ -416,13 +490,23 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_bwd(const xs_row_args a) {
   };
   auto accumulate = [&](const E(&v)[NL][VEC], long long e) {
     xs_accumulate_dots<Op, S, E, VEC>(reinterpret_cast<const E(&)[NV][VEC]>(v), acc, acc + NRED, e);
-    if constexpr (VG) {
+    if constexpr (VG) {  // <g, term_out(k)>, the chunk summed in E
+      E part[Op::NOUT];
+#pragma unroll
+      for (int k = 0; k < Op::NOUT; ++k) part[k] = 0;
 #pragma unroll
       for (int i = 0; i < VEC; ++i)
 #pragma unroll
-        for (int k = 0; k < Op::NOUT; ++k)
-          acc[Op::NDOT + k] += S(v[NV][i]) * xs_term<Op, S>(reinterpret_cast<const E(&)[NV][VEC]>(v),
-                                                            Op::out(k), i, e + i);
+        for (int k = 0; k < Op::NOUT; ++k) {
+          const E tk = xs_term<Op, E>(reinterpret_cast<const E(&)[NV][VEC]>(v), Op::out(k), i, e + i);
+          if (xs_mixed_dot<Op, S, E>(-1, Op::out(k))) {
+            acc[Op::NDOT + k] += S(v[NV][i]) * S(tk);
+          } else {
+            part[k] += v[NV][i] * tk;
+          }
+        }
+#pragma unroll
+      for (int k = 0; k < Op::NOUT; ++k) acc[Op::NDOT + k] += S(part[k]);
     }
   };
 

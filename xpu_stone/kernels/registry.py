@@ -7,7 +7,7 @@ valid. For the row-wise engine (``cuda_src/common/rowwise.cuh``):
 ==================  ===================================================  =====================
 variant             layout                                               valid for
 ==================  ===================================================  =====================
-``rows_per_warp``   G = 4, 8 or 16 threads a row, 16-byte vector loads   aligned rows, short D
+``rows_per_warp``   G = 2, 4, 8 or 16 threads a row, 16-byte loads       aligned rows, short D
 ``warp_per_row``    one warp a row, 16-byte loads, row kept in registers aligned rows
 ``block_per_row``   256 threads a row, 16-byte loads, block reduction    aligned rows, long D
 ``generic``         4 or 32 threads a row, scalar strided loads          anything
@@ -34,7 +34,9 @@ CXX_TYPE = {"float32": "float", "float64": "double", "float16": "xs_half", "bflo
 ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
 VEC_WIDTH = {name: 16 // size for name, size in ITEMSIZE.items()}
 DTYPES = tuple(CXX_TYPE)
-MAX_CACHED = 16  # elements of one row a thread keeps in registers (as fp64: 32 registers)
+# Elements of one row a thread keeps in registers, 32 registers' worth: 16 for fp32 and
+# fp64 rows (held in fp64), 32 for 16-bit rows (held in fp32: xs_elem in dtype.cuh).
+MAX_CACHED = {"float64": 16, "float32": 16, "float16": 32, "bfloat16": 32}
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,9 @@ class Variant:
 
     def configs(self, dtype: str) -> tuple[LaunchConfig, ...]:
         """The configurations for ``dtype``: a thread keeps at most
-        MAX_CACHED elements of each row in registers (held in fp64)."""
+        ``MAX_CACHED[dtype]`` elements of each row in registers."""
         vec = VEC_WIDTH[dtype] if self.vectorized else 1
-        return tuple(LaunchConfig(g, n, vec, b) for g, n, b in self.shapes if n * vec <= MAX_CACHED)
+        return tuple(LaunchConfig(g, n, vec, b) for g, n, b in self.shapes if n * vec <= MAX_CACHED[dtype])
 
     def pick(self, dtype: str, d: int, aligned: bool, cached_only: bool = False) -> LaunchConfig | None:
         """The smallest configuration of this variant that takes the input, if any
@@ -91,7 +93,7 @@ class Variant:
 
 
 ROWWISE_VARIANTS = (
-    Variant("rows_per_warp", True, ((4, 1, 256), (8, 1, 256), (16, 1, 256))),
+    Variant("rows_per_warp", True, ((2, 1, 256), (4, 1, 256), (8, 1, 256), (16, 1, 256))),
     Variant("warp_per_row", True, ((32, 1, 256), (32, 2, 256), (32, 4, 256), (32, 8, 256), (32, 0, 256))),
     Variant(
         "block_per_row", True, ((256, 1, 256), (256, 2, 256), (256, 4, 256), (256, 8, 256), (256, 0, 256))
