@@ -10,12 +10,22 @@ each problem sized to move about 0.8 GB forward. Writes JSON and markdown.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 
-from benchmarks.harness import Report, bench_impls, environment, finish, measure_copy, rotations, sweep
+from benchmarks.harness import (
+    Report,
+    bench_impls,
+    compiled,
+    configure_dynamo,
+    environment,
+    finish,
+    measure_copy,
+    rotations,
+    rowwise_args,
+    sweep,
+)
 from xpu_stone import convert, klein, lorentz
 from xpu_stone.reference import convert as RC
 from xpu_stone.reference import klein as RK
@@ -45,16 +55,16 @@ GEOOPT = {  # geoopt.manifolds.lorentz.math with k = 1/c
 
 
 def _hyperboloid(rows, d, dtype, gen):
-    u = torch.randn(rows, d, device="cuda", generator=gen) * 0.7
+    u = torch.randn(rows, d, device=gen.device, generator=gen) * 0.7
     u[:, 0] = 0
     return lorentz.expmap0(u, c=C).to(dtype)
 
 
 def _ball(rows, d, dtype, gen):
-    v = torch.randn(rows, d, device="cuda", generator=gen)
-    return (v / v.norm(dim=-1, keepdim=True) * torch.rand(rows, 1, device="cuda", generator=gen) * 0.9).to(
-        dtype
-    )
+    v = torch.randn(rows, d, device=gen.device, generator=gen)
+    return (
+        v / v.norm(dim=-1, keepdim=True) * torch.rand(rows, 1, device=gen.device, generator=gen) * 0.9
+    ).to(dtype)
 
 
 def _args(family, name, rows, d, dtype, gen):
@@ -69,10 +79,10 @@ def _args(family, name, rows, d, dtype, gen):
             out.append(_ball(rows, d, dtype, gen))
         elif k == "v":  # tangent at the first point
             base = out[0] if out else _hyperboloid(rows, d, dtype, gen)
-            w = torch.randn(rows, d, device="cuda", generator=gen) * 0.3
+            w = torch.randn(rows, d, device=gen.device, generator=gen) * 0.3
             out.append(lorentz.proj_tan(base.float(), w, c=C).to(dtype))
         else:
-            out.append((torch.randn(rows, d, device="cuda", generator=gen) * 0.3).to(dtype))
+            out.append((torch.randn(rows, d, device=gen.device, generator=gen) * 0.3).to(dtype))
     return tuple(out)
 
 
@@ -82,7 +92,7 @@ def _impls(family, name, compare):
     impls = {"xpu_stone": lambda *a: xs(*a, c=C)}
     if compare:
         impls["torch_eager"] = lambda *a: rf(*a, c=C)
-        impls["torch_compile"] = torch.compile(lambda *a: rf(*a, c=C), dynamic=False)
+        impls["torch_compile"] = compiled(lambda *a: rf(*a, c=C))
         if family == "lorentz" and name in GEOOPT:
             try:
                 from geoopt.manifolds.lorentz import math as gm
@@ -93,7 +103,7 @@ def _impls(family, name, compare):
     return impls
 
 
-def bench_op(report, qual, dtype, d, target_bytes, compare):
+def bench_op(report, qual, dtype, d, target_bytes, compare, warm_only=False):
     family, name = qual.split(".")
     gen = torch.Generator(device="cuda").manual_seed(0)
     probe = _args(family, name, 4, d, dtype, gen)
@@ -106,31 +116,25 @@ def bench_op(report, qual, dtype, d, target_bytes, compare):
     rows = max(1, int(target_bytes // per_row_fwd))
     fwd_bytes = rows * per_row_fwd
     bwd_bytes = rows * (2 * in_elems + out_elems) * item  # inputs and output grad read, input grads written
-    sets = [_args(family, name, rows, d, dtype, gen) for _ in range(rotations(fwd_bytes))]
+    sets = [_args(family, name, rows, d, dtype, gen) for _ in range(1 if warm_only else rotations(fwd_bytes))]
     dname = str(dtype).replace("torch.", "")
-    bench_impls(report, qual, _impls(family, name, compare), sets, fwd_bytes, bwd_bytes, dname, (rows, d))
+    impls = _impls(family, name, compare)
+    bench_impls(report, qual, impls, sets, fwd_bytes, bwd_bytes, dname, (rows, d), warm_only=warm_only)
     del sets
     torch.cuda.empty_cache()
 
 
 def main(argv=None):
-    torch._dynamo.config.cache_size_limit = 1024
-    torch._dynamo.config.accumulated_cache_size_limit = 4096
-    p = argparse.ArgumentParser()
-    p.add_argument("--ops", nargs="*", default=list(ALL_OPS))
-    p.add_argument("--dims", nargs="*", type=int, default=[16, 64, 256, 1024, 4096])
-    p.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
-    p.add_argument("--compare-dims", nargs="*", type=int, default=[16, 256, 4096])
-    p.add_argument("--target-gb", type=float, default=0.8)
-    p.add_argument("--quick", action="store_true", help="D in {64, 1024}, fp32, compare at 1024")
-    p.add_argument("--out", default="benchmarks/results")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.dims, args.dtypes, args.compare_dims = [64, 1024], ["float32"], [1024]
-    report = Report("models", meta=environment())
+    configure_dynamo()
+    args = rowwise_args(
+        argv, ALL_OPS, ["float32", "bfloat16"], [16, 256, 4096], quick=([64, 1024], ["float32"], [1024])
+    )
+    report = Report("models", meta={**environment(), "suffix": args.suffix, "args": vars(args)})
     report.copy_gbps = measure_copy()
     print(f"copy: {report.copy_gbps:.0f} GB/s", file=sys.stderr)
-    sweep(report, args.ops, args.dtypes, args.dims, COMPARE_OPS, args.compare_dims, args.target_gb, bench_op)
+    compare_ops = ALL_OPS if args.compare_all else COMPARE_OPS
+    sweep(report, args.ops, args.dtypes, args.dims, compare_ops, args.compare_dims, args.target_gb, bench_op,
+          ("benchmarks.bench_models", args.precompile))  # fmt: skip
     finish(report, args.out)
 
 

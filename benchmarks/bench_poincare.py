@@ -9,7 +9,6 @@ small call (64x64 fp32). Writes JSON and markdown to benchmarks/results/.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
@@ -18,11 +17,14 @@ from benchmarks.harness import (
     Report,
     Row,
     bench_impls,
+    compiled,
+    configure_dynamo,
     environment,
     finish,
     host_time_us,
     measure_copy,
     rotations,
+    rowwise_args,
     sweep,
 )
 from xpu_stone import poincare as P
@@ -55,8 +57,8 @@ def _vectors(name, rows, d, dtype, gen):
     nvec, _ = SHAPE[name]
     out = []
     for _ in range(nvec):
-        v = torch.randn(rows, d, device="cuda", dtype=torch.float32, generator=gen)
-        v = v / v.norm(dim=-1, keepdim=True) * torch.rand(rows, 1, device="cuda", generator=gen) * 0.9
+        v = torch.randn(rows, d, device=gen.device, dtype=torch.float32, generator=gen)
+        v = v / v.norm(dim=-1, keepdim=True) * torch.rand(rows, 1, device=gen.device, generator=gen) * 0.9
         out.append(v.to(dtype))
     return out
 
@@ -100,14 +102,14 @@ def _impls(name, compare):
     impls = {"xpu_stone": lambda *a: xs(*a, c=C)}
     if compare:
         impls["torch_eager"] = lambda *a: ref(*a, c=C)
-        impls["torch_compile"] = torch.compile(lambda *a: ref(*a, c=C), dynamic=False)
+        impls["torch_compile"] = compiled(lambda *a: ref(*a, c=C))
         g = _geoopt_fn(name)
         if g is not None:
             impls["geoopt"] = g
     return impls
 
 
-def bench_op(report, name, dtype, d, target_bytes, compare):
+def bench_op(report, name, dtype, d, target_bytes, compare, warm_only=False):
     nvec, vec_out = SHAPE[name]
     item = torch.tensor([], dtype=dtype).element_size()
     per_row_fwd = (nvec + (1 if vec_out else 0)) * d * item + (0 if vec_out else item)
@@ -116,55 +118,44 @@ def bench_op(report, name, dtype, d, target_bytes, compare):
     # backward reads the inputs and the output gradient, writes one gradient per input
     bwd_bytes = rows * ((2 * nvec) * d * item + ((d * item) if vec_out else item))
     gen = torch.Generator(device="cuda").manual_seed(0)
-    nsets = rotations(fwd_bytes)
+    nsets = 1 if warm_only else rotations(fwd_bytes)
     sets = [_with_scalars(name, _vectors(name, rows, d, dtype, gen)) for _ in range(nsets)]
     dname = str(dtype).replace("torch.", "")
-    bench_impls(report, name, _impls(name, compare), sets, fwd_bytes, bwd_bytes, dname, (rows, d))
+    bench_impls(
+        report, name, _impls(name, compare), sets, fwd_bytes, bwd_bytes, dname, (rows, d), warm_only=warm_only
+    )
     del sets
     torch.cuda.empty_cache()
 
 
 def bench_host_overhead(report):
+    """Host time of one small call (64x64 fp32): autograd off (mode ``fwd``), and with an
+    input that requires grad (mode ``fwd_grad``: the call records its graph; no backward
+    runs). The GPU work is tiny, so the host's time is the call's."""
     x = torch.rand(64, 64, device="cuda") * 0.01
     y = torch.rand(64, 64, device="cuda") * 0.01
-    with torch.no_grad():
-        t_add = host_time_us(torch.add, (x, y))
-        t_xs = host_time_us(lambda a, b: P.mobius_add(a, b), (x, y))
-        g = _geoopt_fn("mobius_add")
-        t_geo = host_time_us(g, (x, y), calls=300) if g else float("nan")
-    for impl, us in (("torch.add", t_add), ("xpu_stone", t_xs), ("geoopt", t_geo)):
-        report.add(
-            Row(
-                "host_overhead_64x64",
-                impl,
-                "fwd",
-                "float32",
-                (64, 64),
-                0,
-                us / 1000.0,
-                note=f"{us:.1f} us/call host; ratio to torch.add {us / t_add:.2f}",
-            )
-        )
+    xg = x.clone().requires_grad_()
+    g = _geoopt_fn("mobius_add")
+    for mode, a in (("fwd", x), ("fwd_grad", xg)):
+        with torch.set_grad_enabled(mode == "fwd_grad"):
+            t_add = host_time_us(torch.add, (a, y))
+            t_xs = host_time_us(lambda u, v: P.mobius_add(u, v), (a, y))
+            t_geo = host_time_us(g, (a, y), calls=300) if g else float("nan")
+        for impl, us in (("torch.add", t_add), ("xpu_stone", t_xs), ("geoopt", t_geo)):
+            note = f"{us:.1f} us/call host; ratio to torch.add {us / t_add:.2f}"
+            report.add(Row("host_overhead_64x64", impl, mode, "float32", (64, 64), 0, us / 1000.0, note=note))
 
 
 def main(argv=None):
-    # Every compiled reference is a fresh function; without this, dynamo stops
-    # compiling after 8 of them and silently runs the rest eagerly.
-    torch._dynamo.config.cache_size_limit = 1024
-    torch._dynamo.config.accumulated_cache_size_limit = 4096
-    p = argparse.ArgumentParser()
-    p.add_argument("--ops", nargs="*", default=list(ALL_OPS))
-    p.add_argument("--dims", nargs="*", type=int, default=[16, 64, 256, 1024, 4096])
-    p.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
-    p.add_argument("--compare-dims", nargs="*", type=int, default=[16, 256, 4096])
-    p.add_argument("--target-gb", type=float, default=0.8)
-    p.add_argument("--out", default="benchmarks/results")
-    args = p.parse_args(argv)
-    report = Report("poincare", meta=environment())
+    configure_dynamo()
+    args = rowwise_args(argv, ALL_OPS, ["float32", "bfloat16"], [16, 256, 4096])
+    report = Report("poincare", meta={**environment(), "suffix": args.suffix, "args": vars(args)})
     report.copy_gbps = measure_copy()
     print(f"copy: {report.copy_gbps:.0f} GB/s", file=sys.stderr)
     bench_host_overhead(report)
-    sweep(report, args.ops, args.dtypes, args.dims, COMPARE_OPS, args.compare_dims, args.target_gb, bench_op)
+    compare_ops = ALL_OPS if args.compare_all else COMPARE_OPS
+    sweep(report, args.ops, args.dtypes, args.dims, compare_ops, args.compare_dims, args.target_gb, bench_op,
+          ("benchmarks.bench_poincare", args.precompile))  # fmt: skip
     finish(report, args.out)
 
 

@@ -57,6 +57,7 @@ class Report:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         stem = result_stem(self.name, self.meta.get("gpu", "cpu"), self.meta.get("date", "undated"))
+        stem += f"-{self.meta['suffix']}" if self.meta.get("suffix") else ""
         js = folder / f"{stem}.json"
         js.write_text(
             json.dumps(
@@ -188,9 +189,33 @@ def fwd_bwd(fn):
     return run
 
 
-def bench_impls(report, op, impls, sets, fwd_bytes, bwd_bytes, dtype_name, shape, reps=25):
+def configure_dynamo() -> None:
+    """Room for one compiled graph per benchmarked shape. Every compiled reference is a
+    fresh ``torch.compile`` of the same function; without this, dynamo stops compiling
+    after 8 shapes of it and silently runs the rest eagerly."""
+    torch._dynamo.config.cache_size_limit = 1024
+    torch._dynamo.config.accumulated_cache_size_limit = 4096
+
+
+def compiled(fn):
+    """``torch.compile(fn, dynamic=False, fullgraph=True)``: one graph per shape, and a
+    graph break raises (the benchmark records the cell as failed) instead of running
+    part of the formula eagerly."""
+    return torch.compile(fn, dynamic=False, fullgraph=True)
+
+
+def _graphs_captured() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def bench_impls(report, op, impls, sets, fwd_bytes, bwd_bytes, dtype_name, shape, reps=25, warm_only=False):
     """Times each implementation forward (no grad) and forward+backward over the
-    rotating argument ``sets``; a failing one is reported as failed, not lost."""
+    rotating argument ``sets``; a failing one is reported as failed, not lost. A
+    ``torch_compile`` implementation whose first call captured no new graph ran
+    eagerly: its row is marked invalid. ``warm_only``: call each implementation once
+    per mode and time nothing (what :func:`precompile`'s workers do; ``report`` unused)."""
     grad_sets = [
         tuple(a.detach().requires_grad_() if isinstance(a, torch.Tensor) else a for a in s) for s in sets
     ]
@@ -201,23 +226,78 @@ def bench_impls(report, op, impls, sets, fwd_bytes, bwd_bytes, dtype_name, shape
         ):
             try:
                 with torch.no_grad() if mode == "fwd" else torch.enable_grad():
+                    if warm_only:
+                        f(*args[0])
+                        continue
+                    graphs = _graphs_captured()
                     ms = time_calls(f, args, warmup=3, reps=reps)
-                report.add(Row(op, impl, mode, dtype_name, shape, nbytes, ms))
+                note = ""
+                if impl == "torch_compile" and _graphs_captured() == graphs:
+                    note = "invalid: torch.compile captured no graph for this shape (ran eagerly)"
+                report.add(Row(op, impl, mode, dtype_name, shape, nbytes, ms, note=note))
             except Exception as e:
+                if warm_only:
+                    print(f"warm-up of {op} {impl} {mode} failed: {type(e).__name__}: {e}", file=sys.stderr)
+                    continue
                 report.add(
                     Row(op, impl, mode, dtype_name, shape, nbytes, 0.0, note=f"failed: {type(e).__name__}")
                 )
 
 
-def sweep(report, ops, dtypes, dims, compare_ops, compare_dims, target_gb, bench_op) -> None:
+def _warm_cell(module: str, cell: tuple, target_bytes: float) -> tuple:
+    import importlib
+
+    op, dtype, d = cell
+    importlib.import_module(module).bench_op(
+        None, op, getattr(torch, dtype), d, target_bytes, True, warm_only=True
+    )
+    return cell
+
+
+def precompile(module: str, cells: list[tuple], workers: int, target_bytes: float) -> float:
+    """Compiles the graphs of every cell ``(op, dtype name, D)`` of ``module``'s
+    ``bench_op`` in ``workers`` processes before anything is timed: each worker calls
+    every implementation once per mode (``bench_impls(warm_only=True)``), so that
+    torch.compile's caches on disk (FX graph, AOTAutograd and Triton caches) and the
+    kernel cache hold them and the timed run's fresh compiles are cache hits. Nothing is
+    timed while the workers run. Returns the seconds taken; prints progress."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    import time
+
+    t0 = time.perf_counter()
+    with cf.ProcessPoolExecutor(
+        workers, mp_context=mp.get_context("spawn"), initializer=configure_dynamo
+    ) as ex:
+        futures = [ex.submit(_warm_cell, module, cell, target_bytes) for cell in cells]
+        for i, fut in enumerate(cf.as_completed(futures), 1):
+            op, dtype, d = fut.result()
+            print(f"precompiled {i}/{len(cells)}: {op} {dtype} D={d} ({time.perf_counter() - t0:.0f} s)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    return time.perf_counter() - t0
+
+
+def sweep(
+    report, ops, dtypes, dims, compare_ops, compare_dims, target_gb, bench_op, precompile_in=None
+) -> None:
     """``bench_op(report, op, dtype, d, target_bytes, compare)`` over every op x dtype x D,
-    comparing against the alternatives for ``compare_ops`` at ``compare_dims``."""
-    for op in ops:
-        for dt in dtypes:
-            for d in dims:
-                compare = op in compare_ops and d in compare_dims
-                bench_op(report, op, getattr(torch, dt), d, target_gb * 1e9, compare)
-                print(f"{op} {dt} D={d} done", file=sys.stderr, flush=True)
+    comparing against the alternatives for ``compare_ops`` at ``compare_dims``.
+    ``precompile_in``: ``(module, workers)``: first compile the compared cells' graphs in
+    that many processes (:func:`precompile`; the seconds go to ``report.meta``)."""
+    cells = [(op, dt, d) for op in ops for dt in dtypes for d in dims]
+    if precompile_in and precompile_in[1] > 0:
+        wanted = [c for c in cells if c[0] in compare_ops and c[2] in compare_dims]
+        if wanted:
+            secs = precompile(precompile_in[0], wanted, precompile_in[1], target_gb * 1e9)
+            report.meta["precompile"] = {
+                "cells": len(wanted),
+                "workers": precompile_in[1],
+                "seconds": round(secs, 1),
+            }
+    for i, (op, dt, d) in enumerate(cells, 1):
+        compare = op in compare_ops and d in compare_dims
+        bench_op(report, op, getattr(torch, dt), d, target_gb * 1e9, compare)
+        print(f"{op} {dt} D={d} done ({i}/{len(cells)})", file=sys.stderr, flush=True)
 
 
 def finish(report, out: str) -> None:
@@ -225,3 +305,45 @@ def finish(report, out: str) -> None:
     js, md = report.write(out)
     print(report.markdown())
     print(f"wrote {js} and {md}", file=sys.stderr)
+
+
+FULL_DTYPES = ["float32", "bfloat16", "float16"]
+FULL_DIMS = [16, 64, 256, 1024, 4096]
+
+
+def rowwise_args(argv, all_ops, dtypes, compare_dims, quick=None):
+    """The command line of a row-wise benchmark (bench_poincare, bench_models). ``--full``:
+    the whole table of issue 15: every op x fp32/bf16/fp16 x every D, each against
+    torch eager, torch.compile and geoopt, 0.25 GB a forward, the compiled graphs built
+    first in parallel (``--precompile``, default: the CPU count less two, at most 14).
+    ``quick``: (dims, dtypes, compare_dims) of ``--quick``."""
+    import argparse
+    import os
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--ops", nargs="*", default=list(all_ops))
+    p.add_argument("--dims", nargs="*", type=int, default=list(FULL_DIMS))
+    p.add_argument("--dtypes", nargs="*", default=list(dtypes))
+    p.add_argument("--compare-dims", nargs="*", type=int, default=list(compare_dims))
+    p.add_argument(
+        "--compare-all", action="store_true", help="compare every op (default: the benchmark's list)"
+    )
+    p.add_argument("--target-gb", type=float, default=0.8)
+    p.add_argument("--precompile", type=int, default=0, help="processes compiling the graphs first (0: none)")
+    p.add_argument(
+        "--full", action="store_true", help="the whole table (see benchmarks/harness.rowwise_args)"
+    )
+    if quick:
+        p.add_argument(
+            "--quick", action="store_true", help=f"D in {quick[0]}, {quick[1]}, compare at {quick[2]}"
+        )
+    p.add_argument("--suffix", default="", help="appended to the result file's name (-<suffix>)")
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args(argv)
+    if quick and args.quick:
+        args.dims, args.dtypes, args.compare_dims = (list(v) for v in quick)
+    if args.full:
+        args.dims, args.dtypes, args.compare_dims = list(FULL_DIMS), list(FULL_DTYPES), list(FULL_DIMS)
+        args.compare_all, args.target_gb = True, 0.25
+        args.precompile = args.precompile or max(1, min(14, (os.cpu_count() or 4) - 2))
+    return args

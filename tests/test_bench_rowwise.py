@@ -1,0 +1,122 @@
+"""The row-wise benchmarks' machinery, on the CPU: every reference formula they compare
+compiles as one graph forward and backward (``fullgraph=True``: a break would be a
+failed cell, not a silently eager one), a compile that captures no graph is marked
+invalid, and the parallel precompile warms every cell once per mode before anything is
+timed."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from benchmarks import bench_models, bench_poincare, harness
+
+CPU = torch.Generator().manual_seed(0)
+
+
+def _compile_eager(fn):  # dynamo's capture only: what fullgraph checks, without codegen
+    return torch.compile(fn, dynamic=False, fullgraph=True, backend="eager")
+
+
+def _inputs(bench, op):
+    gen = torch.Generator().manual_seed(1)
+    if bench is bench_poincare:
+        return bench_poincare._with_scalars(op, bench_poincare._vectors(op, 5, 6, torch.float64, gen))
+    family, name = op.split(".")
+    return bench_models._args(family, name, 5, 6, torch.float64, gen)
+
+
+def _references(bench):
+    if bench is bench_poincare:
+        return [(op, getattr(bench_poincare.R, op)) for op in bench_poincare.ALL_OPS]
+    return [
+        (op, getattr(bench_models.MODULES[op.split(".")[0]][1], op.split(".")[1]))
+        for op in bench_models.ALL_OPS
+    ]
+
+
+@pytest.mark.parametrize("bench", [bench_poincare, bench_models], ids=["poincare", "models"])
+def test_every_reference_compiles_to_one_graph_forward_and_backward(bench):
+    harness.configure_dynamo()
+    broken = []
+    for op, ref in _references(bench):
+        args = _inputs(bench, op)
+        grad_args = tuple(a.detach().requires_grad_() if torch.is_tensor(a) else a for a in args)
+        f = _compile_eager(lambda *a, ref=ref: ref(*a, c=1.0))
+        try:
+            with torch.no_grad():
+                out = f(*args)
+            assert torch.allclose(out, ref(*args, c=1.0))
+            harness.fwd_bwd(f)(*grad_args)
+        except Exception as e:  # a graph break raises under fullgraph=True
+            broken.append(f"{op}: {type(e).__name__}: {str(e)[:200]}")
+    assert not broken, "\n".join(broken)
+
+
+def test_a_compiled_impl_that_captures_no_graph_is_marked_invalid(monkeypatch):
+    harness.configure_dynamo()
+    monkeypatch.setattr(harness, "time_calls", lambda f, args, warmup, reps: [f(*a) for a in args] and 1.0)
+    report = harness.Report("t")
+    x = torch.rand(4, 3, generator=CPU, dtype=torch.float64)
+    impls = {
+        "torch_compile": lambda a: a * 2,  # not compiled: no graph
+        "xpu_stone": _compile_eager(lambda a: a.sin() * 3),
+    }
+    harness.bench_impls(report, "op", impls, [(x,)], 1, 1, "float64", (4, 3))
+    notes = {(r.impl, r.mode): r.note for r in report.rows}
+    assert notes[("torch_compile", "fwd")].startswith("invalid") and notes[
+        ("torch_compile", "fwd+bwd")
+    ].startswith("invalid")
+    assert notes[("xpu_stone", "fwd")] == ""  # only torch_compile rows are checked
+    report = harness.Report("t")
+    harness.bench_impls(
+        report, "op", {"torch_compile": _compile_eager(lambda a: a.cos() + 1)}, [(x,)], 1, 1, "f", ()
+    )
+    assert [r.note for r in report.rows] == ["", ""]  # a fresh compile captures its graphs
+
+
+def test_warm_only_calls_each_impl_once_per_mode_and_records_nothing():
+    calls = []
+    x = torch.rand(4, 3, generator=CPU)
+
+    def impl(a):
+        calls.append((torch.is_grad_enabled(), a.requires_grad))
+        return a * 2
+
+    report = harness.Report("t")
+    harness.bench_impls(report, "op", {"a": impl, "b": impl}, [(x,), (x,)], 1, 1, "f", (), warm_only=True)
+    assert report.rows == [] and calls == [(False, False), (True, True)] * 2
+
+
+def test_precompile_warms_every_cell_in_worker_processes(tmp_path, monkeypatch):
+    """A stand-in benchmark module whose bench_op writes one file per warmed cell."""
+    (tmp_path / "fake_bench.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os, torch
+            def bench_op(report, op, dtype, d, target_bytes, compare, warm_only=False):
+                assert report is None and compare and warm_only and dtype is torch.float32
+                assert torch._dynamo.config.cache_size_limit >= 1024  # the worker was configured
+                open(os.path.join({str(tmp_path)!r}, f"{{op}}-{{d}}-{{os.getpid()}}"), "w").close()
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cells = [(op, "float32", d) for op in ("a", "b", "c") for d in (16, 64)]
+    secs = harness.precompile("fake_bench", cells, 2, 1e6)
+    warmed = sorted(p.name.rsplit("-", 1)[0] for p in tmp_path.iterdir() if p.name != "fake_bench.py")
+    assert warmed == sorted(f"{op}-{d}" for op, _, d in cells) and secs > 0
+    pids = {p.name.rsplit("-", 1)[1] for p in tmp_path.iterdir() if p.name != "fake_bench.py"}
+    assert str(__import__("os").getpid()) not in pids  # not in this process
+    assert "fake_bench" not in sys.modules
+
+
+def test_full_preset_is_the_whole_table():
+    args = harness.rowwise_args(["--full"], ("x", "y"), ["float32"], [16])
+    assert args.dims == [16, 64, 256, 1024, 4096] and args.dtypes == ["float32", "bfloat16", "float16"]
+    assert args.compare_dims == args.dims and args.compare_all and args.precompile >= 1
+    args = harness.rowwise_args(["--dims", "64"], ("x",), ["float32"], [16], quick=([1], ["float64"], [1]))
+    assert args.dims == [64] and not args.compare_all and args.precompile == 0
