@@ -14,6 +14,10 @@
 #               installed), summarised by scripts/gpu_test_report.py as $OUT/gpu-tests-<GPU>-<date>.json
 #   poincare    benchmarks.bench_poincare, short (D 64 and 1024, fp32): Poincaré-ball ops vs torch eager, torch.compile, geoopt
 #   models      benchmarks.bench_models --quick: Lorentz and Klein ops and the conversions
+#   poincare_full, models_full
+#               the whole row-wise table (issue 15): --full, every op x fp32/bf16/fp16 x D each against
+#               torch eager, torch.compile and geoopt, the compiled graphs built first in parallel processes
+#               (results get the suffix -full; not yet run on a GPU, its time unknown)
 #   pairwise    benchmarks.bench_pairwise: cdist and knn vs cuBLAS alone and torch.compile
 #   linear      benchmarks.bench_linear: hyperbolic linear layers vs torch.compile of the references
 #   optim       benchmarks.bench_optim: fused Riemannian optimizer steps vs geoopt and torch Adam
@@ -42,11 +46,11 @@
 #   TAIL                 lines of each log printed after the suite (default 15; tests: 40)
 set -uo pipefail
 
-SUITES=(device build tests poincare models pairwise linear optim embeddings userloop session digits disk properties
-  distributed)
+SUITES=(device build tests poincare models poincare_full models_full pairwise linear optim embeddings userloop session
+  digits disk properties distributed)
 DEFAULT_SUITES=(device build tests poincare)
 declare -A SUITE_TIMEOUT=(
-  [device]=600 [build]=600 [tests]=420 [poincare]=240 [models]=240 [pairwise]=180
+  [device]=600 [build]=600 [tests]=420 [poincare]=240 [models]=240 [poincare_full]=590 [models_full]=590 [pairwise]=180
   [linear]=180 [optim]=180 [embeddings]=300 [userloop]=300 [session]=120 [digits]=120 [disk]=180
   [properties]=540 [distributed]=420
 )
@@ -140,6 +144,8 @@ suite_tests() {
 
 suite_poincare() { bench_module poincare --dims 64 1024 --dtypes float32 --compare-dims 1024; }
 suite_models() { bench_module models --quick; }
+suite_poincare_full() { bench_module poincare --full --suffix full; }
+suite_models_full() { bench_module models --full --suffix full; }
 suite_pairwise() { bench_module pairwise; }
 suite_linear() { bench_module linear; }
 suite_optim() { bench_module optim; }
