@@ -36,9 +36,10 @@ BOUNDARY_EPS = {
     "bfloat16": 8e-3,  # 1 - 8e-3 -> 0.99219 in bf16 (spacing below 1: 2^-8)
 }
 
-# Arithmetic type of the kernels for each storage dtype: the row reductions, the
-# per-row formulas and the elementwise sums all run in fp64 and are rounded to
-# the storage dtype once. Near the boundary 1 - c|x|^2 and the Mobius
+# Arithmetic type of the kernels for each storage dtype: the row reductions and the
+# per-row formulas run in fp64; the elementwise sums too for fp32/fp64 rows, while
+# fp16/bf16 rows combine their elements in fp32 (xs_elem in cuda_src/common/dtype.cuh);
+# the result is rounded to the storage dtype once. Near the boundary 1 - c|x|^2 and the Mobius
 # denominators cancel to a few digits; fp64 keeps fp32 outputs within 1e-5 of
 # exact maths there. The kernels keep the type a template parameter (float works
 # too), for GPUs whose fp64 rate would make this the bottleneck.

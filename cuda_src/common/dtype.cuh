@@ -38,10 +38,11 @@ struct xs_traits<xs_bf16> {
 };
 
 // Element arithmetic type of the row-wise engine for rows of T whose row sums are
-// S: fp32 for 16-bit rows (a 16-bit value, the sum or difference of two, and the
-// product of two such are exact or within one fp32 rounding), S otherwise. A
-// bf16 element beyond 1.8e19 in magnitude squares past fp32's range: its row
-// sums read inf, as an fp64 row's do past 1.3e154 (fp16 tops out at 65504).
+// S: fp32 for 16-bit rows, S otherwise (what is exact in fp32 and what rounds:
+// rowwise.cuh's header). fp32's range is narrower than fp64's: a chunk of 8 bf16
+// squares overflows from |v| ~ 6.5e18 (the row then reads inf, as an fp64 row's
+// sums do past ~1e154; fp16 tops out at 65504), and an intermediate of the
+// backward (an adjoint times a term) can reach inf where fp64 stayed finite.
 template <class T, class S>
 struct xs_elem {
   using type = S;

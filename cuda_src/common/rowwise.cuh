@@ -22,15 +22,28 @@
 //   W_pq = sbar_d for each dot d = <term_p, term_q> (2 sbar_d when p == q),
 // and dL/dv_j = sum_k (d term_k / d v_j) dL/d term_k with d term/d v = +1 or -1
 // (-1: v_b of a difference; v_b of a sum has +1).
-// xpu_stone/engine/rowwise_cpu.py transcribes exactly this for the CPU.
+// xpu_stone/engine/rowwise_cpu.py transcribes this for the CPU, in fp64 for every
+// dtype (for 16-bit rows its results differ from the kernels' by fp32 rounding).
 //
 // Element arithmetic (terms, output sums, gradients) runs in E = xs_elem<T, S>
 // (dtype.cuh): S for fp32 and fp64 rows (fp64 for fp32 rows, so that an output
 // that is a small difference of large terms keeps its digits), fp32 for 16-bit
-// rows, whose elements, their differences and their products are exact in
-// fp32. The per-row scalars (dots, coefficients, c, t) are S for every dtype;
-// each chunk of VEC products is summed in E and added to S once. The value is
-// rounded to T once, when stored.
+// rows. The per-row scalars (dots, coefficients, c, t) are S for every dtype.
+// For 16-bit rows:
+//   * a 16-bit element and the product of two are exact in fp32 (unless the
+//     product falls below fp32's normal range, |v| < ~1e-19 for bf16); the sum
+//     or difference of two rounds when their exponents are more than 16 (bf16)
+//     or 13 (fp16) apart;
+//   * a dot of two raw terms (xs_raw_term) sums each chunk of VEC exact products
+//     in fp32 (one rounding an addition, at 2^-24 of the chunk's size) and adds
+//     the chunk's sum to S; a dot with a difference or sum term multiplies in S,
+//     element by element (xs_mixed_dot);
+//   * outputs and gradients are summed in fp32 from coefficients rounded to
+//     fp32; the forward adds the TwoSum remainders of difference terms
+//     (xs_term_rem). An output that is a small difference of large terms with a
+//     coefficient that is not exact in fp32 keeps only fp32's relative 2^-24 of
+//     the large terms (known limit, see issue 15's notes).
+// The value is rounded to T once, when stored.
 //
 // Thread layout: G threads per row (G <= 32: several rows per warp; G > 32: one
 // row per block of G threads). Each thread moves VEC consecutive elements per
@@ -127,9 +140,10 @@ __device__ __forceinline__ R xs_term(const V (&v)[Op::NVEC][VEC], int k, int i, 
   return t.sum ? a + R(v[t.b][i]) : a - R(v[t.b][i]);
 }
 
-// Whether term k is an input as loaded (an input, its space part or e_0): its
-// elements, and the product of two of them, are exact in E (xs_elem). A
-// difference or sum of two inputs, and products with one, may round in fp32.
+// Whether term k is an input as loaded (an input, its space part or e_0): for
+// 16-bit rows its elements, and the product of two of them, are exact in E
+// (xs_elem; but see the header on underflow). A difference or sum of two inputs,
+// and products with one, may round in fp32.
 template <class Op>
 __host__ __device__ constexpr bool xs_raw_term(int k) {
   return Op::term(k).b < 0;
@@ -138,8 +152,8 @@ __host__ __device__ constexpr bool xs_raw_term(int k) {
 // What rounding took from term k at this position: v_a -+ v_b - fl(v_a -+ v_b),
 // exactly (TwoSum); zero for raw terms. The forward of 16-bit rows adds
 // coef * remainder to the output, so that an output that cancels a term to
-// nothing keeps what the term's rounding dropped (geodesic(u, v, 1) = v with
-// |v| < 2^-16 |u| in fp32 arithmetic).
+// nothing keeps what the term's rounding dropped (Klein geodesic u + lam (v - u)
+// at t = 1, lam = 1 exactly: v, also for |v| < 2^-16 |u|).
 template <class Op, class V, int VEC>
 __device__ __forceinline__ float xs_term_rem(const V (&v)[Op::NVEC][VEC], int k, int i, long long gi) {
   const xs_ij t = Op::term(k);
@@ -179,19 +193,20 @@ __device__ __forceinline__ void xs_load_rows(const T* const (&base)[3], const lo
   }
 }
 
-// Adds a loaded chunk (row elements e ...) to the dots acc[0, NDOT) and to the
-// own point sums pts[0, xs_point_sums<Op>::count()); 0 * v of the elements of
-// the inputs that no sum of squares sees goes to dot 0. The chunk's VEC
-// products are summed in E first and the chunk sum is added to S once. For
-// 16-bit rows (E = fp32, S = fp64) that holds for products of raw terms, which
-// are exact in fp32, so one conversion serves VEC elements; a dot with a
-// difference or sum term takes its products in S (xs_mixed_dot).
 // Whether the product of terms a and b (-1: an input gradient row, raw) is taken in S
 // rather than E: E is narrower than S and a or b is not raw.
 template <class Op, class S, class E>
 __host__ __device__ constexpr bool xs_mixed_dot(int a, int b) {
   return !xs_same<E, S>::value && !((a < 0 || xs_raw_term<Op>(a)) && (b < 0 || xs_raw_term<Op>(b)));
 }
+
+// Adds a loaded chunk (row elements e ...) to the dots acc[0, NDOT) and to the
+// own point sums pts[0, xs_point_sums<Op>::count()); 0 * v of the elements of
+// the inputs that no sum of squares sees goes to dot 0. The chunk's VEC
+// products are summed in E first and the chunk's sum is added to S once (for
+// 16-bit rows: one conversion for VEC elements, the chunk's sum rounded to
+// fp32); a dot with a difference or sum term takes its products in S, element by
+// element (xs_mixed_dot).
 
 template <class Op, class S, class E, int VEC>
 __device__ __forceinline__ void xs_accumulate_dots(const E (&v)[Op::NVEC][VEC], S* acc, S* pts, long long e) {

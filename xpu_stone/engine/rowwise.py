@@ -165,7 +165,7 @@ def _define_custom_op(op: RowOp):
     def double_backward(ctx, grads):
         """The backward op's vector-Jacobian product. The backward op maps (g, v, c, t)
         to the per-row gradients ``B_k = (dF/dr_k)^T g`` of the forward ``F`` (``fwd_cpu``:
-        torch ops, any device; float64 arithmetic for fp32/fp64 rows, fp32 for fp16/bf16,
+        torch ops, any device; float64 arithmetic for every dtype,
         the kernels' accumulation and bad-row rule), with ``r_k`` input ``k``
         broadcast to the batch. Here ``F`` is recomputed with the inputs in the graph,
         ``B`` taken by autograd with ``create_graph=True`` and differentiated again:

@@ -1,6 +1,8 @@
 """The row-wise kernels' maths transcribed in torch: used for CPU tensors (and so by
 CPU CI), on any device by tests. ``cpu_forward`` evaluates terms, dots, the op's
-``coeffs`` and the output exactly as ``xs_rowwise_fwd`` does; ``cpu_backward``
+``coeffs`` and the output as ``xs_rowwise_fwd`` does (in fp64 for every dtype: the
+kernels combine fp16/bf16 elements in fp32, so for those the two differ by fp32
+rounding, see ``cuda_src/common/rowwise.cuh``); ``cpu_backward``
 assembles the gradient as ``xs_rowwise_bwd`` does (per-row adjoints of the dots
 by autograd of ``coeffs``, then the term sums). Checked by ``gradcheck`` against
 the forward and by the independent references of :mod:`xpu_stone.reference`.
@@ -78,7 +80,7 @@ def _store(x, dtype: torch.dtype):
 
 
 def _accum_dtype(dtype: torch.dtype):
-    """fp64 for fp32/fp64 rows, fp32 for fp16/bf16 (ACCUM_DTYPE); all row maths uses it."""
+    """The row maths' type (ACCUM_DTYPE): fp64 for every storage dtype."""
     return TORCH_OF[ACCUM_DTYPE[TORCH_DTYPES[dtype]]]
 
 
