@@ -53,6 +53,19 @@ def _time(report, op, impl, mode, dtype, shape, nbytes, fn, sets, reps=20, note=
     return row.ms
 
 
+def knn_peak_extra_bytes(x, y, k: int) -> int:
+    """Bytes allocated at the peak of one ``knn(x, y, k)`` call above what was allocated
+    when it began (its outputs included)."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = PW.knn(x, y, k)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    del out
+    return peak - base
+
+
 def main(argv=None):
     torch._dynamo.config.cache_size_limit = 64
     p = argparse.ArgumentParser()
@@ -197,6 +210,26 @@ def main(argv=None):
         reps=5,
     )
 
+    # knn's memory (issue 15: O(N k + tile), never the N x M matrix): the peak allocated above
+    # what was allocated before the call, on the cdist problem's shape
+    for q, pts in ((sets[0][0], sets[0][1]), ksets[0]):
+        extra = knn_peak_extra_bytes(q, pts, 10)
+        full = q.shape[0] * pts.shape[0] * 4
+        report.add(
+            Row(
+                "knn_k10_memory",
+                "xpu_stone",
+                "fwd",
+                f32,
+                (q.shape[0], pts.shape[0], d),
+                extra,
+                0.0,
+                note=f"peak extra {extra / 2**20:.1f} MiB; the full N x M fp32 matrix {full / 2**20:.0f} MiB; "
+                f"knn chunk {PW.KNN_CHUNK_BYTES / 2**20:.0f} MiB",
+            )  # fmt: skip
+        )
+        print(f"knn k=10 {tuple(q.shape)} x {tuple(pts.shape)}: peak extra {extra / 2**20:.1f} MiB "
+              f"(N x M: {full / 2**20:.0f} MiB)", file=sys.stderr)  # fmt: skip
     print(
         f"cdist fwd / GEMM alone: {ours / gemm:.3f} (target <= 1.3); Lorentz {lor / gemm:.3f}",
         file=sys.stderr,

@@ -498,6 +498,7 @@ FB_OPS = ("mobius_add", "dist", "expmap", "logmap", "geodesic")
 FB_DTYPES, FB_DIMS = ("float32", "bfloat16"), (64, 1024)
 T_SMALL_CALL, T_SMALL_CALL_GRAD = 2.0, 3.0  # one small call over torch.add's host time: autograd off, on
 T_LINEAR, T_CDIST_GEMM = 1.5, 1.15  # linear layers fwd+bwd over torch.compile; cdist over the GEMM alone
+KNN_K = 10  # the k of benchmarks/bench_pairwise.py's knn rows
 T_LOOP_FLOOR, T_LOOP_GEOOPT = 1.15, 10.0  # user loop: eager over its Euclidean floor; step over geoopt eager
 T_ADAM_GEOOPT, T_ADAM_FUSED = 50.0, 2.0  # optimizer step over geoopt's; its time within 2x fused Adam's
 T_EMBED_GEOOPT, T_SESSION, T_PROFILER_US, T_BUILD_S = 5.0, 3.0, 2.0, 20.0
@@ -666,8 +667,98 @@ def _linear_ratios(doc: dict) -> list[tuple[dict, dict]]:
     ]
 
 
+def _pairwise(doc: dict) -> dict:
+    """The figures of the newest ``pairwise`` file (one run): ``gemm``, ``cdist`` (the
+    default chunking: the row without a chunk note), ``compile_fwd``, ``cdist_fb``,
+    ``compile_fb`` rows of the cdist problem, and ``knn_memory`` rows; empty without a file."""
+    rows = doc["benches"].get("pairwise", {}).get("all_rows", [])
+    if not rows:
+        return {}
+    order = {name: i for i, name in enumerate(doc["sources"])}
+    src = max({r["source"] for r in rows}, key=order.__getitem__)
+    mine = [r for r in rows if r["source"] == src and not str(r.get("note", "")).startswith("failed")]
+
+    def one(op, impl, mode, shape=None):
+        for r in mine:
+            if (r["op"], r["impl"], r["mode"], r["dtype"]) == (op, impl, mode, "float32") and r["ms"] > 0:
+                if not str(r.get("note", "")).startswith("chunk=") and (shape is None or r["shape"] == shape):
+                    return r
+        return None
+
+    gemm = one("gemm", "torch.mm", "fwd")
+    shape = gemm["shape"] if gemm else None
+    return {
+        "source": src,
+        "gemm": gemm,
+        "cdist": one("cdist_poincare", "xpu_stone", "fwd", shape),
+        "compile_fwd": one("cdist_poincare", "torch_compile_gemm", "fwd", shape),
+        "cdist_fb": one("cdist_poincare", "xpu_stone", "fwd+bwd", shape),
+        "compile_fb": one("cdist_poincare", "torch_compile_gemm", "fwd+bwd", shape),
+        "knn_memory": [r for r in mine if r["op"] == "knn_k10_memory"],
+    }
+
+
+def _knn_bound(r: dict) -> tuple[float, float]:
+    """(peak extra MiB, the bound MiB) of a knn memory row: O(N k + tile) read as at most two
+    knn tiles (``KNN_CHUNK_BYTES``, in its note) plus the outputs (N k values and indices)."""
+    n, _m, _d = r["shape"]
+    chunk = float(re.search(r"knn chunk (\d+) MiB", r["note"])[1])
+    return r["bytes"] / 2**20, 2 * chunk + n * KNN_K * 12 / 2**20
+
+
+def _pairwise_rows(doc: dict) -> list[tuple]:
+    pw = _pairwise(doc)
+    out = []
+    if not pw:
+        return out
+    src = pw["source"]
+    g, xs = pw["gemm"], pw["cdist"]
+    if g and xs:
+        n, m, d = xs["shape"]
+        out.append(
+            (
+                f"cdist forward, {n}×{m}×{d}, fp32 (Poincaré)",
+                f"{_ms(xs['ms'])} ms",
+                f"the GEMM alone (torch.mm) {_ms(g['ms'])} ms",
+                _x(g["ms"] / xs["ms"]),
+                f"≤ {T_CDIST_GEMM}× the GEMM's time: {_met(xs['ms'] <= T_CDIST_GEMM * g['ms'])}",
+                src,
+            )  # fmt: skip
+        )
+    for mine, theirs, what in (
+        (xs, pw["compile_fwd"], "forward"),
+        (pw["cdist_fb"], pw["compile_fb"], "fwd+bwd"),
+    ):
+        if mine and theirs:
+            out.append(
+                (
+                    f"cdist {what}, same problem",
+                    f"{_ms(mine['ms'])} ms",
+                    f"torch.compile of the GEMM formula {_ms(theirs['ms'])} ms",
+                    _x(theirs["ms"] / mine["ms"]),
+                    "—",
+                    src,
+                )  # fmt: skip
+            )
+    for r in pw["knn_memory"]:
+        extra, bound = _knn_bound(r)
+        n, m, _d = r["shape"]
+        full = n * m * 4 / 2**20
+        out.append(
+            (
+                f"knn k = {KNN_K} memory, {n} queries × {m} points",
+                f"peak {extra:.0f} MiB above its inputs",
+                f"the full N×M fp32 matrix {full:.0f} MiB",
+                "—",
+                f"O(N·k + tile) (≤ 2 tiles + outputs = {bound:.0f} MiB): {_met(extra <= bound)}",
+                src,
+            )  # fmt: skip
+        )
+    return out
+
+
 def _end_to_end_section(doc: dict, files: dict) -> list[str]:
-    b, rows = doc["benches"], []
+    b, rows = doc["benches"], list(_pairwise_rows(doc))
     for xs, tc in _linear_ratios(doc):
         n, din, dout = xs["shape"]
         ratio = tc["ms"] / xs["ms"]
@@ -781,7 +872,7 @@ def _end_to_end_section(doc: dict, files: dict) -> list[str]:
         "|---|---|---|---:|---|---|",
     ]
     lines += [f"| {w} | {x} | {o} | {r} | {t} | `{f}` |" for w, x, o, r, t, f in rows]
-    if "pairwise" not in b:
+    if not _pairwise(doc):
         lines += [
             "",
             "cdist and knn: no result file of `benchmarks.bench_pairwise` is committed, so no figure is "
@@ -976,10 +1067,23 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
         )
     if any(_host_call(doc, m) for m in ("fwd", "fwd_grad")):
         out.append("- Small call " + "; ".join(parts) + ".")
-    if "pairwise" not in doc["benches"]:
+    pw = _pairwise(doc)
+    if not pw:
         out.append(
             f"- cdist ≤ {T_CDIST_GEMM}× the GEMM alone, knn memory O(N·k + tile): no committed result file."
         )
+    else:
+        part = []
+        if pw["gemm"] and pw["cdist"]:
+            r = pw["cdist"]["ms"] / pw["gemm"]["ms"]
+            part.append(f"cdist {_x(r)} the GEMM alone, {_met(r <= T_CDIST_GEMM)}")
+        for row in pw["knn_memory"]:
+            extra, bound = _knn_bound(row)
+            part.append(f"knn peak {extra:.0f} MiB for {row['shape'][0]}×{row['shape'][1]} (bound {bound:.0f} MiB), "
+                        f"{_met(extra <= bound)}")  # fmt: skip
+        if part:
+            out.append(f"- cdist ≤ {T_CDIST_GEMM}× the GEMM alone, knn memory O(N·k + tile) (`{pw['source']}`): "
+                       + "; ".join(part) + ".")  # fmt: skip
     lin = [(xs, tc) for xs, tc in _linear_ratios(doc) if xs["op"] in ("HypLinear", "PoincareLinear")]
     if lin:
         r = [tc["ms"] / xs["ms"] for xs, tc in lin]

@@ -162,6 +162,52 @@ def test_comparisons_pair_rows_of_one_run_only(results):
     assert mobius.split(" | ")[2] == "9", mobius  # fp32 D=64 forward: 93 % / 10, from the newer file
 
 
+def test_pairwise_figures_come_from_one_file_with_their_verdicts(results):
+    """A pairwise file: cdist against the GEMM alone (the default chunking's row, not the
+    chunk sweep's rows of the same problem), against torch.compile, and knn's peak memory
+    against its O(N k + tile) bound, each with its verdict; without the file, none."""
+    assert "cdist and knn: no result file" in report.readme_section(results)
+
+    def row(op, impl, mode, ms, shape=(65536, 4096, 128), nbytes=0, note=""):
+        return {"op": op, "impl": impl, "mode": mode, "dtype": "float32", "shape": list(shape), "bytes": nbytes,
+                "ms": ms, "gbps": 0.0, "pct_copy": 0.0, "note": note}  # fmt: skip
+
+    rows = [
+        row("gemm", "torch.mm", "fwd", 2.0),
+        row("cdist_poincare", "xpu_stone", "fwd", 2.2),
+        row("cdist_poincare", "xpu_stone", "fwd", 9.0, note="chunk=0 MiB"),  # same problem, another chunking
+        row("cdist_poincare", "torch_compile_gemm", "fwd", 2.75),
+        row("cdist_poincare", "xpu_stone", "fwd+bwd", 5.0),
+        row("cdist_poincare", "torch_compile_gemm", "fwd+bwd", 6.0),
+        row(
+            "knn_k10_memory",
+            "xpu_stone",
+            "fwd",
+            0.0,
+            nbytes=300 * 2**20,
+            note="peak extra; knn chunk 256 MiB",
+        ),
+        row("knn_k10_memory", "xpu_stone", "fwd", 0.0, (16384, 65536, 128), 900 * 2**20, "knn chunk 256 MiB"),
+    ]
+    doc = {"meta": {"gpu": "NVIDIA H200", "date": "2026-12-01"}, "copy_gbps": 4000.0, "rows": rows}
+    (results / "pairwise-NVIDIA_H200-2026-12-01.json").write_text(json.dumps(doc))
+    text = report.readme_section(results)
+    lines = text.splitlines()
+    cdist = next(line for line in lines if line.startswith("| cdist forward, 65536×4096×128"))
+    assert (
+        "| 2.200 ms |" in cdist and "torch.mm) 2.000 ms" in cdist and "0.91×" in cdist and ": met |" in cdist
+    )
+    fwd = next(line for line in lines if line.startswith("| cdist forward, same problem"))
+    assert "1.25×" in fwd and "| cdist fwd+bwd, same problem | 5.000 ms |" in text
+    knn = [line for line in lines if line.startswith("| knn k = 10 memory")]
+    assert len(knn) == 2 and ": met |" in knn[0] and ": missed |" in knn[1], (
+        knn
+    )  # bound: 2 x 256 MiB + outputs
+    short = next(line for line in lines if line.startswith("- cdist ≤ 1.15×"))
+    assert "cdist 1.10× the GEMM alone, met" in short and "knn peak 900 MiB for 16384×65536" in short
+    assert "missed" in short and "no result file" not in text
+
+
 def test_a_gpu_without_results_is_refused(results):
     with pytest.raises(SystemExit, match="no results for GPU"):
         report.readme_section(results, gpu="Fake_GPU")
