@@ -3,6 +3,7 @@
     python scripts/tune_kernels.py --dry-run                 # the plan and time estimate (no GPU needed)
     python scripts/tune_kernels.py                           # every row-wise op, fp32/bf16/fp16/fp64
     python scripts/tune_kernels.py --ops poincare_dist --dtypes float32 --buckets 64 1024
+    python scripts/tune_kernels.py --dtypes float16 bfloat16 --merge-into xpu_stone/kernels/tables/nvidia-h200.json
 
 For each (op, dtype, feature size D in the buckets) every variant and launch
 configuration that takes rows of D (see ``xpu_stone.kernels.tuner.candidates``)
@@ -295,7 +296,15 @@ def parse(argv):
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--min-margin", type=float, default=tuner.DEFAULT_MIN_MARGIN)
     p.add_argument("--cache-dir", default=str(tuner.default_cache_dir()))
-    p.add_argument("--out", default=None, help="default: xpu_stone/kernels/tables/<gpu>.json")
+    p.add_argument(
+        "--out", default=None, help="default: xpu_stone/kernels/tables/<gpu>.json (or --merge-into)"
+    )
+    p.add_argument(
+        "--merge-into",
+        default=None,
+        help="a tuned table of this GPU to complete: its entries of the dtypes not tuned now are kept "
+        "(tuner.merge); written to --out, default this path",
+    )
     p.add_argument("--device", type=int, default=0)
     p.add_argument("--no-verify", action="store_true", help="skip timing the changed cells a second time")
     p.add_argument(
@@ -407,7 +416,13 @@ def main(argv=None) -> int:
         if reverted:
             print(f"verification: {len(reverted)} winners were not faster again and gave way to the heuristic: "
                   + ", ".join(reverted))  # fmt: skip
-    out = args.out or str(tuned_table.TABLES_DIR / f"{tuned_table.slug(identity['gpu_name'])}.json")
+    if args.merge_into:
+        table = tuner.merge(tuned_table.TableFile.load(args.merge_into), table)
+    out = (
+        args.out
+        or args.merge_into
+        or str(tuned_table.TABLES_DIR / f"{tuned_table.slug(identity['gpu_name'])}.json")
+    )
     table.save(out)
     print(summary_lines(table))
     if args.report != "":

@@ -499,3 +499,29 @@ def test_bench_report_plots_a_tiny_synthetic_run(tmp_path):
         and "| Fake GPU | 2026-01-02 | float16 | 2 | 1 | +10.0% | +0.0% | 50% | 0 |" in text
     )
     assert "| Fake GPU | | all | 2 | | +10.0% |" in text
+
+
+def test_merge_completes_a_table_with_the_dtypes_tuned_now(tmp_path):
+    """A run over fp16/bf16 merged into a table tuned over fp32: fp32's entries and failures
+    stay, the new run's dtypes take the new entries (old ones of those dtypes go), the header
+    is the new run's; tables of another GPU or problem refuse to merge."""
+    e = _table().entries[(OP, "float32", 16)]
+    old_bf16 = tuned_table.Entry(OP, "bfloat16", 16, e.variant, e.config, 9.0, 9.0, None, None, None)
+    failed32 = {"op": OP, "dtype": "float32", "bucket": 1024, "variant": "generic", "config": [4, 0, 1, 256],
+                "status": "wrong", "error": "x"}  # fmt: skip
+    old = _table(entries={(OP, "float32", 16): e, (OP, "bfloat16", 16): old_bf16}, failed=[failed32])
+    new_bf16 = tuned_table.Entry(OP, "bfloat16", 16, e.variant, e.config, 0.1, 0.2, None, None, None)
+    new16 = tuned_table.Entry(OP, "float16", 1024, e.variant, e.config, 0.3, 0.4, None, None, None)
+    new = _table(date="2026-02-02", entries={(OP, "bfloat16", 16): new_bf16, (OP, "float16", 1024): new16})
+    merged = tuner.merge(old, new)
+    assert merged.entries == {
+        (OP, "float32", 16): e,
+        (OP, "bfloat16", 16): new_bf16,
+        (OP, "float16", 1024): new16,
+    }
+    assert merged.failed == [failed32] and merged.date == "2026-02-02"
+    merged.save(tmp_path / "m.json")
+    assert tuned_table.TableFile.load(tmp_path / "m.json").entries == merged.entries
+    for change in ({"gpu_name": "NVIDIA Other"}, {"problem": {**PROBLEM, "reps": 1}}, {"buckets": (16,)}):
+        with pytest.raises(InvalidArgumentError, match="cannot merge"):
+            tuner.merge(old, _table(**change))

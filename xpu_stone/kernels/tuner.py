@@ -11,13 +11,13 @@ formula wrong in the kernels cannot pass its own check.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
 import math
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from .._deps import torch
@@ -52,7 +52,7 @@ CACHE_FORMAT = "xpu_stone.TuneCache/1"
 DEFAULT_MIN_MARGIN = 0.03
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Cell:
     """One (op, dtype, bucket) of a tuning run. ``width``: the row length the
     dispatcher sees (``bucket`` plus the op's input shift); ``candidates``: the
@@ -314,6 +314,23 @@ def build_table(
         problem=problem,
         failed=failed,
     )
+
+
+def merge(old: TableFile, new: TableFile) -> TableFile:
+    """``new`` with ``old``'s entries and failures of the dtypes ``new`` did not tune: a
+    run over some dtypes (``--dtypes float16 bfloat16``) completes a table tuned over the
+    others. Both must be of one GPU, one problem and one set of ops and buckets; the
+    header (date, driver, library version) is ``new``'s."""
+    for what in ("gpu_name", "compute_capability", "buckets", "problem", "variants"):
+        if getattr(old, what) != getattr(new, what):
+            raise InvalidArgumentError(
+                f"cannot merge tuned tables that differ in {what}: {getattr(old, what)!r} and {getattr(new, what)!r}"
+            )
+    tuned = {dtype for _op, dtype, _b in new.entries} | {f["dtype"] for f in new.failed}
+    entries = {k: e for k, e in old.entries.items() if k[1] not in tuned}
+    entries.update(new.entries)
+    failed = [f for f in old.failed if f["dtype"] not in tuned] + list(new.failed)
+    return dataclasses.replace(new, entries=entries, failed=failed, path="")
 
 
 def summary(table: TableFile) -> str:
