@@ -134,7 +134,7 @@ def main(argv=None):
     print(f"copy: {report.copy_gbps:.0f} GB/s", file=sys.stderr)
     compare_ops = ALL_OPS if args.compare_all else COMPARE_OPS
     sweep(report, args.ops, args.dtypes, args.dims, compare_ops, args.compare_dims, args.target_gb, bench_op,
-          ("benchmarks.bench_models", args.precompile))  # fmt: skip
+          ("benchmarks.bench_models", args.precompile), lambda: report.write(args.out))  # fmt: skip
     finish(report, args.out)
 
 

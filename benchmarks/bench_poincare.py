@@ -155,7 +155,7 @@ def main(argv=None):
     bench_host_overhead(report)
     compare_ops = ALL_OPS if args.compare_all else COMPARE_OPS
     sweep(report, args.ops, args.dtypes, args.dims, compare_ops, args.compare_dims, args.target_gb, bench_op,
-          ("benchmarks.bench_poincare", args.precompile))  # fmt: skip
+          ("benchmarks.bench_poincare", args.precompile), lambda: report.write(args.out))  # fmt: skip
     finish(report, args.out)
 
 

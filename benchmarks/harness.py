@@ -263,27 +263,54 @@ def precompile(module: str, cells: list[tuple], workers: int, target_bytes: floa
     timed while the workers run. Returns the seconds taken; prints progress."""
     import concurrent.futures as cf
     import multiprocessing as mp
+    import os
     import time
 
     t0 = time.perf_counter()
-    with cf.ProcessPoolExecutor(
-        workers, mp_context=mp.get_context("spawn"), initializer=configure_dynamo
-    ) as ex:
-        futures = [ex.submit(_warm_cell, module, cell, target_bytes) for cell in cells]
-        for i, fut in enumerate(cf.as_completed(futures), 1):
-            op, dtype, d = fut.result()
-            print(f"precompiled {i}/{len(cells)}: {op} {dtype} D={d} ({time.perf_counter() - t0:.0f} s)",
-                  file=sys.stderr, flush=True)  # fmt: skip
+    # each worker compiles with one thread: `workers` processes already fill the CPUs
+    before = os.environ.get("TORCHINDUCTOR_COMPILE_THREADS")
+    os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
+    try:
+        with cf.ProcessPoolExecutor(
+            workers, mp_context=mp.get_context("spawn"), initializer=configure_dynamo
+        ) as ex:
+            futures = {ex.submit(_warm_cell, module, cell, target_bytes): cell for cell in cells}
+            for i, fut in enumerate(cf.as_completed(futures), 1):
+                op, dtype, d = futures[fut]
+                try:
+                    fut.result()
+                    what = "precompiled"
+                except Exception as e:  # the timed run compiles that cell itself (and records a failure)
+                    what = f"precompile failed ({type(e).__name__}: {str(e)[:120]})"
+                print(f"{what} {i}/{len(cells)}: {op} {dtype} D={d} ({time.perf_counter() - t0:.0f} s)",
+                      file=sys.stderr, flush=True)  # fmt: skip
+    finally:
+        if before is None:
+            os.environ.pop("TORCHINDUCTOR_COMPILE_THREADS", None)
+        else:
+            os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = before
     return time.perf_counter() - t0
 
 
 def sweep(
-    report, ops, dtypes, dims, compare_ops, compare_dims, target_gb, bench_op, precompile_in=None
+    report,
+    ops,
+    dtypes,
+    dims,
+    compare_ops,
+    compare_dims,
+    target_gb,
+    bench_op,
+    precompile_in=None,
+    checkpoint=None,
 ) -> None:
-    """``bench_op(report, op, dtype, d, target_bytes, compare)`` over every op x dtype x D,
-    comparing against the alternatives for ``compare_ops`` at ``compare_dims``.
+    """``bench_op(report, op, dtype, d, target_bytes, compare)`` over every op x dtype x D
+    (each once), comparing against the alternatives for ``compare_ops`` at ``compare_dims``.
     ``precompile_in``: ``(module, workers)``: first compile the compared cells' graphs in
-    that many processes (:func:`precompile`; the seconds go to ``report.meta``)."""
+    that many processes (:func:`precompile`; the seconds go to ``report.meta``).
+    ``checkpoint()`` runs after each op (write what is measured so far: a run stopped by a
+    time limit keeps it)."""
+    ops, dtypes, dims = (list(dict.fromkeys(v)) for v in (ops, dtypes, dims))
     cells = [(op, dt, d) for op in ops for dt in dtypes for d in dims]
     if precompile_in and precompile_in[1] > 0:
         wanted = [c for c in cells if c[0] in compare_ops and c[2] in compare_dims]
@@ -298,6 +325,8 @@ def sweep(
         compare = op in compare_ops and d in compare_dims
         bench_op(report, op, getattr(torch, dt), d, target_gb * 1e9, compare)
         print(f"{op} {dt} D={d} done ({i}/{len(cells)})", file=sys.stderr, flush=True)
+        if checkpoint is not None and (i == len(cells) or cells[i][0] != op):
+            checkpoint()
 
 
 def finish(report, out: str) -> None:
@@ -319,6 +348,7 @@ def rowwise_args(argv, all_ops, dtypes, compare_dims, quick=None):
     ``quick``: (dims, dtypes, compare_dims) of ``--quick``."""
     import argparse
     import os
+    import re
 
     p = argparse.ArgumentParser()
     p.add_argument("--ops", nargs="*", default=list(all_ops))
@@ -329,7 +359,12 @@ def rowwise_args(argv, all_ops, dtypes, compare_dims, quick=None):
         "--compare-all", action="store_true", help="compare every op (default: the benchmark's list)"
     )
     p.add_argument("--target-gb", type=float, default=0.8)
-    p.add_argument("--precompile", type=int, default=0, help="processes compiling the graphs first (0: none)")
+    p.add_argument(
+        "--precompile",
+        type=int,
+        default=None,
+        help="processes compiling the graphs first (0: none; --full: CPUs - 2)",
+    )
     p.add_argument(
         "--full", action="store_true", help="the whole table (see benchmarks/harness.rowwise_args)"
     )
@@ -340,10 +375,14 @@ def rowwise_args(argv, all_ops, dtypes, compare_dims, quick=None):
     p.add_argument("--suffix", default="", help="appended to the result file's name (-<suffix>)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
+    if args.suffix and not re.fullmatch(r"[A-Za-z0-9_-]+", args.suffix):
+        p.error(f"--suffix must be letters, digits, '_' or '-' (a result file's name), got {args.suffix!r}")
     if quick and args.quick:
         args.dims, args.dtypes, args.compare_dims = (list(v) for v in quick)
     if args.full:
         args.dims, args.dtypes, args.compare_dims = list(FULL_DIMS), list(FULL_DTYPES), list(FULL_DIMS)
         args.compare_all, args.target_gb = True, 0.25
-        args.precompile = args.precompile or max(1, min(14, (os.cpu_count() or 4) - 2))
+        if args.precompile is None:
+            args.precompile = max(1, min(14, (os.cpu_count() or 4) - 2))
+    args.precompile = args.precompile or 0
     return args

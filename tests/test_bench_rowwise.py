@@ -92,7 +92,9 @@ def test_warm_only_calls_each_impl_once_per_mode_and_records_nothing():
 
 
 def test_precompile_warms_every_cell_in_worker_processes(tmp_path, monkeypatch):
-    """A stand-in benchmark module whose bench_op writes one file per warmed cell."""
+    """A stand-in benchmark module whose bench_op writes one file per warmed cell; a cell
+    that fails is logged and the others are warmed."""
+    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
     (tmp_path / "fake_bench.py").write_text(
         textwrap.dedent(
             f"""
@@ -100,6 +102,9 @@ def test_precompile_warms_every_cell_in_worker_processes(tmp_path, monkeypatch):
             def bench_op(report, op, dtype, d, target_bytes, compare, warm_only=False):
                 assert report is None and compare and warm_only and dtype is torch.float32
                 assert torch._dynamo.config.cache_size_limit >= 1024  # the worker was configured
+                assert os.environ["TORCHINDUCTOR_COMPILE_THREADS"] == "1"  # the workers fill the CPUs
+                if (op, d) == ("b", 64):
+                    raise RuntimeError("a cell that fails to warm")  # logged; the others go on
                 open(os.path.join({str(tmp_path)!r}, f"{{op}}-{{d}}-{{os.getpid()}}"), "w").close()
             """
         )
@@ -108,10 +113,20 @@ def test_precompile_warms_every_cell_in_worker_processes(tmp_path, monkeypatch):
     cells = [(op, "float32", d) for op in ("a", "b", "c") for d in (16, 64)]
     secs = harness.precompile("fake_bench", cells, 2, 1e6)
     warmed = sorted(p.name.rsplit("-", 1)[0] for p in tmp_path.iterdir() if p.name != "fake_bench.py")
-    assert warmed == sorted(f"{op}-{d}" for op, _, d in cells) and secs > 0
+    assert warmed == sorted(f"{op}-{d}" for op, _, d in cells if (op, d) != ("b", 64)) and secs > 0
+    assert "TORCHINDUCTOR_COMPILE_THREADS" not in __import__("os").environ  # restored
     pids = {p.name.rsplit("-", 1)[1] for p in tmp_path.iterdir() if p.name != "fake_bench.py"}
     assert str(__import__("os").getpid()) not in pids  # not in this process
     assert "fake_bench" not in sys.modules
+
+
+def test_sweep_runs_each_cell_once_and_checkpoints_after_each_op():
+    seen, marks = [], []
+    report = harness.Report("t")
+    harness.sweep(report, ["a", "b", "a"], ["float32", "float32"], [16, 64, 16], ["a"], [64], 1e-9,
+                  lambda r, op, dt, d, nbytes, compare: seen.append((op, d, compare)),
+                  checkpoint=lambda: marks.append(len(seen)))  # fmt: skip
+    assert seen == [("a", 16, False), ("a", 64, True), ("b", 16, False), ("b", 64, False)] and marks == [2, 4]
 
 
 def test_full_preset_is_the_whole_table():

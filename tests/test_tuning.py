@@ -522,6 +522,7 @@ def test_merge_completes_a_table_with_the_dtypes_tuned_now(tmp_path):
     assert merged.failed == [failed32] and merged.date == "2026-02-02"
     merged.save(tmp_path / "m.json")
     assert tuned_table.TableFile.load(tmp_path / "m.json").entries == merged.entries
-    for change in ({"gpu_name": "NVIDIA Other"}, {"problem": {**PROBLEM, "reps": 1}}, {"buckets": (16,)}):
+    for change in ({"gpu_name": "NVIDIA Other"}, {"problem": {**PROBLEM, "reps": 1}}, {"buckets": (16,)},
+                   {"library_version": "0.0.1"}):  # fmt: skip
         with pytest.raises(InvalidArgumentError, match="cannot merge"):
             tuner.merge(old, _table(**change))

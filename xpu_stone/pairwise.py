@@ -203,6 +203,7 @@ def knn(x, y, k: int, c=1.0, model="poincare", chunk_rows: int | None = None):
             dist = _cdist(xb[..., r0 : r0 + chunk_rows, :].detach(), yb.detach(), None, c_sel, mid, batch)
             # NaN ranks after every number in topk: bad rows of y come last
             parts.append(torch.topk(dist, k, dim=-1, largest=False, sorted=True).indices)
+            del dist  # one tile at a time: not held while the next one, or the neighbours, are made
     idx = (
         torch.cat(parts, dim=-2) if parts else torch.empty((*batch, 0, k), dtype=torch.long, device=x.device)
     )

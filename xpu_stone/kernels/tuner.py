@@ -319,9 +319,10 @@ def build_table(
 def merge(old: TableFile, new: TableFile) -> TableFile:
     """``new`` with ``old``'s entries and failures of the dtypes ``new`` did not tune: a
     run over some dtypes (``--dtypes float16 bfloat16``) completes a table tuned over the
-    others. Both must be of one GPU, one problem and one set of ops and buckets; the
-    header (date, driver, library version) is ``new``'s."""
-    for what in ("gpu_name", "compute_capability", "buckets", "problem", "variants"):
+    others. Both must be of one GPU, library version, problem and set of ops and buckets
+    (a kept entry must not take a version it was not made by); the header (date,
+    driver) is ``new``'s."""
+    for what in ("gpu_name", "compute_capability", "library_version", "buckets", "problem", "variants"):
         if getattr(old, what) != getattr(new, what):
             raise InvalidArgumentError(
                 f"cannot merge tuned tables that differ in {what}: {getattr(old, what)!r} and {getattr(new, what)!r}"
