@@ -561,10 +561,15 @@ def _rows(doc: dict, bench: str):
             yield r
 
 
+def _source_order(doc: dict) -> dict[str, int]:
+    """File name -> its rank among the inputs, oldest first (the newer file wins)."""
+    return {name: i for i, name in enumerate(doc["sources"])}
+
+
 def pick(doc: dict, bench: str, impl: str, mode: str) -> dict:
     """(op, dtype, D) -> the row of ``impl`` in ``mode`` (the newest file's where several
     shapes of one D were measured), in the benchmark's order."""
-    order = {name: i for i, name in enumerate(doc["sources"])}
+    order = _source_order(doc)
     out = {}
     for r in _rows(doc, bench):
         key = (r["op"], r["dtype"], feature_size(r))
@@ -582,7 +587,7 @@ def _same_run(doc: dict, bench: str) -> dict:
     implementation was measured on next to xpu_stone: the rows of one file (one run),
     the newest file that has such a pair. A newer file that timed xpu_stone alone
     does not pair its rows with an older file's alternatives."""
-    order = {name: i for i, name in enumerate(doc["sources"])}
+    order = _source_order(doc)
     by = defaultdict(lambda: defaultdict(dict))  # problem -> source -> (impl, mode) -> row
     for r in doc["benches"].get(bench, {}).get("all_rows", []):
         if r["ms"] > 0 and r["impl"] in IMPLS and not r["op"].startswith("host_overhead"):
@@ -674,7 +679,7 @@ def _pairwise(doc: dict) -> dict:
     rows = doc["benches"].get("pairwise", {}).get("all_rows", [])
     if not rows:
         return {}
-    order = {name: i for i, name in enumerate(doc["sources"])}
+    order = _source_order(doc)
     src = max({r["source"] for r in rows}, key=order.__getitem__)
     mine = [r for r in rows if r["source"] == src and not str(r.get("note", "")).startswith("failed")]
 
@@ -710,8 +715,8 @@ def _knn_bound(r: dict) -> tuple[float, float]:
     return r["bytes"] / 2**20, 2 * float(found[1]) + n * KNN_K * (12 + 4 * d) / 2**20
 
 
-def _pairwise_rows(doc: dict) -> list[tuple]:
-    pw = _pairwise(doc)
+def _pairwise_rows(pw: dict) -> list[tuple]:
+    """The end-to-end table's rows of the pairwise figures ``pw`` (:func:`_pairwise`)."""
     out = []
     if not pw:
         return out
@@ -762,7 +767,8 @@ def _pairwise_rows(doc: dict) -> list[tuple]:
 
 
 def _end_to_end_section(doc: dict, files: dict) -> list[str]:
-    b, rows = doc["benches"], list(_pairwise_rows(doc))
+    pw = _pairwise(doc)
+    b, rows = doc["benches"], _pairwise_rows(pw)
     for xs, tc in _linear_ratios(doc):
         n, din, dout = xs["shape"]
         ratio = tc["ms"] / xs["ms"]
@@ -876,7 +882,7 @@ def _end_to_end_section(doc: dict, files: dict) -> list[str]:
         "|---|---|---|---:|---|---|",
     ]
     lines += [f"| {w} | {x} | {o} | {r} | {t} | `{f}` |" for w, x, o, r, t, f in rows]
-    if not _pairwise(doc):
+    if not pw:
         lines += [
             "",
             "cdist and knn: no result file of `benchmarks.bench_pairwise` is committed, so no figure is "
@@ -975,7 +981,7 @@ def _host_call(doc: dict, mode: str = "fwd"):
             and math.isfinite(r["ms"])
         ):
             by_src[r["source"]][r["impl"]] = r["ms"] * 1000
-    order = {name: i for i, name in enumerate(doc["sources"])}
+    order = _source_order(doc)
     for src in sorted(by_src, key=order.__getitem__, reverse=True):
         t = by_src[src]
         if "xpu_stone" in t and "torch.add" in t:
@@ -1029,6 +1035,7 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
         )
     want, vs = 0, {"torch_compile": [], "geoopt": []}
     for bench in ROWWISE:
+        runs = _same_run(doc, bench)
         for (op, dtype, d), xs in pick(doc, bench, "xpu_stone", "fwd+bwd").items():
             if (
                 op.split(".")[-1] in FB_OPS
@@ -1037,7 +1044,7 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
                 and d in FB_DIMS
             ):
                 want += 1
-                t = _same_run(doc, bench).get((op, dtype, tuple(xs["shape"])), {})
+                t = runs.get((op, dtype, tuple(xs["shape"])), {})
                 mine = t.get(("xpu_stone", "fwd+bwd"))  # the xpu_stone time of that run
                 for impl in vs:
                     if mine and (impl, "fwd+bwd") in t:
@@ -1055,12 +1062,12 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
             f"{', '.join(FB_OPS)} (Poincaré and Lorentz; {', '.join(DTYPE_SHORT[d] for d in FB_DTYPES)}; "
             f"D = {' and '.join(map(str, FB_DIMS))}): " + "; ".join(got) + f". Why: {REASONS['fb']}."
         )
-    parts = []
+    parts, hosts = [], {m: _host_call(doc, m) for m in ("fwd", "fwd_grad")}
     for mode, what, target in (
         ("fwd", "autograd off", T_SMALL_CALL),
         ("fwd_grad", "autograd on", T_SMALL_CALL_GRAD),
     ):
-        host = _host_call(doc, mode)
+        host = hosts[mode]
         parts.append(
             f"≤ {target:.0f}× `torch.add` with {what}: "
             + (
@@ -1069,7 +1076,7 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
                 else "not measured in the files"
             )
         )
-    if any(_host_call(doc, m) for m in ("fwd", "fwd_grad")):
+    if any(hosts.values()):
         out.append("- Small call " + "; ".join(parts) + ".")
     pw = _pairwise(doc)
     if not pw:

@@ -207,7 +207,6 @@ __host__ __device__ constexpr bool xs_mixed_dot(int a, int b) {
 // 16-bit rows: one conversion for VEC elements, the chunk's sum rounded to
 // fp32); a dot with a difference or sum term takes its products in S, element by
 // element (xs_mixed_dot).
-
 template <class Op, class S, class E, int VEC>
 __device__ __forceinline__ void xs_accumulate_dots(const E (&v)[Op::NVEC][VEC], S* acc, S* pts, long long e) {
   using PS = xs_point_sums<Op>;
