@@ -107,10 +107,20 @@ def environment() -> dict:
     }
 
 
-def time_calls(fn, inputs: list, warmup: int = 5, reps: int = 40) -> float:
-    """Median ms of ``fn(*inputs[i % len(inputs)])`` over ``reps`` calls, CUDA events."""
+def time_calls(fn, inputs: list, warmup: int = 5, reps: int = 40, budget_ms: float | None = None) -> float:
+    """Median ms of ``fn(*inputs[i % len(inputs)])`` over ``reps`` calls, CUDA events.
+    ``budget_ms``: a slow ``fn`` gets fewer calls, about ``budget_ms`` of them in all
+    but never under 10 (the last warm-up call, timed alone, gives the estimate)."""
     for i in range(warmup):
-        fn(*inputs[i % len(inputs)])
+        if budget_ms is not None and i == warmup - 1:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(*inputs[i % len(inputs)])
+            end.record()
+            end.synchronize()
+            reps = max(min(reps, 10), min(reps, int(budget_ms / max(start.elapsed_time(end), 1e-3))))
+        else:
+            fn(*inputs[i % len(inputs)])
     torch.cuda.synchronize()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
@@ -210,12 +220,25 @@ def _graphs_captured() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def bench_impls(report, op, impls, sets, fwd_bytes, bwd_bytes, dtype_name, shape, reps=25, warm_only=False):
+def bench_impls(
+    report,
+    op,
+    impls,
+    sets,
+    fwd_bytes,
+    bwd_bytes,
+    dtype_name,
+    shape,
+    reps=25,
+    warm_only=False,
+    budget_ms=250.0,
+):
     """Times each implementation forward (no grad) and forward+backward over the
     rotating argument ``sets``; a failing one is reported as failed, not lost. A
     ``torch_compile`` implementation whose first call captured no new graph ran
-    eagerly: its row is marked invalid. ``warm_only``: call each implementation once
-    per mode and time nothing (what :func:`precompile`'s workers do; ``report`` unused)."""
+    eagerly: its row is marked invalid. A slow implementation (torch eager, geoopt) gets
+    fewer timed calls, about ``budget_ms`` of them, at least 10 (:func:`time_calls`).
+    ``warm_only``: call each implementation once per mode and time nothing (what :func:`precompile`'s workers do; ``report`` unused)."""
     grad_sets = [
         tuple(a.detach().requires_grad_() if isinstance(a, torch.Tensor) else a for a in s) for s in sets
     ]
@@ -230,7 +253,7 @@ def bench_impls(report, op, impls, sets, fwd_bytes, bwd_bytes, dtype_name, shape
                         f(*args[0])
                         continue
                     graphs = _graphs_captured()
-                    ms = time_calls(f, args, warmup=3, reps=reps)
+                    ms = time_calls(f, args, warmup=3, reps=reps, budget_ms=budget_ms)
                 note = ""
                 if impl == "torch_compile" and _graphs_captured() == graphs:
                     note = "invalid: torch.compile captured no graph for this shape (ran eagerly)"

@@ -58,7 +58,9 @@ def test_every_reference_compiles_to_one_graph_forward_and_backward(bench):
 
 def test_a_compiled_impl_that_captures_no_graph_is_marked_invalid(monkeypatch):
     harness.configure_dynamo()
-    monkeypatch.setattr(harness, "time_calls", lambda f, args, warmup, reps: [f(*a) for a in args] and 1.0)
+    monkeypatch.setattr(
+        harness, "time_calls", lambda f, args, warmup, reps, **kw: [f(*a) for a in args] and 1.0
+    )
     report = harness.Report("t")
     x = torch.rand(4, 3, generator=CPU, dtype=torch.float64)
     impls = {
