@@ -211,3 +211,34 @@ def test_pairwise_figures_come_from_one_file_with_their_verdicts(results):
 def test_a_gpu_without_results_is_refused(results):
     with pytest.raises(SystemExit, match="no results for GPU"):
         report.readme_section(results, gpu="Fake_GPU")
+
+
+def test_targets_judge_each_cell_on_its_newest_paired_run(results):
+    """Two runs measured mobius_add fp32 D=64 against torch.compile, at two sizes: the
+    target counts the newer run's pair only. Making torch.compile 100x slower in the
+    older files leaves the target's line as it was; in the newer file, it moves it."""
+
+    def target_line(text):
+        return next(line for line in text.splitlines() if line.startswith("- Forward + backward ≥"))
+
+    def slow_down(name, shape):
+        path = results / name
+        doc = json.loads(path.read_text())
+        hit = 0
+        for r in doc["rows"]:
+            if (r["op"], r["impl"], r["mode"], r["dtype"], r["shape"]) == (
+                "mobius_add", "torch_compile", "fwd+bwd", "float32", shape,
+            ):  # fmt: skip
+                r["ms"] *= 100
+                hit += 1
+        path.write_text(json.dumps(doc))
+        return hit
+
+    before = target_line(report.readme_section(results))
+    assert "5 at ≥ 1.6×" in before, before
+    older = ("poincare-NVIDIA_H200-2026-11-21-full.json", "poincare-NVIDIA_H200-2026-11-22.json")
+    assert sum(slow_down(name, [1041666, 64]) for name in older) >= 1
+    assert target_line(report.readme_section(results)) == before
+    assert slow_down("poincare-NVIDIA_H200-2026-12-01-full.json", [325520, 64]) == 1
+    after = target_line(report.readme_section(results))
+    assert "6 at ≥ 1.6×" in after and after != before, after
