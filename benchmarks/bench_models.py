@@ -22,6 +22,7 @@ from benchmarks.harness import (
     environment,
     finish,
     measure_copy,
+    resume,
     rotations,
     rowwise_args,
     sweep,
@@ -132,9 +133,10 @@ def main(argv=None):
     report = Report("models", meta={**environment(), "suffix": args.suffix, "args": vars(args)})
     report.copy_gbps = measure_copy()
     print(f"copy: {report.copy_gbps:.0f} GB/s", file=sys.stderr)
+    done = resume(report, args.resume)
     compare_ops = ALL_OPS if args.compare_all else COMPARE_OPS
     sweep(report, args.ops, args.dtypes, args.dims, compare_ops, args.compare_dims, args.target_gb, bench_op,
-          ("benchmarks.bench_models", args.precompile), lambda: report.write(args.out))  # fmt: skip
+          ("benchmarks.bench_models", args.precompile), lambda: report.write(args.out), done)  # fmt: skip
     finish(report, args.out)
 
 

@@ -23,6 +23,7 @@ from benchmarks.harness import (
     finish,
     host_time_us,
     measure_copy,
+    resume,
     rotations,
     rowwise_args,
     sweep,
@@ -152,10 +153,12 @@ def main(argv=None):
     report = Report("poincare", meta={**environment(), "suffix": args.suffix, "args": vars(args)})
     report.copy_gbps = measure_copy()
     print(f"copy: {report.copy_gbps:.0f} GB/s", file=sys.stderr)
-    bench_host_overhead(report)
+    done = resume(report, args.resume)
+    if not any(r.op.startswith("host_overhead") for r in report.rows):
+        bench_host_overhead(report)
     compare_ops = ALL_OPS if args.compare_all else COMPARE_OPS
     sweep(report, args.ops, args.dtypes, args.dims, compare_ops, args.compare_dims, args.target_gb, bench_op,
-          ("benchmarks.bench_poincare", args.precompile), lambda: report.write(args.out))  # fmt: skip
+          ("benchmarks.bench_poincare", args.precompile), lambda: report.write(args.out), done)  # fmt: skip
     finish(report, args.out)
 
 

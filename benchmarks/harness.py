@@ -46,6 +46,8 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     copy_gbps: float = 0.0
     meta: dict = field(default_factory=dict)
+    # seconds per implementation and mode of the cell being measured (sweep prints them)
+    cell_seconds: dict = field(default_factory=dict, repr=False)
 
     def add(self, row: Row) -> Row:
         row.gbps = row.bytes / (row.ms * 1e-3) / 1e9 if row.ms > 0 else 0.0
@@ -239,6 +241,8 @@ def bench_impls(
     eagerly: its row is marked invalid. A slow implementation (torch eager, geoopt) gets
     fewer timed calls, about ``budget_ms`` of them, at least 10 (:func:`time_calls`).
     ``warm_only``: call each implementation once per mode and time nothing (what :func:`precompile`'s workers do; ``report`` unused)."""
+    import time
+
     grad_sets = [
         tuple(a.detach().requires_grad_() if isinstance(a, torch.Tensor) else a for a in s) for s in sets
     ]
@@ -247,6 +251,7 @@ def bench_impls(
             ("fwd", fn, sets, fwd_bytes),
             ("fwd+bwd", fwd_bwd(fn), grad_sets, fwd_bytes + bwd_bytes),
         ):
+            t0 = time.perf_counter()
             try:
                 with torch.no_grad() if mode == "fwd" else torch.enable_grad():
                     if warm_only:
@@ -265,6 +270,8 @@ def bench_impls(
                 report.add(
                     Row(op, impl, mode, dtype_name, shape, nbytes, 0.0, note=f"failed: {type(e).__name__}")
                 )
+            if report is not None:  # wall seconds of this implementation and mode, compiling included
+                report.cell_seconds[f"{impl} {mode}"] = round(time.perf_counter() - t0, 2)
 
 
 def _warm_cell(module: str, cell: tuple, target_bytes: float) -> tuple:
@@ -326,15 +333,20 @@ def sweep(
     bench_op,
     precompile_in=None,
     checkpoint=None,
+    done=frozenset(),
 ) -> None:
     """``bench_op(report, op, dtype, d, target_bytes, compare)`` over every op x dtype x D
     (each once), comparing against the alternatives for ``compare_ops`` at ``compare_dims``.
     ``precompile_in``: ``(module, workers)``: first compile the compared cells' graphs in
     that many processes (:func:`precompile`; the seconds go to ``report.meta``).
     ``checkpoint()`` runs after each op (write what is measured so far: a run stopped by a
-    time limit keeps it)."""
+    time limit keeps it). ``done``: cells ``(op, dtype name, D)`` already measured
+    (:func:`resume`), skipped. Each cell's log line gives its wall seconds and those of
+    each implementation and mode."""
     ops, dtypes, dims = (list(dict.fromkeys(v)) for v in (ops, dtypes, dims))
-    cells = [(op, dt, d) for op in ops for dt in dtypes for d in dims]
+    import time
+
+    cells = [(op, dt, d) for op in ops for dt in dtypes for d in dims if (op, dt, d) not in done]
     if precompile_in and precompile_in[1] > 0:
         wanted = [c for c in cells if c[0] in compare_ops and c[2] in compare_dims]
         if wanted:
@@ -346,10 +358,46 @@ def sweep(
             }
     for i, (op, dt, d) in enumerate(cells, 1):
         compare = op in compare_ops and d in compare_dims
+        report.cell_seconds, t0 = {}, time.perf_counter()
         bench_op(report, op, getattr(torch, dt), d, target_gb * 1e9, compare)
-        print(f"{op} {dt} D={d} done ({i}/{len(cells)})", file=sys.stderr, flush=True)
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in report.cell_seconds.items())
+        print(f"{op} {dt} D={d} done ({i}/{len(cells)}) in {time.perf_counter() - t0:.1f} s: {parts}",
+              file=sys.stderr, flush=True)  # fmt: skip
         if checkpoint is not None and (i == len(cells) or cells[i][0] != op):
             checkpoint()
+
+
+def resume(report, path: str | None) -> set[tuple]:
+    """Continues the table in ``path``: a result file this benchmark wrote on the same GPU
+    model, torch version and ``--suffix`` in an earlier call cut short by a time limit
+    (the sweep writes it after each op, so the cells it holds are whole). Its rows stay
+    as measured (each with the % of copy of its own call), the report takes the file's
+    date (it is written back under the same name), and ``meta["parts"]`` lists each
+    call's date, copy bandwidth and cells. Returns the cells ``(op, dtype, D)`` it holds
+    (none when ``path`` is empty)."""
+    if not path:
+        return set()
+    doc = json.loads(Path(path).read_text())
+    meta = doc.get("meta", {})
+    if not Path(path).name.startswith(f"{report.name}-"):
+        raise SystemExit(f"--resume {path}: not a result file of benchmark {report.name!r}")
+    for key in ("gpu", "torch", "suffix"):
+        if meta.get(key) != report.meta.get(key):
+            raise SystemExit(
+                f"--resume {path}: its {key} is {meta.get(key)!r}, this run's {report.meta.get(key)!r}"
+                " (a table continues only on the same GPU model, torch and --suffix)"
+            )
+    rows = [Row(**{**r, "shape": tuple(r["shape"])}) for r in doc["rows"]]
+    cells = {(r.op, r.dtype, r.shape[-1]) for r in rows if not r.op.startswith("host_overhead")}
+    first = {"date": meta.get("date"), "copy_gbps": doc.get("copy_gbps"), "cells": len(cells)}
+    report.meta["parts"] = [
+        *meta.get("parts", [first]),
+        {"date": report.meta.get("date"), "copy_gbps": report.copy_gbps},
+    ]
+    report.meta["date"] = meta.get("date")
+    report.rows = rows + report.rows
+    print(f"resuming {path}: {len(cells)} cells kept", file=sys.stderr)
+    return cells
 
 
 def finish(report, out: str) -> None:
@@ -396,6 +444,9 @@ def rowwise_args(argv, all_ops, dtypes, compare_dims, quick=None):
             "--quick", action="store_true", help=f"D in {quick[0]}, {quick[1]}, compare at {quick[2]}"
         )
     p.add_argument("--suffix", default="", help="appended to the result file's name (-<suffix>)")
+    p.add_argument(
+        "--resume", default=None, help="a result file of an earlier call cut short: keep its cells"
+    )
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     if args.suffix and not re.fullmatch(r"[A-Za-z0-9_-]+", args.suffix):

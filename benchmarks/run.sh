@@ -17,7 +17,9 @@
 #   poincare_full, models_full
 #               the whole row-wise table (issue 15): --full, every op x fp32/bf16/fp16 x D each against
 #               torch eager, torch.compile and geoopt, the compiled graphs built first in parallel processes
-#               (results get the suffix -full; not yet run on a GPU, its time unknown)
+#               (results get the suffix -full). H200, 2026-12-01: 137 s of precompile for the 210 Poincare
+#               cells, then about 3.5 s a cell, so neither table fits one 10-minute call: the file is
+#               written after each op, and ARGS_poincare_full='--resume <that file>' continues it
 #   pairwise    benchmarks.bench_pairwise: cdist and knn vs cuBLAS alone and torch.compile
 #   linear      benchmarks.bench_linear: hyperbolic linear layers vs torch.compile of the references
 #   optim       benchmarks.bench_optim: fused Riemannian optimizer steps vs geoopt and torch Adam

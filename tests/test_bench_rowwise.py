@@ -6,6 +6,7 @@ timed."""
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 
@@ -137,3 +138,54 @@ def test_full_preset_is_the_whole_table():
     assert args.compare_dims == args.dims and args.compare_all and args.precompile >= 1
     args = harness.rowwise_args(["--dims", "64"], ("x",), ["float32"], [16], quick=([1], ["float64"], [1]))
     assert args.dims == [64] and not args.compare_all and args.precompile == 0
+
+
+def test_a_table_cut_short_is_resumed_where_it_stopped(tmp_path):
+    """A sweep stopped after its first op (its file written by the checkpoint) continues
+    with --resume: the cells in the file are kept as measured and not run again, the
+    file keeps its name and date, and meta["parts"] records both calls. A file of
+    another GPU, torch or suffix is refused."""
+    meta = {"gpu": "GPU X", "torch": "2.x", "suffix": "full", "date": "2026-12-01"}
+    ran = []
+
+    def bench_op(report, op, dtype, d, target_bytes, compare):
+        ran.append((op, str(dtype).removeprefix("torch."), d))
+        report.add(harness.Row(op, "xpu_stone", "fwd", ran[-1][1], (8, d), 8 * d * 4, 1.0))
+
+    def sweep(report, ops, stop_after=None):
+        done = set(ran)
+        for op in ops:
+            harness.sweep(report, [op], ["float32"], [16, 64], [], [], 0.1, bench_op, done=frozenset(done))
+            report.write(tmp_path)
+            if op == stop_after:
+                return
+
+    first = harness.Report("poincare", copy_gbps=100.0, meta=dict(meta))
+    sweep(first, ["mobius_add", "dist"], stop_after="mobius_add")
+    path, _ = first.write(tmp_path)
+    assert path.name.endswith("-2026-12-01-full.json")
+    assert ran == [("mobius_add", "float32", 16), ("mobius_add", "float32", 64)]
+
+    second = harness.Report("poincare", copy_gbps=200.0, meta={**meta, "date": "2026-12-02"})
+    done = harness.resume(second, str(path))
+    assert done == {("mobius_add", "float32", 16), ("mobius_add", "float32", 64)}
+    ran.clear()
+    harness.sweep(
+        second, ["mobius_add", "dist"], ["float32"], [16, 64], [], [], 0.1, bench_op, done=frozenset(done)
+    )
+    assert ran == [("dist", "float32", 16), ("dist", "float32", 64)]  # the kept cells are not run again
+    js, _ = second.write(tmp_path)
+    assert js == path  # the same file, under the first call's date
+    doc = json.loads(path.read_text())
+    assert [r["op"] for r in doc["rows"]] == ["mobius_add"] * 2 + ["dist"] * 2
+    pct = {(r["op"], r["shape"][1]): r["pct_copy"] for r in doc["rows"]}
+    for d in (16, 64):  # each row keeps the copy bandwidth of its own call (100, then 200 GB/s)
+        assert pct[("dist", d)] == pytest.approx(pct[("mobius_add", d)] / 2)
+    assert [p["date"] for p in doc["meta"]["parts"]] == ["2026-12-01", "2026-12-02"]
+
+    for key, value in (("gpu", "GPU Y"), ("torch", "2.y"), ("suffix", "other")):
+        other = harness.Report("poincare", meta={**meta, key: value})
+        with pytest.raises(SystemExit, match=key):
+            harness.resume(other, str(path))
+    with pytest.raises(SystemExit, match="not a result file"):
+        harness.resume(harness.Report("models", meta=dict(meta)), str(path))
