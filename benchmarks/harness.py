@@ -369,7 +369,7 @@ def sweep(
 
 def resume(report, path: str | None) -> set[tuple]:
     """Continues the table in ``path``: a result file this benchmark wrote on the same GPU
-    model, torch version and ``--suffix`` in an earlier call cut short by a time limit
+    model, torch version, ``--suffix`` and ``--target-gb`` in an earlier call cut short by a time limit
     (the sweep writes it after each op, so the cells it holds are whole). Its rows stay
     as measured (each with the % of copy of its own call), the report takes the file's
     date (it is written back under the same name), and ``meta["parts"]`` lists each
@@ -381,11 +381,13 @@ def resume(report, path: str | None) -> set[tuple]:
     meta = doc.get("meta", {})
     if not Path(path).name.startswith(f"{report.name}-"):
         raise SystemExit(f"--resume {path}: not a result file of benchmark {report.name!r}")
-    for key in ("gpu", "torch", "suffix"):
-        if meta.get(key) != report.meta.get(key):
+    mine = {**report.meta, "target_gb": report.meta.get("args", {}).get("target_gb")}
+    theirs = {**meta, "target_gb": meta.get("args", {}).get("target_gb")}
+    for key in ("gpu", "torch", "suffix", "target_gb"):
+        if theirs.get(key) != mine.get(key):
             raise SystemExit(
-                f"--resume {path}: its {key} is {meta.get(key)!r}, this run's {report.meta.get(key)!r}"
-                " (a table continues only on the same GPU model, torch and --suffix)"
+                f"--resume {path}: its {key} is {theirs.get(key)!r}, this run's {mine.get(key)!r}"
+                " (a table continues only on the same GPU model, torch, --suffix and problem size)"
             )
     rows = [Row(**{**r, "shape": tuple(r["shape"])}) for r in doc["rows"]]
     cells = {(r.op, r.dtype, r.shape[-1]) for r in rows if not r.op.startswith("host_overhead")}

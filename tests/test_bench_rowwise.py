@@ -145,7 +145,13 @@ def test_a_table_cut_short_is_resumed_where_it_stopped(tmp_path):
     with --resume: the cells in the file are kept as measured and not run again, the
     file keeps its name and date, and meta["parts"] records both calls. A file of
     another GPU, torch or suffix is refused."""
-    meta = {"gpu": "GPU X", "torch": "2.x", "suffix": "full", "date": "2026-12-01"}
+    meta = {
+        "gpu": "GPU X",
+        "torch": "2.x",
+        "suffix": "full",
+        "date": "2026-12-01",
+        "args": {"target_gb": 0.25},
+    }
     ran = []
 
     def bench_op(report, op, dtype, d, target_bytes, compare):
@@ -183,9 +189,9 @@ def test_a_table_cut_short_is_resumed_where_it_stopped(tmp_path):
         assert pct[("dist", d)] == pytest.approx(pct[("mobius_add", d)] / 2)
     assert [p["date"] for p in doc["meta"]["parts"]] == ["2026-12-01", "2026-12-02"]
 
-    for key, value in (("gpu", "GPU Y"), ("torch", "2.y"), ("suffix", "other")):
+    for key, value in (("gpu", "GPU Y"), ("torch", "2.y"), ("suffix", "other"), ("args", {"target_gb": 0.8})):
         other = harness.Report("poincare", meta={**meta, key: value})
-        with pytest.raises(SystemExit, match=key):
+        with pytest.raises(SystemExit, match="target_gb" if key == "args" else key):
             harness.resume(other, str(path))
     with pytest.raises(SystemExit, match="not a result file"):
         harness.resume(harness.Report("models", meta=dict(meta)), str(path))
