@@ -21,6 +21,7 @@ from benchmarks.harness import (
     configure_dynamo,
     environment,
     finish,
+    fwd_bwd,
     host_time_us,
     measure_copy,
     resume,
@@ -130,18 +131,21 @@ def bench_op(report, name, dtype, d, target_bytes, compare, warm_only=False):
 
 
 def bench_host_overhead(report):
-    """Host time of one small call (64x64 fp32): autograd off (mode ``fwd``), and with an
+    """Host time of one small call (64x64 fp32): autograd off (mode ``fwd``), with an
     input that requires grad (mode ``fwd_grad``: the call records its graph; no backward
-    runs). The GPU work is tiny, so the host's time is the call's."""
+    runs), and the call with its backward (mode ``fwd+bwd``: ``torch.autograd.grad`` of
+    the output, the step of a training loop). The GPU work is tiny, so the host's time
+    is the call's."""
     x = torch.rand(64, 64, device="cuda") * 0.01
     y = torch.rand(64, 64, device="cuda") * 0.01
     xg = x.clone().requires_grad_()
     g = _geoopt_fn("mobius_add")
-    for mode, a in (("fwd", x), ("fwd_grad", xg)):
-        with torch.set_grad_enabled(mode == "fwd_grad"):
-            t_add = host_time_us(torch.add, (a, y))
-            t_xs = host_time_us(lambda u, v: P.mobius_add(u, v), (a, y))
-            t_geo = host_time_us(g, (a, y), calls=300) if g else float("nan")
+    for mode, a in (("fwd", x), ("fwd_grad", xg), ("fwd+bwd", xg)):
+        wrap = fwd_bwd if mode == "fwd+bwd" else (lambda f: f)
+        with torch.set_grad_enabled(mode != "fwd"):
+            t_add = host_time_us(wrap(torch.add), (a, y))
+            t_xs = host_time_us(wrap(lambda u, v: P.mobius_add(u, v)), (a, y))
+            t_geo = host_time_us(wrap(g), (a, y), calls=300) if g else float("nan")
         for impl, us in (("torch.add", t_add), ("xpu_stone", t_xs), ("geoopt", t_geo)):
             note = f"{us:.1f} us/call host; ratio to torch.add {us / t_add:.2f}"
             report.add(Row("host_overhead_64x64", impl, mode, "float32", (64, 64), 0, us / 1000.0, note=note))

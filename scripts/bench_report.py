@@ -402,7 +402,7 @@ def host_overhead(doc: dict) -> list[tuple[str, float]]:
     for r in doc["benches"].get("poincare", {}).get("rows", []):
         if r["op"].startswith("host_overhead") and r["ms"] > 0 and math.isfinite(r["ms"]):
             what = "torch.add" if r["impl"] == "torch.add" else f"{r['impl']} mobius_add"
-            grad = ", grad" if r["mode"] == "fwd_grad" else ""
+            grad = {"fwd_grad": ", grad", "fwd+bwd": ", fwd+bwd"}.get(r["mode"], "")
             out.append((f"{what} {'x'.join(map(str, r['shape']))}{grad}", r["ms"] * 1000))
     s = doc["benches"].get("session", {}).get("session", {})
     for key, label in (("eager_host_us", "MLP step, eager"), ("cuda_graph_host_us", "MLP step, CUDA graph")):
@@ -970,7 +970,11 @@ def _tests_section(doc: dict, records: dict) -> list[str]:
             f"{cached:,} of them from the disk cache (`{path.name}`; target ≤ {T_BUILD_S:.0f} s cold: "
             f"{cold})."
         )
-    for mode, what in (("fwd", "autograd off"), ("fwd_grad", "autograd on: an input requires grad")):
+    for mode, what in (
+        ("fwd", "autograd off"),
+        ("fwd_grad", "autograd on: an input requires grad"),
+        ("fwd+bwd", "with its backward: `torch.autograd.grad` of the output"),
+    ):
         host = _host_call(doc, mode)
         if host:
             xs, add, geo, src = host
@@ -984,7 +988,8 @@ def _tests_section(doc: dict, records: dict) -> list[str]:
 
 def _host_call(doc: dict, mode: str = "fwd"):
     """(xpu_stone µs, torch.add µs, geoopt µs or None, file) of the small-call host rows
-    of ``mode`` (``fwd``: autograd off; ``fwd_grad``: an input requires grad), from one file."""
+    of ``mode`` (``fwd``: autograd off; ``fwd_grad``: an input requires grad; ``fwd+bwd``:
+    the call and its backward), from one file."""
     by_src = defaultdict(dict)
     for r in doc["benches"].get("poincare", {}).get("all_rows", []):
         if (
