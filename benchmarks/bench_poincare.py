@@ -9,6 +9,7 @@ small call (64x64 fp32). Writes JSON and markdown to benchmarks/results/.
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import torch
@@ -79,10 +80,13 @@ def _geoopt_fn(name):
     except ImportError:
         return None
     k = torch.tensor(-C, device="cuda")
+    # geoopt takes the scalar of mobius_scalar_mul and geodesic as a tensor: made once per
+    # value, outside the timed call (a host-to-device copy in the call would wait for the GPU)
+    scalar = functools.cache(lambda v: torch.tensor(v, device="cuda"))
     table = {
         "mobius_add": lambda x, y: gm.mobius_add(x, y, k=k),
         "mobius_sub": lambda x, y: gm.mobius_sub(x, y, k=k),
-        "mobius_scalar_mul": lambda r, x: gm.mobius_scalar_mul(torch.tensor(r, device="cuda"), x, k=k),
+        "mobius_scalar_mul": lambda r, x: gm.mobius_scalar_mul(scalar(r), x, k=k),
         "expmap0": lambda u: gm.expmap0(u, k=k),
         "logmap0": lambda y: gm.logmap0(y, k=k),
         "expmap": lambda x, u: gm.expmap(x, u, k=k),
@@ -93,7 +97,7 @@ def _geoopt_fn(name):
         "lambda_x": lambda x: gm.lambda_x(x, k=k),
         "gyration": lambda a, b, u: gm.gyration(a, b, u, k=k),
         "transp": lambda x, y, v: gm.parallel_transport(x, y, v, k=k),
-        "geodesic": lambda u, v, t: gm.geodesic(torch.tensor(t, device="cuda"), u, v, k=k),
+        "geodesic": lambda u, v, t: gm.geodesic(scalar(t), u, v, k=k),
     }
     return table[name]
 
