@@ -112,7 +112,10 @@ def environment() -> dict:
 def time_calls(fn, inputs: list, warmup: int = 5, reps: int = 40, budget_ms: float | None = None) -> float:
     """Median ms of ``fn(*inputs[i % len(inputs)])`` over ``reps`` calls, CUDA events.
     ``budget_ms``: a slow ``fn`` gets fewer calls, about ``budget_ms`` of them in all
-    but never under 10 (the last warm-up call, timed alone, gives the estimate)."""
+    but never under 10 (the last warm-up call, timed alone, gives the estimate: it needs
+    two warm-up calls, the first of which may compile)."""
+    if budget_ms is not None and warmup < 2:
+        raise ValueError(f"budget_ms needs at least 2 warm-up calls, got warmup={warmup}")
     for i in range(warmup):
         if budget_ms is not None and i == warmup - 1:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -191,10 +194,11 @@ def host_time_us(fn, args, calls: int = 2000) -> float:
 
 
 def fwd_bwd(fn):
-    """fn followed by the gradients of its output (ones) with respect to its tensor inputs."""
+    """fn followed by the gradients of its output (ones) with respect to its tensor inputs
+    that require grad."""
 
     def run(*args):
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        tensors = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
         out = fn(*args)
         return torch.autograd.grad(out, tensors, torch.ones_like(out))
 
@@ -240,7 +244,8 @@ def bench_impls(
     ``torch_compile`` implementation whose first call captured no new graph ran
     eagerly: its row is marked invalid. A slow implementation (torch eager, geoopt) gets
     fewer timed calls, about ``budget_ms`` of them, at least 10 (:func:`time_calls`).
-    ``warm_only``: call each implementation once per mode and time nothing (what :func:`precompile`'s workers do; ``report`` unused)."""
+    ``warm_only``: call each implementation once per mode and time nothing (what
+    :func:`precompile`'s workers do; ``report`` unused)."""
     import time
 
     grad_sets = [
@@ -369,12 +374,13 @@ def sweep(
 
 def resume(report, path: str | None) -> set[tuple]:
     """Continues the table in ``path``: a result file this benchmark wrote on the same GPU
-    model, torch version, ``--suffix`` and ``--target-gb`` in an earlier call cut short by a time limit
-    (the sweep writes it after each op, so the cells it holds are whole). Its rows stay
-    as measured (each with the % of copy of its own call), the report takes the file's
-    date (it is written back under the same name), and ``meta["parts"]`` lists each
-    call's date, copy bandwidth and cells. Returns the cells ``(op, dtype, D)`` it holds
-    (none when ``path`` is empty)."""
+    model, torch version, ``--suffix`` and ``--target-gb`` in an earlier call cut short by
+    a time limit (the sweep writes it after each op, so the cells it holds are whole). Its
+    rows stay as measured (each with the % of copy of its own call), the report takes the
+    file's date (written to ``--out`` under the file's name: give the file's folder to
+    update it in place), and ``meta["parts"]`` lists each call's date and copy bandwidth
+    (the first one also its cells). Returns the cells ``(op, dtype, D)`` it holds (none
+    when ``path`` is empty)."""
     if not path:
         return set()
     doc = json.loads(Path(path).read_text())

@@ -510,9 +510,9 @@ REASONS = {  # why a target is missed, where it is known (no figures here: those
     "configuration until the shipped tables are re-tuned for them; the conversions to and from the hyperboloid "
     "change the row length and access scalars one by one",
     "fb": "against torch.compile: xpu_stone's forward+backward is one forward and one backward kernel, yet runs "
-    "far below copy bandwidth where a forward moves 0.25 GB, the size at which its host path (the autograd "
-    "function, the argument checks, two launches) is a large share of the GPU time (read from the sizes, not "
-    "profiled); against geoopt: geoopt's Lorentz maths is lighter than its Poincaré maths",
+    "far below copy bandwidth in these runs; the cause is not profiled yet (at one size, short rows ran slower "
+    "than longer ones, so the host path alone does not explain it); against geoopt: geoopt's Lorentz maths is "
+    "lighter than its Poincaré maths",
     "linear": "the GEMMs are cuBLAS's; the separate epilogue and backward kernels cost more than "
     "torch.compile's fused Triton code",
 }

@@ -127,6 +127,20 @@ def test_backward_matches_reference(dtype):
                     dout,
                     err,
                 )
+                # where the terms cannot cancel (g2 takes the sign of dout/dc), dL/dc = sum |g2 dout/dc|
+                # is judged by its plain relative error: a dropped block or a wrong sign fails here
+                g2 = (g.abs() * dout_dc.sign()).to(dtype)
+                (got_c,) = torch.autograd.grad(ours(*args, c), (c,), g2)
+                want_c = (g2.double() * dout_dc).sum().item()
+                assert abs(got_c.item() - want_c) <= GTOL[dtype] * abs(want_c), (
+                    name,
+                    "dL/dc without cancellation",
+                    rows,
+                    din,
+                    dout,
+                    got_c.item(),
+                    want_c,
+                )
 
 
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
