@@ -346,8 +346,8 @@ def sweep(
     that many processes (:func:`precompile`; the seconds go to ``report.meta``).
     ``checkpoint()`` runs after each op (write what is measured so far: a run stopped by a
     time limit keeps it). ``done``: cells ``(op, dtype name, D)`` already measured
-    (:func:`resume`), skipped. Each cell's log line gives its wall seconds and those of
-    each implementation and mode."""
+    (:func:`resume`), skipped. Each cell's wall seconds, and those of each implementation
+    and mode, go to its log line and to ``report.meta["cell_seconds"]``."""
     ops, dtypes, dims = (list(dict.fromkeys(v)) for v in (ops, dtypes, dims))
     import time
 
@@ -365,9 +365,15 @@ def sweep(
         compare = op in compare_ops and d in compare_dims
         report.cell_seconds, t0 = {}, time.perf_counter()
         bench_op(report, op, getattr(torch, dt), d, target_gb * 1e9, compare)
+        total = time.perf_counter() - t0
+        report.meta.setdefault("cell_seconds", {})[f"{op} {dt} {d}"] = {
+            "total": round(total, 2),
+            **report.cell_seconds,
+        }
         parts = ", ".join(f"{k} {v:.1f}" for k, v in report.cell_seconds.items())
-        print(f"{op} {dt} D={d} done ({i}/{len(cells)}) in {time.perf_counter() - t0:.1f} s: {parts}",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"{op} {dt} D={d} done ({i}/{len(cells)}) in {total:.1f} s: {parts}", file=sys.stderr, flush=True
+        )
         if checkpoint is not None and (i == len(cells) or cells[i][0] != op):
             checkpoint()
 
@@ -403,6 +409,7 @@ def resume(report, path: str | None) -> set[tuple]:
         {"date": report.meta.get("date"), "copy_gbps": report.copy_gbps},
     ]
     report.meta["date"] = meta.get("date")
+    report.meta["cell_seconds"] = {**meta.get("cell_seconds", {}), **report.meta.get("cell_seconds", {})}
     report.rows = rows + report.rows
     print(f"resuming {path}: {len(cells)} cells kept", file=sys.stderr)
     return cells

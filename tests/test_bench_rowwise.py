@@ -188,6 +188,8 @@ def test_a_table_cut_short_is_resumed_where_it_stopped(tmp_path):
     for d in (16, 64):  # each row keeps the copy bandwidth of its own call (100, then 200 GB/s)
         assert pct[("dist", d)] == pytest.approx(pct[("mobius_add", d)] / 2)
     assert [p["date"] for p in doc["meta"]["parts"]] == ["2026-12-01", "2026-12-02"]
+    assert set(doc["meta"]["cell_seconds"]) == {"mobius_add float32 16", "mobius_add float32 64",
+                                                "dist float32 16", "dist float32 64"}  # fmt: skip
 
     for key, value in (("gpu", "GPU Y"), ("torch", "2.y"), ("suffix", "other"), ("args", {"target_gb": 0.8})):
         other = harness.Report("poincare", meta={**meta, key: value})
