@@ -17,9 +17,10 @@
 #   poincare_full, models_full
 #               the whole row-wise table (issue 15): --full, every op x fp32/bf16/fp16 x D each against
 #               torch eager, torch.compile and geoopt, the compiled graphs built first in parallel processes
-#               (results get the suffix -full). H200, 2026-12-01: 137 s of precompile for the 210 Poincare
-#               cells, then about 3.5 s a cell, so neither table fits one 10-minute call: the file is
-#               written after each op, and ARGS_poincare_full='--resume <that file>' continues it
+#               (results get the suffix -table; 0.8 GB a forward). H200, 2026-12-01, at 0.25 GB: 137 s of
+#               precompile for the 210 Poincare cells, then about 3.5 s a cell, so neither table fits one
+#               10-minute call: the file is written after each op, and
+#               ARGS_poincare_full='--resume <that file>' continues it
 #   pairwise    benchmarks.bench_pairwise: cdist and knn vs cuBLAS alone and torch.compile
 #   linear      benchmarks.bench_linear: hyperbolic linear layers vs torch.compile of the references
 #   optim       benchmarks.bench_optim: fused Riemannian optimizer steps vs geoopt and torch Adam
@@ -146,8 +147,8 @@ suite_tests() {
 
 suite_poincare() { bench_module poincare --dims 64 1024 --dtypes float32 --compare-dims 1024; }
 suite_models() { bench_module models --quick; }
-suite_poincare_full() { bench_module poincare --full --suffix full; }
-suite_models_full() { bench_module models --full --suffix full; }
+suite_poincare_full() { bench_module poincare --full --suffix table; }
+suite_models_full() { bench_module models --full --suffix table; }
 suite_pairwise() { bench_module pairwise; }
 suite_linear() { bench_module linear; }
 suite_optim() { bench_module optim; }

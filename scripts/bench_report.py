@@ -509,10 +509,10 @@ REASONS = {  # why a target is missed, where it is known (no figures here: those
     "fp16 and bf16 rows compute their elements in fp32 since 2026-12-01 and run the heuristic's launch "
     "configuration until the shipped tables are re-tuned for them; the conversions to and from the hyperboloid "
     "change the row length and access scalars one by one",
-    "fb": "against torch.compile: xpu_stone's forward+backward is one forward and one backward kernel, yet runs "
-    "far below copy bandwidth in these runs; the cause is not profiled yet (at one size, short rows ran slower "
-    "than longer ones, so the host path alone does not explain it); against geoopt: geoopt's Lorentz maths is "
-    "lighter than its Poincaré maths",
+    "fb": "against torch.compile: in the runs at 0.25 GB a forward, xpu_stone's forward+backward took several "
+    "times the time of its two kernels alone (as the tuner timed them), with no pattern in D: at that size the "
+    "host path (autograd, the backward's custom-op dispatch) sets the pace, for torch.compile's code too (read "
+    "from the files, not profiled); against geoopt: geoopt's Lorentz maths is lighter than its Poincaré maths",
     "linear": "the GEMMs are cuBLAS's; the separate epilogue and backward kernels cost more than "
     "torch.compile's fused Triton code",
 }

@@ -136,6 +136,7 @@ def test_full_preset_is_the_whole_table():
     args = harness.rowwise_args(["--full"], ("x", "y"), ["float32"], [16])
     assert args.dims == [16, 64, 256, 1024, 4096] and args.dtypes == ["float32", "bfloat16", "float16"]
     assert args.compare_dims == args.dims and args.compare_all and args.precompile >= 1
+    assert args.target_gb == 0.8  # the other runs' size: at 0.25 GB forward+backward timed the host path
     args = harness.rowwise_args(["--dims", "64"], ("x",), ["float32"], [16], quick=([1], ["float64"], [1]))
     assert args.dims == [64] and not args.compare_all and args.precompile == 0
 
