@@ -1034,12 +1034,13 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
                 f"{_span([r['pct_copy'] for r in conv], _pct)} %"
             )
         out.append(f"{text}. Why: {REASONS['fwd']}.")
-    ratios, low = [], []
+    ratios, low, sources = [], [], []
     for bench in ROWWISE:
         for t in _same_run_by_d(doc, bench).values():
             xs, tc = t.get(("xpu_stone", "fwd")), t.get(("torch_compile", "fwd"))
             if xs and tc:
                 ratios.append(tc["ms"] / xs["ms"])
+                sources.append(xs["source"])
                 low += [tc["ms"] / xs["ms"]] if tc["pct_copy"] < T_COMPILE_LOW else []
     if ratios:
         out.append(
@@ -1052,7 +1053,7 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
                 if low
                 else ""
             )
-            + "."
+            + f" ({_files(sources)})."
         )
     want, vs = 0, {"torch_compile": [], "geoopt": []}
     for bench in ROWWISE:
