@@ -134,6 +134,9 @@ def bench_op(report, name, dtype, d, target_bytes, compare, warm_only=False):
     torch.cuda.empty_cache()
 
 
+HOST_MODES = ("fwd", "fwd_grad", "fwd+bwd")  # the small call's host-time modes (bench_host_overhead)
+
+
 def bench_host_overhead(report):
     """Host time of one small call (64x64 fp32): autograd off (mode ``fwd``), with an
     input that requires grad (mode ``fwd_grad``: the call records its graph; no backward
@@ -144,7 +147,7 @@ def bench_host_overhead(report):
     y = torch.rand(64, 64, device="cuda") * 0.01
     xg = x.clone().requires_grad_()
     g = _geoopt_fn("mobius_add")
-    for mode, a in (("fwd", x), ("fwd_grad", xg), ("fwd+bwd", xg)):
+    for mode, a in zip(HOST_MODES, (x, xg, xg)):
         wrap = fwd_bwd if mode == "fwd+bwd" else (lambda f: f)
         with torch.set_grad_enabled(mode != "fwd"):
             t_add = host_time_us(wrap(torch.add), (a, y))
@@ -163,7 +166,7 @@ def main(argv=None):
     print(f"copy: {report.copy_gbps:.0f} GB/s", file=sys.stderr)
     done = resume(report, args.resume)
     kept = {r.mode for r in report.rows if r.op.startswith("host_overhead")}
-    if kept != {"fwd", "fwd_grad", "fwd+bwd"}:  # a resumed file without every mode: measure them all again
+    if kept != set(HOST_MODES):  # a resumed file without every mode: measure them all again
         report.rows = [r for r in report.rows if not r.op.startswith("host_overhead")]
         bench_host_overhead(report)
     compare_ops = ALL_OPS if args.compare_all else COMPARE_OPS

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import statistics
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -149,8 +151,6 @@ def synced_wall_ms(fn, reps: int, device) -> list[float]:
     before and after each: for units of work long enough that the clock's
     resolution and the synchronisation do not matter (a whole training epoch), on
     a GPU or the CPU. Warm up before calling this."""
-    import time
-
     out = []
     for _ in range(reps):
         synchronize(device)
@@ -178,8 +178,6 @@ def measure_copy(nbytes: int = 1 << 30) -> float:
 
 def host_time_us(fn, args, calls: int = 2000) -> float:
     """Median host time per call in microseconds (the GPU work is tiny)."""
-    import time
-
     for _ in range(100):
         fn(*args)
     torch.cuda.synchronize()
@@ -246,8 +244,6 @@ def bench_impls(
     fewer timed calls, about ``budget_ms`` of them, at least 10 (:func:`time_calls`).
     ``warm_only``: call each implementation once per mode and time nothing (what
     :func:`precompile`'s workers do; ``report`` unused)."""
-    import time
-
     grad_sets = [
         tuple(a.detach().requires_grad_() if isinstance(a, torch.Tensor) else a for a in s) for s in sets
     ]
@@ -298,8 +294,6 @@ def precompile(module: str, cells: list[tuple], workers: int, target_bytes: floa
     timed while the workers run. Returns the seconds taken; prints progress."""
     import concurrent.futures as cf
     import multiprocessing as mp
-    import os
-    import time
 
     t0 = time.perf_counter()
     # each worker compiles with one thread: `workers` processes already fill the CPUs
@@ -349,8 +343,6 @@ def sweep(
     (:func:`resume`), skipped. Each cell's wall seconds, and those of each implementation
     and mode, go to its log line and to ``report.meta["cell_seconds"]``."""
     ops, dtypes, dims = (list(dict.fromkeys(v)) for v in (ops, dtypes, dims))
-    import time
-
     cells = [(op, dt, d) for op in ops for dt in dtypes for d in dims if (op, dt, d) not in done]
     if precompile_in and precompile_in[1] > 0:
         wanted = [c for c in cells if c[0] in compare_ops and c[2] in compare_dims]
@@ -435,7 +427,6 @@ def rowwise_args(argv, all_ops, dtypes, compare_dims, quick=None):
     host path in forward+backward, several times its two kernels' time).
     ``quick``: (dims, dtypes, compare_dims) of ``--quick``."""
     import argparse
-    import os
     import re
 
     p = argparse.ArgumentParser()

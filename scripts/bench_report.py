@@ -715,7 +715,7 @@ def _pairwise(doc: dict) -> dict:
         "compile_fwd": one("cdist_poincare", "torch_compile_gemm", "fwd", shape),
         "cdist_fb": one("cdist_poincare", "xpu_stone", "fwd+bwd", shape),
         "compile_fb": one("cdist_poincare", "torch_compile_gemm", "fwd+bwd", shape),
-        "knn_memory": [r for r in mine if r["op"] == "knn_k10_memory"],
+        "knn_memory": [r for r in mine if r["op"] == f"knn_k{KNN_K}_memory"],
     }
 
 

@@ -7,6 +7,7 @@ timed."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 
@@ -117,9 +118,9 @@ def test_precompile_warms_every_cell_in_worker_processes(tmp_path, monkeypatch):
     secs = harness.precompile("fake_bench", cells, 2, 1e6)
     warmed = sorted(p.name.rsplit("-", 1)[0] for p in tmp_path.iterdir() if p.name != "fake_bench.py")
     assert warmed == sorted(f"{op}-{d}" for op, _, d in cells if (op, d) != ("b", 64)) and secs > 0
-    assert "TORCHINDUCTOR_COMPILE_THREADS" not in __import__("os").environ  # restored
+    assert "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ  # restored
     pids = {p.name.rsplit("-", 1)[1] for p in tmp_path.iterdir() if p.name != "fake_bench.py"}
-    assert str(__import__("os").getpid()) not in pids  # not in this process
+    assert str(os.getpid()) not in pids  # not in this process
     assert "fake_bench" not in sys.modules
 
 
