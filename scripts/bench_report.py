@@ -42,6 +42,7 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 from collections import defaultdict
@@ -503,16 +504,21 @@ T_LOOP_FLOOR, T_LOOP_GEOOPT = 1.15, 10.0  # user loop: eager over its Euclidean 
 T_ADAM_GEOOPT, T_ADAM_FUSED = 50.0, 2.0  # optimizer step over geoopt's; its time within 2x fused Adam's
 T_EMBED_GEOOPT, T_SESSION, T_PROFILER_US, T_BUILD_S = 5.0, 3.0, 2.0, 20.0
 REASONS = {  # why a target is missed, where it is known (no figures here: those come from the files)
-    "fwd": "in fp32 at D = 1024 one block of 256 threads serves a row; the ops whose per-row formula has "
-    "transcendentals (mobius_scalar_mul, expmap, logmap, dist, dist0, geodesic) evaluate it in fp64 on every "
-    "thread of the row, which rows of D <= 256 do not amortise (read from the per-op pattern, not profiled); "
-    "fp16 and bf16 rows compute their elements in fp32 since 2026-12-01 and run the heuristic's launch "
-    "configuration until the shipped tables are re-tuned for them; the conversions to and from the hyperboloid "
-    "change the row length and access scalars one by one",
-    "fb": "against torch.compile: in the runs at 0.25 GB a forward, xpu_stone's forward+backward took several "
-    "times the time of its two kernels alone (as the tuner timed them), with no pattern in D: at that size the "
-    "host path (autograd, the backward's custom-op dispatch) sets the pace, for torch.compile's code too (read "
-    "from the files, not profiled); against geoopt: geoopt's Lorentz maths is lighter than its Poincaré maths",
+    "fwd": "fp32 rows do their element arithmetic (terms, dots, output sums) in fp64, and every row's formula, "
+    "transcendentals included, in fp64, once per warp for each group of rows the warp holds: at D <= 128 a warp "
+    "evaluates it for every 2 to 8 rows, and the ops with transcendentals (mobius_scalar_mul, expmap, logmap, "
+    "dist, dist0, geodesic) lose the most (read from the kernel source and the per-op pattern, not profiled); "
+    "fp16 and bf16 rows compute their elements in fp32 and run the heuristic's launch configuration (the shipped "
+    "tables' 16-bit entries are withdrawn until re-tuned); the conversions to and from the hyperboloid change "
+    "the row length and access scalars one by one",
+    "compile": "at 0.8 GB a forward both sides are bound by the GPU, not the host, and torch.compile's Triton "
+    "code, fp32 throughout, moves its bytes at about the copy rate on most cells, where xpu_stone's kernels do "
+    "not (see the previous item); in the runs at 0.25 GB a forward, torch.compile's host time per call (its "
+    "guards and wrapper) set its pace and xpu_stone was ahead on most cells",
+    "fb": "against torch.compile: xpu_stone's backward evaluates each row's formula on dual numbers in fp64, "
+    "one derivative per dot, on top of the forward's costs (previous items); a memory-bound forward+backward "
+    "cannot beat a rival by 1.6× once the rival runs at more than 1/1.6 of the copy rate, as torch.compile "
+    "does on most of these cells; against geoopt: geoopt's Lorentz maths is lighter than its Poincaré maths",
     "linear": "the GEMMs are cuBLAS's; the separate epilogue and backward kernels cost more than "
     "torch.compile's fused Triton code",
 }
@@ -548,6 +554,11 @@ def _pct(v: float) -> str:
 def _span(vals, fmt) -> str:
     lo, hi = fmt(min(vals)), fmt(max(vals))
     return lo if lo == hi else f"{lo}–{hi}"
+
+
+def _shares(vals) -> str:
+    """``lo–hi % (median m %)`` of a list of % of copy."""
+    return f"{_span(vals, _pct)} % (median {_pct(statistics.median(vals))} %)"
 
 
 def _files(names) -> str:
@@ -643,7 +654,10 @@ def _rowwise_section(doc: dict, bench: str) -> list[str]:
             for d in dims
         ]
         lines.append(f"| {op} | " + " | ".join(vals) + " |")
-    runs = _same_run(doc, bench)
+    # the newest run of each (op, dtype, D): older runs of other sizes stay in their files
+    runs = {
+        (k[0], k[1], tuple(next(iter(t.values()))["shape"])): t for k, t in _same_run_by_d(doc, bench).items()
+    }
     if not runs:
         return lines + [""]
     others = [i for i in IMPLS[1:] if any(i == j for t in runs.values() for j, _ in t)]
@@ -657,7 +671,8 @@ def _rowwise_section(doc: dict, bench: str) -> list[str]:
     ]
     lines += [
         "",
-        "Against the alternatives, measured on the same problem in the same run: xpu_stone's time and its "
+        "Against the alternatives, measured on the same problem in the same run (the newest run of each op, "
+        "dtype and D): xpu_stone's time and its "
         "speed-up over each (their time / xpu_stone's; — where not measured). "
         + "; ".join(f"{LABEL[i]}: {IMPL_WITH[i]}" for i in ("xpu_stone", *others))
         + f"; torch.compile cells its file marks invalid are left out ({sources}):",
@@ -1034,7 +1049,7 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
                 f"{_span([r['pct_copy'] for r in conv], _pct)} %"
             )
         out.append(f"{text}. Why: {REASONS['fwd']}.")
-    ratios, low, sources = [], [], []
+    ratios, low, sources, shares = [], [], [], {"xpu_stone": [], "torch_compile": []}
     for bench in ROWWISE:
         for t in _same_run_by_d(doc, bench).values():
             xs, tc = t.get(("xpu_stone", "fwd")), t.get(("torch_compile", "fwd"))
@@ -1042,6 +1057,8 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
                 ratios.append(tc["ms"] / xs["ms"])
                 sources.append(xs["source"])
                 low += [tc["ms"] / xs["ms"]] if tc["pct_copy"] < T_COMPILE_LOW else []
+                shares["xpu_stone"].append(xs["pct_copy"])
+                shares["torch_compile"].append(tc["pct_copy"])
     if ratios:
         out.append(
             f"- Forward ahead of torch.compile on every cell (≥ {T_FWD_COMPILE}× where it is under "
@@ -1053,9 +1070,11 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
                 if low
                 else ""
             )
-            + f" ({_files(sources)})."
+            + f"; on these cells xpu_stone runs at {_shares(shares['xpu_stone'])} of copy, torch.compile at "
+            f"{_shares(shares['torch_compile'])} ({_files(sources)}). Why: {REASONS['compile']}."
         )
     want, vs = 0, {"torch_compile": [], "geoopt": []}
+    fb_shares = {"xpu_stone": [], "torch_compile": []}
     for bench in ROWWISE:
         runs = _same_run_by_d(doc, bench)
         for op, dtype, d in pick(doc, bench, "xpu_stone", "fwd+bwd"):
@@ -1071,6 +1090,9 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
                 for impl in vs:
                     if mine and (impl, "fwd+bwd") in t:
                         vs[impl].append(t[(impl, "fwd+bwd")]["ms"] / mine["ms"])
+                if mine and ("torch_compile", "fwd+bwd") in t:
+                    fb_shares["xpu_stone"].append(mine["pct_copy"])
+                    fb_shares["torch_compile"].append(t[("torch_compile", "fwd+bwd")]["pct_copy"])
     if want:
         got = [
             f"{len(vs[i])} of {want} cells measured against {LABEL[i]}, {_span(vs[i], _x)}, "
@@ -1082,7 +1104,15 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
         out.append(
             f"- Forward + backward ≥ {T_FB_COMPILE}× torch.compile and ≥ {T_FB_GEOOPT:.0f}× geoopt for "
             f"{', '.join(FB_OPS)} (Poincaré and Lorentz; {', '.join(DTYPE_SHORT[d] for d in FB_DTYPES)}; "
-            f"D = {' and '.join(map(str, FB_DIMS))}): " + "; ".join(got) + f". Why: {REASONS['fb']}."
+            f"D = {' and '.join(map(str, FB_DIMS))}): "
+            + "; ".join(got)
+            + (
+                f"; forward+backward moves its bytes at {_shares(fb_shares['xpu_stone'])} of copy in "
+                f"xpu_stone, {_shares(fb_shares['torch_compile'])} in torch.compile"
+                if fb_shares["xpu_stone"]
+                else ""
+            )
+            + f". Why: {REASONS['fb']}."
         )
     parts, hosts = [], {m: _host_call(doc, m) for m in ("fwd", "fwd_grad")}
     for mode, what, target in (

@@ -107,7 +107,7 @@ def test_every_figure_follows_its_file(results):
     doc = json.loads(path.read_text())
     doc["session"].update(cuda_graph_latency_us=61.25, eager_latency_us=735.0, speedup=12.0)
     path.write_text(json.dumps(doc))
-    path = results / "poincare-NVIDIA_H200-2026-12-01-s5.json"  # the newest poincare file
+    path = results / "poincare-NVIDIA_H200-2026-12-01-table.json"  # the newest poincare file
     doc = json.loads(path.read_text())
     row = next(
         r
@@ -132,8 +132,9 @@ def test_every_figure_follows_its_file(results):
 
 def test_comparisons_pair_rows_of_one_run_only(results):
     """A newer file that timed xpu_stone alone (no alternatives) changes the bandwidth
-    table but not the speed-ups, which pair the rows of one file: slow down its
-    mobius_add fp32 D=64 row 10x and the comparison row keeps the older run's pair."""
+    table but not the speed-ups, which pair the rows of one file: a newer run of
+    mobius_add fp32 D=64 alone, 10x slower, and the comparison row keeps the older
+    run's pair."""
 
     def comparison_row(text):
         return next(
@@ -141,21 +142,16 @@ def test_comparisons_pair_rows_of_one_run_only(results):
         )
 
     before = comparison_row(report.readme_section(results))
-    path = results / "poincare-NVIDIA_H200-2026-12-01-s5.json"
-    doc = json.loads(path.read_text())
-    hit = 0
-    for r in doc["rows"]:
-        if (r["op"], r["impl"], r["dtype"], r["shape"]) == (
-            "mobius_add",
-            "xpu_stone",
-            "float32",
-            [1041666, 64],
-        ):
-            r["ms"] *= 10
-            r["pct_copy"] /= 10
-            hit += 1
-    assert hit == 2  # fwd and fwd+bwd; the file has no alternatives for this problem
-    path.write_text(json.dumps(doc))
+    doc = json.loads((results / "poincare-NVIDIA_H200-2026-12-01-table.json").read_text())
+    solo = [
+        {**r, "ms": r["ms"] * 10, "pct_copy": r["pct_copy"] / 10}
+        for r in doc["rows"]
+        if (r["op"], r["impl"], r["dtype"], r["shape"])
+        == ("mobius_add", "xpu_stone", "float32", [1041666, 64])
+    ]
+    assert len(solo) == 2  # fwd and fwd+bwd
+    doc = {**doc, "meta": {**doc["meta"], "date": "2026-12-02", "suffix": "solo"}, "rows": solo}
+    (results / "poincare-NVIDIA_H200-2026-12-02-solo.json").write_text(json.dumps(doc))
     text = report.readme_section(results)
     assert comparison_row(text) == before
     mobius = next(line for line in text.splitlines() if line.startswith("| mobius_add | "))
@@ -235,10 +231,11 @@ def test_targets_judge_each_cell_on_its_newest_paired_run(results):
         return hit
 
     before = target_line(report.readme_section(results))
-    assert "5 at ≥ 1.6×" in before, before
+    assert "2 at ≥ 1.6×" in before, before
     older = ("poincare-NVIDIA_H200-2026-11-21-full.json", "poincare-NVIDIA_H200-2026-11-22.json")
     assert sum(slow_down(name, [1041666, 64]) for name in older) >= 1
-    assert target_line(report.readme_section(results)) == before
     assert slow_down("poincare-NVIDIA_H200-2026-12-01-full.json", [325520, 64]) == 1
+    assert target_line(report.readme_section(results)) == before
+    assert slow_down("poincare-NVIDIA_H200-2026-12-01-table.json", [1041666, 64]) == 1
     after = target_line(report.readme_section(results))
-    assert "6 at ≥ 1.6×" in after and after != before, after
+    assert "3 at ≥ 1.6×" in after and after != before, after
