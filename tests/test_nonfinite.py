@@ -33,13 +33,20 @@ from helpers import DTYPE_NAME, model_args, op_args, row_inputs
 
 from xpu_stone import config, ops
 from xpu_stone import convert as C
+from xpu_stone import linear as LIN
 from xpu_stone import lorentz as L
 from xpu_stone import pairwise as PW
 from xpu_stone import poincare as P
 from xpu_stone.constants import BOUNDARY_EPS
 from xpu_stone.engine import call
 from xpu_stone.engine.checks import HYPERBOLOID_MARGIN, POINT_INPUTS, UNIT_ROUNDOFF
-from xpu_stone.errors import DomainError, NonFiniteError, XpuStoneError
+from xpu_stone.errors import (
+    DomainError,
+    InvalidArgumentError,
+    InvalidCurvatureError,
+    NonFiniteError,
+    XpuStoneError,
+)
 from xpu_stone.reference import convert as RC
 from xpu_stone.reference import klein as RK
 from xpu_stone.reference import lorentz as RL
@@ -494,3 +501,139 @@ def test_cupy_arrays_follow_the_same_rule(monkeypatch):
     with pytest.raises(DomainError) as e:
         PW.cdist(x[1:], y)
     assert (e.value.argument, e.value.row) == ("x", (0,))
+
+
+# ---------------------------------------------------------------- bad c and t tensors
+BAD_C = {NAN_ROW: 0.0, INF_ROW: -1.0, OUT_ROW: math.nan, OUT_ROW2: math.inf}  # row -> a bad c
+BAD_T = {NAN_ROW: math.nan, INF_ROW: -math.inf}  # row -> a bad t
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("op", ROW_OPS, ids=_id)
+def test_unchecked_bad_c_and_t_tensors_give_nan_rows(op, dtype, device, monkeypatch):
+    """With the tensors' values not read on the host (``check_tensor_values`` False; on
+    a GPU also the default), a per-row c of 0, -1, NaN or inf, or a per-row t of NaN or
+    -inf, gives that row NaN outputs and NaN gradients (inputs, c, t); the other rows
+    are bit-for-bit those of the good values."""
+    monkeypatch.setattr(config, "check_tensor_values", False)
+    vecs, t, eps = _inputs(op, dtype, device, seed=4)
+    pd = torch.float64 if dtype == torch.float64 else torch.float32
+    c = torch.full((ROWS, 1), C_VAL, dtype=pd, device=device)
+    bad_c = c.clone()
+    for r, v in BAD_C.items():
+        bad_c[r] = v
+    cases = [(bad_c, t, set(BAD_C))]
+    if t is not None:
+        t = t.expand(ROWS, 1).clone()
+        bad_t = t.clone()
+        for r, v in BAD_T.items():
+            bad_t[r] = v
+        cases.append((c, bad_t, set(BAD_T)))
+
+    def run(cc, tt):
+        leaves = [v.clone().requires_grad_() for v in vecs]
+        cl_ = cc.clone().requires_grad_()
+        tl = tt.clone().requires_grad_() if tt is not None else None
+        out = call(op, tuple(leaves), cl_, tl, eps)
+        inputs = [*leaves, cl_] + ([tl] if tl is not None else [])
+        return (out.detach(), *torch.autograd.grad(out, inputs, torch.ones_like(out), allow_unused=True))
+
+    clean = run(c, t)
+    for cc, tt, bad in cases:
+        got = run(cc, tt)
+        good = _good(ROWS, bad)
+        for k, (g, g0) in enumerate(zip(got, clean)):
+            if g is None:
+                continue
+            assert _rows_nan(g, bad) == [], (op.qualname, "output" if k == 0 else f"gradient {k - 1}")
+            _assert_same(g[good], g0[good])
+
+
+def test_tensor_values_are_read_on_the_host_only_where_that_costs_no_sync(monkeypatch):
+    """``check_tensor_values``: None (the default) checks a CPU tensor on the host and
+    raises; False lets it through (NaN rows); True checks every tensor."""
+    x = torch.full((3, 4), 0.1)
+    bad_c = torch.tensor([[1.0], [-1.0], [1.0]])
+    bad_t = torch.tensor([[0.5], [math.nan], [0.5]])
+    for flag in (None, True):
+        monkeypatch.setattr(config, "check_tensor_values", flag)
+        with pytest.raises(InvalidCurvatureError, match="positive"):
+            P.expmap0(x, c=bad_c)
+        with pytest.raises(InvalidArgumentError, match="finite"):
+            P.geodesic(x, x / 2, bad_t)
+    monkeypatch.setattr(config, "check_tensor_values", False)
+    for out in (P.expmap0(x, c=bad_c), P.geodesic(x, x / 2, bad_t)):
+        assert torch.isnan(out[1]).all() and not torch.isnan(out[[0, 2]]).any()
+
+
+@pytest.mark.parametrize(("value", "flag"), (("1", True), ("0", False), ("", None)))
+def test_environment_variable_sets_the_tensor_check(value, flag):
+    env = {**os.environ, "XPU_STONE_CHECK_TENSOR_VALUES": value}
+    code = "import xpu_stone; print(xpu_stone.config.check_tensor_values)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(flag)
+
+
+def test_gemm_style_ops_check_the_c_they_read_on_the_host(monkeypatch):
+    """cdist, knn and mobius_matvec read a tensor c on the host: a bad one raises there,
+    whatever ``check_tensor_values`` says."""
+    monkeypatch.setattr(config, "check_tensor_values", False)
+    x = torch.full((4, 3), 0.1)
+    for bad in (torch.tensor(-1.0), torch.tensor(math.nan)):
+        with pytest.raises(InvalidCurvatureError):
+            PW.cdist(x, x, bad)
+        with pytest.raises(InvalidCurvatureError):
+            PW.knn(x, x, 2, bad)
+        with pytest.raises(InvalidCurvatureError):
+            LIN.mobius_matvec(torch.eye(3), x, bad)
+
+
+@pytest.mark.gpu
+def test_a_gpu_tensor_c_costs_no_synchronisation(monkeypatch):
+    """Default config, a learnable c on the GPU: forward and backward of row ops run under
+    ``torch.cuda.set_sync_debug_mode("error")`` without a synchronisation; with
+    ``check_tensor_values`` True the host check synchronises and the same step raises
+    (the guard can fail); a bad c gives NaN rows instead of an error."""
+    monkeypatch.setattr(config, "check_tensor_values", None)
+    x = (torch.rand(64, 16, device="cuda") * 0.05).requires_grad_()
+    y = torch.rand(64, 16, device="cuda") * 0.05
+    c = torch.tensor(0.8, device="cuda", requires_grad=True)
+
+    def step():
+        out = P.dist(P.mobius_add(x, y, c=c), y, c=c).sum() + P.expmap0(y, c=c).sum()
+        return torch.autograd.grad(out, (x, c))
+
+    step()  # kernels loaded outside the guard
+    torch.cuda.synchronize()
+    for flag, raises in ((None, False), (True, True)):
+        monkeypatch.setattr(config, "check_tensor_values", flag)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            if raises:
+                with pytest.raises(RuntimeError, match="synchroniz"):
+                    step()
+            else:
+                step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    monkeypatch.setattr(config, "check_tensor_values", None)
+    bad = torch.full((64, 1), 0.8, device="cuda")
+    bad[5] = -1.0
+    out = P.dist(x.detach(), y, c=bad).cpu()
+    assert torch.isnan(out[5]) and not torch.isnan(torch.cat([out[:5], out[6:]])).any()
+
+
+def test_unchecked_bad_midpoint_weights_give_nan(monkeypatch):
+    """Klein midpoint weights not read on the host: a negative or NaN weight, or weights
+    summing to 0, give that midpoint NaN; the others are those of the good weights."""
+    from xpu_stone import klein as K
+
+    monkeypatch.setattr(config, "check_tensor_values", False)
+    x = torch.rand(4, 3, 2, dtype=torch.float64) * 0.3
+    w = torch.ones(4, 3, dtype=torch.float64)
+    clean = K.einstein_midpoint(x, w, dim=1)
+    bad = w.clone()
+    bad[0, 1], bad[1, 2], bad[2] = -1.0, math.nan, 0.0
+    got = K.einstein_midpoint(x, bad, dim=1)
+    assert torch.isnan(got[:3]).all() and not torch.isnan(got[3]).any()
+    _assert_same(got[3], clean[3])

@@ -1,10 +1,16 @@
 """Process-wide switches.
 
-``check_tensor_values``: when True (the default), a tensor curvature or
-interpolation weight is checked to be finite (and positive, for ``c``) before
-each launch. On CUDA that check synchronises the stream; set it to False in
-training loops with a learnable curvature once the model is known to be sound.
-It is skipped inside ``torch.compile`` tracing and CUDA-graph capture.
+``check_tensor_values``: where a tensor curvature ``c`` or per-row scalar (``t``,
+``r``, the Klein midpoint's weights) is checked on the host, raising a typed error
+before anything runs. ``None`` (the default): where that costs no synchronisation,
+that is for values held on the CPU; a GPU tensor goes to the kernels unread, and
+the row-wise kernels give NaN for every row whose ``c`` is not finite and positive
+or whose ``t`` is not finite (outputs and gradients; the GEMM-style ops, which read
+their one ``c`` on the host anyway, check it there). ``True``: every tensor, on the
+host (on a GPU one synchronisation a call). ``False``: none (bad rows give NaN on
+the CPU too). Set by the environment variable ``XPU_STONE_CHECK_TENSOR_VALUES``
+(``1``/``0``) at import, or this attribute at run time. Skipped inside
+``torch.compile`` tracing and CUDA-graph capture.
 
 ``check_finite``: the checked mode, off by default (set the environment variable
 ``XPU_STONE_CHECK_FINITE=1`` before the import, or this attribute at run time).
@@ -20,7 +26,17 @@ one pass over the inputs and one synchronisation a call; it is skipped inside
 
 import os
 
-check_tensor_values = True
+_FLAG = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+check_tensor_values = _FLAG.get(os.environ.get("XPU_STONE_CHECK_TENSOR_VALUES", "").strip().lower())
 
 check_finite = os.environ.get("XPU_STONE_CHECK_FINITE", "").strip().lower() in ("1", "true", "yes", "on")
 

@@ -15,11 +15,11 @@ Inputs as in :mod:`xpu_stone.poincare`.
 
 from __future__ import annotations
 
-from . import config, engine
+from . import engine
 from ._deps import cupy, is_cupy_array, torch
 from .constants import BOUNDARY_EPS
 from .engine.checks import broadcast
-from .engine.scalars import check_boundary_eps, tracing
+from .engine.scalars import check_boundary_eps, check_on_host
 from .errors import InvalidArgumentError, ShapeMismatchError
 from .ops import klein as _ops
 from .ops import poincare as _poincare_ops
@@ -75,8 +75,9 @@ def einstein_midpoint(x, weights=None, dim=-2, c=1.0, keepdim=False):
     (same array type, dtype and device as ``x``) broadcasts against ``x`` without
     its feature dim (default: all ones); weights must be finite and non-negative
     with a positive sum along ``dim`` (otherwise the midpoint is undefined): checked
-    like a tensor curvature, on the host unless ``config.check_tensor_values`` is
-    off or the call is traced/captured. ``dim`` indexes ``x`` and must not be the
+    like a tensor curvature (:data:`xpu_stone.config.check_tensor_values`: on the host
+    for CPU weights, by opt-in for GPU ones); unchecked, a midpoint with a bad weight,
+    or with weights summing to 0, is NaN. ``dim`` indexes ``x`` and must not be the
     feature dim. The Lorentz factors come from a fused kernel; the weighted sums are
     torch's (or CuPy's) reductions.
     """
@@ -91,14 +92,16 @@ def einstein_midpoint(x, weights=None, dim=-2, c=1.0, keepdim=False):
         raise InvalidArgumentError(f"dim={dim} is the feature dim of x (shape {tuple(x.shape)})")
     g = lorentz_factor(x, c, keepdim=True)
     if weights is not None:
-        _check_weights(weights, x, axis, cupy_input)
-        g = g * weights[..., None]
+        g = g * _check_weights(weights, x, axis, cupy_input)[..., None]
     num = (g * x).sum(axis, keepdims=keepdim) if cupy_input else (g * x).sum(axis, keepdim)
     den = g.sum(axis, keepdims=keepdim) if cupy_input else g.sum(axis, keepdim)
     return num / den
 
 
-def _check_weights(w, x, axis: int, cupy_input: bool) -> None:
+def _check_weights(w, x, axis: int, cupy_input: bool):
+    """``w``, checked on the host where :func:`check_on_host` says so; otherwise with
+    NaN for a weight that is not finite and non-negative (its midpoint comes out NaN,
+    as does one whose weights sum to 0)."""
     if not (is_cupy_array(w) if cupy_input else isinstance(w, torch.Tensor)):
         raise InvalidArgumentError(
             f"weights must be a {'CuPy array' if cupy_input else 'torch tensor'} like x, got {type(w).__name__}"
@@ -115,10 +118,11 @@ def _check_weights(w, x, axis: int, cupy_input: bool) -> None:
         raise ShapeMismatchError(
             f"weights of shape {tuple(w.shape)} do not broadcast to x's points {tuple(x.shape[:-1])}"
         )
-    if config.check_tensor_values and not tracing(x):
-        xp = cupy if cupy_input else torch
-        total = (xp.broadcast_to(w, shape) if cupy_input else w.expand(shape)).sum(axis)
-        if not bool((xp.isfinite(w) & (w >= 0)).all() & (total > 0).all()):
-            raise InvalidArgumentError(
-                "weights must be finite and non-negative with a positive sum along dim"
-            )
+    xp = cupy if cupy_input else torch
+    ok = xp.isfinite(w) & (w >= 0)
+    if not check_on_host(w, x):
+        return xp.where(ok, w, xp.asarray(float("nan"), dtype=w.dtype) if cupy_input else float("nan"))
+    total = (xp.broadcast_to(w, shape) if cupy_input else w.expand(shape)).sum(axis)
+    if not bool(ok.all() & (total > 0).all()):
+        raise InvalidArgumentError("weights must be finite and non-negative with a positive sum along dim")
+    return w

@@ -196,7 +196,7 @@ def knn(x, y, k: int, c=1.0, model="poincare", chunk_rows: int | None = None):
         raise InvalidArgumentError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
     xb = x.expand(*batch, n, d)
     yb = y.expand(*batch, m, d)
-    c_sel = float(c_t) if c_t is not None else c_val
+    c_sel = check_number(float(c_t), "c") if c_t is not None else c_val
     parts = []
     with torch.no_grad():
         for r0 in range(0, n, chunk_rows):

@@ -56,8 +56,10 @@
 // inputs hold its elements from IN_SHIFT on (the first ones read as 0), the
 // output receives them from OUT_SHIFT on. Such ops run with VEC == 1 only.
 //
-// Bad rows (domain.cuh): a NaN or inf in any input row, or an input that
-// XS_POINTS declares a point of DOMAIN lying outside it, makes every
+// Bad rows (domain.cuh): a NaN or inf in any input row, an input that
+// XS_POINTS declares a point of DOMAIN lying outside it, a row's c that is not
+// finite and positive or its t that is not finite (a tensor c or t is checked
+// here, on the host only by opt-in: config.check_tensor_values), makes every
 // coefficient of the row NaN: forward, the whole output row (or the scalar)
 // is NaN; backward, every gradient of the row (inputs, c, t; the input
 // gradients are set NaN outright: an element that no term varies with, such as
@@ -251,9 +253,11 @@ __device__ __forceinline__ void xs_accumulate_dots(const E (&v)[Op::NVEC][VEC], 
 // Whether the row's inputs are bad (see the header): dots the reduced dots,
 // pts the reduced own point sums.
 template <class Op, class T, class S>
-__device__ __forceinline__ bool xs_row_bad(const S* dots, const S* pts, S c, long long D) {
+__device__ __forceinline__ bool xs_row_bad(const S* dots, const S* pts, S c, S t, long long D) {
   using PS = xs_point_sums<Op>;
-  bool bad = !(dots[0] == dots[0]);
+  // a curvature that is not finite and positive, or a t (r) that is not finite: a tensor
+  // c or t reaches the kernel unchecked unless config.check_tensor_values asks the host
+  bool bad = !(dots[0] == dots[0]) || !(c > S(0) && c - c == S(0)) || !(t - t == S(0));
 #pragma unroll
   for (int j = 0; j < Op::NVEC; ++j) {
     if (!PS::point(j)) {
@@ -416,7 +420,7 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_fwd(const xs_row_args a) {
     acc[Op::NDOT - 1] = sums[0];
   }
 
-  const bool bad = xs_row_bad<Op, T>(acc, acc + Op::NDOT, c, D);
+  const bool bad = xs_row_bad<Op, T>(acc, acc + Op::NDOT, c, t, D);
   S coef[Op::NOUT];
   Op::template coeffs<S, S>(reinterpret_cast<const S(&)[Op::NDOT]>(acc), c, t, eps, coef);
   if (bad) {
@@ -558,7 +562,7 @@ __global__ void __launch_bounds__(BLOCK) xs_rowwise_bwd(const xs_row_args a) {
     dots[Op::NDOT - 1] = R::seed(sums[0], Op::NDOT - 1);
     late_wb = sums[1];
   }
-  const bool bad = xs_row_bad<Op, T>(acc, acc + NRED, c, D);
+  const bool bad = xs_row_bad<Op, T>(acc, acc + NRED, c, t, D);
   R coef[Op::NOUT];
   Op::template coeffs<R, S>(dots, cs, R::seed(t, Op::NDOT + 1), eps, coef);
   if (bad) {

@@ -126,19 +126,20 @@ def _self_dot(op: RowOp, j: int):
     return None
 
 
-def bad_rows(op: RowOp, vecs, dots, cs):
+def bad_rows(op: RowOp, vecs, dots, cs, tt):
     """``(..., 1)`` booleans: the rows whose coefficients are NaN (``xs_row_bad`` of
-    rowwise.cuh): a point input (:data:`~xpu_stone.engine.checks.POINT_INPUTS`) that
-    is not a point of its domain (:func:`~xpu_stone.engine.checks.not_points`: NaN
-    and inf included); another input whose |v|^2 dot is inf or NaN; or dot 0 plus
-    ``0 * v`` of the elements of the remaining inputs NaN. ``cs``: c in the
-    arithmetic dtype, that of ``dots``."""
+    rowwise.cuh): a c that is not finite and positive, or a t that is not finite; a
+    point input (:data:`~xpu_stone.engine.checks.POINT_INPUTS`) that is not a point of
+    its domain (:func:`~xpu_stone.engine.checks.not_points`: NaN and inf included);
+    another input whose |v|^2 dot is inf or NaN; or dot 0 plus ``0 * v`` of the
+    elements of the remaining inputs NaN. ``cs``, ``tt``: c and t in the arithmetic
+    dtype, that of ``dots``."""
     dt = dots[0].dtype
     domain, points = POINT_INPUTS.get(op.qualname, (None, ()))
     if points:
         tol = domain_tol(domain, TORCH_DTYPES[vecs[0].dtype], op.width(vecs[0].shape[-1]), TORCH_DTYPES[dt])
     marker = dots[0]
-    bad = torch.zeros((), dtype=torch.bool, device=dots[0].device)
+    bad = ~(torch.isfinite(cs) & (cs > 0)) | ~torch.isfinite(tt)
     for j, v in enumerate(vecs):
         d = _self_dot(op, j)
         if j in points:
@@ -170,7 +171,7 @@ def cpu_forward(op: RowOp, vecs, c, c_val, t, t_val, eps):
     if op.late:  # the second pass: |t_a + s t_b|^2 from the elements
         w, _ = _late_w(op, ts, op.late(dots, cs))
         dots.append((w * w).sum(-1, keepdim=True))
-    bad = bad_rows(op, vecs, dots, cs)
+    bad = bad_rows(op, vecs, dots, cs, tt)
     coef = [_nan_where(bad, k) for k in op.coeffs(dots, cs, tt, eps)]
     if op.scalar_out:
         return _store(coef[0].squeeze(-1), vecs[0].dtype)
@@ -242,7 +243,7 @@ def cpu_backward(op: RowOp, grad, vecs, c, c_val, t, t_val, eps, needs):
         if b >= 0:
             grads[b] = grads[b] + g if add else grads[b] - g
     nv = len(vecs)
-    bad = bad_rows(op, vecs, [k.detach() for k in dots], cs.detach())
+    bad = bad_rows(op, vecs, [k.detach() for k in dots], cs.detach(), tt.detach())
     out = []
     for j in range(nv):
         if not needs[j]:

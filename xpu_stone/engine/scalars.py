@@ -12,9 +12,11 @@ A scalar is given as
   batch dims of the inputs (``(N, 1)`` for inputs ``(N, D)``). It lives on the
   inputs' device; a one-value CPU tensor is moved there.
 
-Values of tensors are checked on the host (one synchronisation) unless
-``config.check_tensor_values`` is off or the call is being traced by
-``torch.compile`` or captured into a CUDA graph. Errors are typed: a bad
+Values of tensors are checked on the host where that needs no synchronisation
+(a tensor on the CPU), everywhere with ``config.check_tensor_values = True`` (one
+synchronisation a call on a GPU), nowhere with ``False``, and never while the call
+is being traced by ``torch.compile`` or captured into a CUDA graph. Unchecked, a
+bad value reaches the kernels, which give NaN for its rows (:mod:`xpu_stone.config`). Errors are typed: a bad
 curvature raises :class:`~xpu_stone.errors.InvalidCurvatureError`, a bad other
 scalar :class:`~xpu_stone.errors.InvalidArgumentError`, a per-row tensor of the
 wrong shape :class:`~xpu_stone.errors.ShapeMismatchError`.
@@ -37,6 +39,7 @@ from ..errors import InvalidArgumentError, InvalidCurvatureError, ShapeMismatchE
 
 __all__ = [
     "check_boundary_eps",
+    "check_on_host",
     "check_curvature",
     "check_number",
     "check_scalar",
@@ -94,16 +97,27 @@ def check_scalar(value, name: str = "c", like=None, *, positive: bool = True, pe
         raise err(
             f"{name} must be a number or a one-element tensor, got a tensor of shape {tuple(value.shape)}"
         )
-    if like is not None:
-        value = _on_device_of(value, like, name, one=not per_row or ndim == 0)
-    if not per_row:
-        value = value.reshape(())
-    if config.check_tensor_values and not tracing(like):
+    if check_on_host(value, like):  # before a CPU value moves to the inputs' device
         xp = cupy if cupy_input else torch
         ok = xp.isfinite(value) & (value > 0) if positive else xp.isfinite(value)
         if not bool(ok.all()):
             raise err(f"{name} must be finite{' and positive' if positive else ''} everywhere")
+    if like is not None:
+        value = _on_device_of(value, like, name, one=not per_row or ndim == 0)
+    if not per_row:
+        value = value.reshape(())
     return value, 1.0
+
+
+def check_on_host(value, like=None) -> bool:
+    """Whether the values of the tensor ``value`` (a torch tensor or CuPy array) are
+    checked on the host: ``config.check_tensor_values`` True, or None (the default)
+    and ``value`` on the CPU (no synchronisation); never while ``like``'s call is
+    traced or captured."""
+    flag = config.check_tensor_values
+    if flag is False or tracing(like if like is not None else value):
+        return False
+    return flag is True or (not is_cupy_array(value) and value.device.type == "cpu")
 
 
 def _on_device_of(value, like, name: str, one: bool):

@@ -18,6 +18,7 @@ from .._deps import torch
 from ..constants import ARTANH_MAX, MIN_DENOM, MIN_SQNORM, TANH_MAX
 from ..engine.custom_op import Impls, define_differentiable, empty_if_none, none_unless
 from ..engine.launch import TORCH_DTYPES, allocates, compute_dtype, poison, ptr, torch_stream
+from ..engine.scalars import check_number
 from ..kernels.launch import get_function, launch_kernel
 from ..kernels.registry import CXX_TYPE, DTYPES, REGISTRY, KernelList
 
@@ -158,12 +159,17 @@ def _launch(kind, dtype, rows, args, c_val, dev, din, dout):
            shape=(rows, din, dout), dtype=dtype)  # fmt: skip
 
 
+def _host_c(c, c_val) -> float:
+    """The one c of a call, read on the host (so checked here, whatever the config)."""
+    return c_val if c is None else check_number(float(c), "c")
+
+
 def _matvec_fwd(x, v, c_val, c):
+    cv = _host_c(c, c_val)
     if not x.is_cuda:
         return _matvec_fwd_torch(x, v, c_val, c)
     out = torch.empty_like(v)
     poison(out)
-    cv = c_val if c is None else float(c)
     rows, din = x.shape
     _launch(
         "matvec_fwd",
@@ -179,6 +185,7 @@ def _matvec_fwd(x, v, c_val, c):
 
 
 def _matvec_bwd(x, v, g, c_val, c, need_c):
+    cv = _host_c(c, c_val)
     if not x.is_cuda:
         return _matvec_bwd_torch(x, v, g, c_val, c)
     rows, din = x.shape
@@ -187,7 +194,6 @@ def _matvec_bwd(x, v, g, c_val, c, need_c):
     gamma = torch.empty(rows, dtype=p, device=x.device)
     gc = torch.empty(rows, dtype=p, device=x.device) if need_c else None
     poison(gv, gamma, gc)
-    cv = c_val if c is None else float(c)
     args = (ptr(x), ptr(v), ptr(g.contiguous()), ptr(gv), ptr(gamma), ptr(gc))
     _launch("matvec_bwd", TORCH_DTYPES[x.dtype], rows, args, cv, x.device.index, din, v.shape[1])
     return gv, gamma, gc
