@@ -504,13 +504,15 @@ T_LOOP_FLOOR, T_LOOP_GEOOPT = 1.15, 10.0  # user loop: eager over its Euclidean 
 T_ADAM_GEOOPT, T_ADAM_FUSED = 50.0, 2.0  # optimizer step over geoopt's; its time within 2x fused Adam's
 T_EMBED_GEOOPT, T_SESSION, T_PROFILER_US, T_BUILD_S = 5.0, 3.0, 2.0, 20.0
 REASONS = {  # why a target is missed, where it is known (no figures here: those come from the files)
-    "fwd": "fp32 rows do their element arithmetic (terms, dots, output sums) in fp64, and every row's formula, "
-    "transcendentals included, in fp64, once per warp for each group of rows the warp holds: at D <= 128 a warp "
-    "evaluates it for every 2 to 8 rows, and the ops with transcendentals (mobius_scalar_mul, expmap, logmap, "
-    "dist, dist0, geodesic) lose the most (read from the kernel source and the per-op pattern, not profiled); "
-    "fp16 and bf16 rows compute their elements in fp32 and run the heuristic's launch configuration (the shipped "
-    "tables' 16-bit entries are withdrawn until re-tuned); the conversions to and from the hyperboloid change "
-    "the row length and access scalars one by one",
+    "fwd": "fp32 rows do their element arithmetic (terms, dots, output sums) in fp64, and every row's formula "
+    "in fp64 arithmetic (divisions and square roots included; the transcendentals from one fp32 expm1 or log1p "
+    "with an fp64 correction, except in expmap, whose output terms cancel and which calls fp64 tanh and cosh), "
+    "once per warp for each group of rows the warp holds: at D <= 128 a warp evaluates it for every 2 to 8 rows, "
+    "and the ops with more than a few products per row (mobius_scalar_mul, expmap, logmap, dist, dist0, "
+    "geodesic) lose the most (read from the kernel source and the per-op pattern, not profiled); fp16 and bf16 "
+    "rows compute their elements in fp32 and run the heuristic's launch configuration (the shipped tables' "
+    "16-bit entries are withdrawn until re-tuned); the conversions to and from the hyperboloid change the row "
+    "length and access scalars one by one",
     "compile": "at 0.8 GB a forward both sides are bound by the GPU, not the host, and torch.compile's Triton "
     "code, fp32 throughout, moves its bytes at about the copy rate on most cells, where xpu_stone's kernels do "
     "not (see the previous item); in the runs at 0.25 GB a forward, torch.compile's host time per call (its "
