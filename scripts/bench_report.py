@@ -523,6 +523,17 @@ REASONS = {  # why a target is missed, where it is known (no figures here: those
     "does on most of these cells; against geoopt: geoopt's Lorentz maths is lighter than its Poincaré maths",
     "linear": "the GEMMs are cuBLAS's; the separate epilogue and backward kernels cost more than "
     "torch.compile's fused Triton code",
+    "small": "each call checks its inputs in Python (types, dtypes, devices, shapes, the scalars), allocates "
+    "its output, packs the kernel's argument struct and launches through CuPy, and with autograd on an "
+    "autograd.Function records it; a cProfile on the H200's host (not a result file) put most of the time in "
+    "the checks and the launch path, none of it in the GPU",
+    "loop": "the eager loop pays the small-call host path (above) on each op of its step and on the "
+    "optimizer's step; under torch.compile the step falls into several graphs and the optimizer's step runs "
+    "eagerly (it is torch.compiler.disable'd: dynamo on torch 2.11 raised on its plan cache), so "
+    "reduce-overhead's CUDA graphs cover only parts of the step; the runtime's capture of the whole step is "
+    "the path that meets the target",
+    "profiler": "the figure is that run's; the profiler's launch path has changed since (one tuple appended "
+    "per launch) and was not measured again",
 }
 
 
@@ -1131,7 +1142,11 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
             )
         )
     if any(hosts.values()):
-        out.append("- Small call " + "; ".join(parts) + ".")
+        missed = any(
+            h and h[0] / h[1] > t
+            for h, t in ((hosts["fwd"], T_SMALL_CALL), (hosts["fwd_grad"], T_SMALL_CALL_GRAD))
+        )
+        out.append("- Small call " + "; ".join(parts) + (f". Why: {REASONS['small']}." if missed else "."))
     pw = _pairwise(doc)
     if not pw:
         out.append(
@@ -1174,17 +1189,22 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
                 f"{v['variant']} ≥ {T_LOOP_GEOOPT:.0f}× geoopt's eager loop: "
                 + (f"{_x(sp)}, {_met(sp >= T_LOOP_GEOOPT)}" if sp else v.get("skipped") or "failed")
             )
+            breaks = v.get("dynamo", {}).get("graph_break_reasons")
+            if breaks:
+                part[-1] += f" ({sum(breaks.values())} graph breaks: " + ", ".join(breaks) + ")"
         maps = {k: v["map"] for k, v in loop.items() if v.get("map") is not None}
         if maps:
             part.append("MAP " + ", ".join(f"{k} {m:.3f}" for k, m in maps.items()))
-        out.append(f"- The user's loop (`{files['userloop']}`): " + "; ".join(part) + ".")
+        out.append(
+            f"- The user's loop (`{files['userloop']}`): " + "; ".join(part) + f". Why: {REASONS['loop']}."
+        )
     else:
         out.append("- The user's loop: no committed `userloop-*.json` (`bash benchmarks/run.sh userloop`).")
     prof = doc["benches"].get("session", {}).get("profiler", {})
     if prof.get("on_no_nvtx_extra_us", 0) > T_PROFILER_US:
         out.append(
             f"- Profiler open without GPU timing ≤ {T_PROFILER_US:.0f} µs a call: "
-            f"+{prof['on_no_nvtx_extra_us']:.1f} µs, missed."
+            f"+{prof['on_no_nvtx_extra_us']:.1f} µs, missed (`{files['session']}`). Why: {REASONS['profiler']}."
         )
     return ["### Where this falls short of the targets", "", *out, ""]
 

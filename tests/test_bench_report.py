@@ -239,3 +239,20 @@ def test_targets_judge_each_cell_on_its_newest_paired_run(results):
     assert slow_down("poincare-NVIDIA_H200-2026-12-01-table.json", [1041666, 64]) == 1
     after = target_line(report.readme_section(results))
     assert "3 at ≥ 1.6×" in after and after != before, after
+
+
+def test_every_missed_target_says_why(results, monkeypatch):
+    """Each shortfall that reports a miss gives its reason; take a reason away and the
+    line loses it."""
+
+    def shortfalls():
+        text = report.readme_section(results)
+        section = text.split("### Where this falls short of the targets")[1]
+        return [line for line in section.splitlines() if line.startswith("- ")]
+
+    missed = [line for line in shortfalls() if "missed" in line]
+    assert len(missed) >= 3, missed
+    assert all("Why: " in line for line in missed), [line for line in missed if "Why: " not in line]
+    monkeypatch.setitem(report.REASONS, "loop", "")
+    loop = next(line for line in shortfalls() if line.startswith("- The user's loop"))
+    assert loop.endswith("Why: .")
