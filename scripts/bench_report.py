@@ -509,7 +509,7 @@ REASONS = {  # why a target is missed, where it is known (no figures here: those
     "with an fp64 correction, except in expmap, whose output terms cancel and which calls fp64 tanh and cosh), "
     "once per warp for each group of rows the warp holds: at D <= 128 a warp evaluates it for every 2 to 8 rows, "
     "and the ops with more than a few products per row (mobius_scalar_mul, expmap, logmap, dist, dist0, "
-    "geodesic) lose the most; at D >= 1024 the tuned configuration of most vector-output ops reads each row "
+    "geodesic) lose the most; at D >= 1024 the tuned configuration of half the vector-output ops reads each row "
     "twice (once for the dots, again for the output: a row of fp64 elements does not fit the registers) and "
     "expmap three times (its late dot), while the scalar-output ops, one pass, run at the copy rate at the "
     "same D (read from the kernel source, the tuned table and the per-op pattern, not profiled); fp16 and bf16 "
