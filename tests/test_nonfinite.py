@@ -494,6 +494,14 @@ def test_cupy_arrays_follow_the_same_rule(monkeypatch):
     y = cupy.asarray([[0.1, 0.0], [0.0, 0.3]], dtype=cupy.float32)
     dist = cupy.asnumpy(PW.cdist(x, y))
     assert all(math.isnan(v) for v in dist[:2].ravel()) and all(math.isfinite(v) for v in dist[2])
+    # a CuPy c is a GPU array: not read on the host by default (NaN for its bad rows),
+    # checked there with check_tensor_values
+    c = cupy.asarray([[1.0], [1.0], [-1.0]])
+    d = cupy.asnumpy(P.dist0(x[[2, 2, 2]], c=c))
+    assert math.isfinite(d[0]) and math.isfinite(d[1]) and math.isnan(d[2])
+    monkeypatch.setattr(config, "check_tensor_values", True)
+    with pytest.raises(InvalidCurvatureError):
+        P.dist0(x[[2, 2, 2]], c=c)
     monkeypatch.setattr(config, "check_finite", True)
     with pytest.raises(NonFiniteError) as e:
         P.dist0(x)
