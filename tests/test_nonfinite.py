@@ -496,6 +496,7 @@ def test_cupy_arrays_follow_the_same_rule(monkeypatch):
     assert all(math.isnan(v) for v in dist[:2].ravel()) and all(math.isfinite(v) for v in dist[2])
     # a CuPy c is a GPU array: not read on the host by default (NaN for its bad rows),
     # checked there with check_tensor_values
+    monkeypatch.setattr(config, "check_tensor_values", None)
     c = cupy.asarray([[1.0], [1.0], [-1.0]])
     d = cupy.asnumpy(P.dist0(x[[2, 2, 2]], c=c))
     assert math.isfinite(d[0]) and math.isfinite(d[1]) and math.isnan(d[2])
@@ -513,7 +514,7 @@ def test_cupy_arrays_follow_the_same_rule(monkeypatch):
 
 # ---------------------------------------------------------------- bad c and t tensors
 BAD_C = {NAN_ROW: 0.0, INF_ROW: -1.0, OUT_ROW: math.nan, OUT_ROW2: math.inf}  # row -> a bad c
-BAD_T = {NAN_ROW: math.nan, INF_ROW: -math.inf}  # row -> a bad t
+BAD_T = {NAN_ROW: math.nan, INF_ROW: -math.inf, OUT_ROW: math.inf}  # row -> a bad t
 
 
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16), ids=str)
@@ -521,7 +522,7 @@ BAD_T = {NAN_ROW: math.nan, INF_ROW: -math.inf}  # row -> a bad t
 def test_unchecked_bad_c_and_t_tensors_give_nan_rows(op, dtype, device, monkeypatch):
     """With the tensors' values not read on the host (``check_tensor_values`` False; on
     a GPU also the default), a per-row c of 0, -1, NaN or inf, or a per-row t of NaN or
-    -inf, gives that row NaN outputs and NaN gradients (inputs, c, t); the other rows
+    +-inf, gives that row NaN outputs and NaN gradients (inputs, c, t); the other rows
     are bit-for-bit those of the good values."""
     monkeypatch.setattr(config, "check_tensor_values", False)
     vecs, t, eps = _inputs(op, dtype, device, seed=4)
@@ -559,19 +560,39 @@ def test_unchecked_bad_c_and_t_tensors_give_nan_rows(op, dtype, device, monkeypa
 
 def test_tensor_values_are_read_on_the_host_only_where_that_costs_no_sync(monkeypatch):
     """``check_tensor_values``: None (the default) checks a CPU tensor on the host and
-    raises; False lets it through (NaN rows); True checks every tensor."""
+    raises; a false value lets it through (NaN rows); a true value checks every tensor
+    (any truthy or falsy value, not just the bools)."""
     x = torch.full((3, 4), 0.1)
     bad_c = torch.tensor([[1.0], [-1.0], [1.0]])
     bad_t = torch.tensor([[0.5], [math.nan], [0.5]])
-    for flag in (None, True):
+    for flag in (None, True, 1):
         monkeypatch.setattr(config, "check_tensor_values", flag)
         with pytest.raises(InvalidCurvatureError, match="positive"):
             P.expmap0(x, c=bad_c)
         with pytest.raises(InvalidArgumentError, match="finite"):
             P.geodesic(x, x / 2, bad_t)
-    monkeypatch.setattr(config, "check_tensor_values", False)
-    for out in (P.expmap0(x, c=bad_c), P.geodesic(x, x / 2, bad_t)):
-        assert torch.isnan(out[1]).all() and not torch.isnan(out[[0, 2]]).any()
+    for flag in (False, 0):
+        monkeypatch.setattr(config, "check_tensor_values", flag)
+        for out in (P.expmap0(x, c=bad_c), P.geodesic(x, x / 2, bad_t)):
+            assert torch.isnan(out[1]).all() and not torch.isnan(out[[0, 2]]).any()
+
+
+def test_which_tensors_are_read_on_the_host(monkeypatch):
+    """The rule of ``check_on_host`` for a tensor off the CPU (a meta tensor stands in
+    for a GPU one): by default only in the checked mode, which synchronises anyway."""
+    from xpu_stone.engine.scalars import check_on_host
+
+    gpu_like, cpu = torch.empty(2, 1, device="meta"), torch.ones(2, 1)
+    cases = [  # (check_tensor_values, check_finite) -> (off the CPU, on the CPU)
+        ((None, False), (False, True)),
+        ((None, True), (True, True)),
+        ((True, False), (True, True)),
+        ((False, True), (False, False)),
+    ]
+    for (flag, checked), expected in cases:
+        monkeypatch.setattr(config, "check_tensor_values", flag)
+        monkeypatch.setattr(config, "check_finite", checked)
+        assert (check_on_host(gpu_like), check_on_host(cpu)) == expected, (flag, checked)
 
 
 @pytest.mark.parametrize(("value", "flag"), (("1", True), ("0", False), ("", None)))
@@ -583,11 +604,16 @@ def test_environment_variable_sets_the_tensor_check(value, flag):
 
 
 def test_gemm_style_ops_check_the_c_they_read_on_the_host(monkeypatch):
-    """cdist, knn and mobius_matvec read a tensor c on the host: a bad one raises there,
+    """cdist, knn, mobius_matvec and the HNN++ maps read a tensor c on the host: a bad one raises there,
     whatever ``check_tensor_values`` says."""
     monkeypatch.setattr(config, "check_tensor_values", False)
     x = torch.full((4, 3), 0.1)
+    z, r = torch.full((3, 2), 0.1), torch.zeros(2)
     for bad in (torch.tensor(-1.0), torch.tensor(math.nan)):
+        with pytest.raises(InvalidCurvatureError):
+            LIN.poincare_fc(x, z, r, bad)
+        with pytest.raises(InvalidCurvatureError):
+            LIN.poincare_mlr(x, z, r, bad)
         with pytest.raises(InvalidCurvatureError):
             PW.cdist(x, x, bad)
         with pytest.raises(InvalidCurvatureError):
@@ -598,23 +624,39 @@ def test_gemm_style_ops_check_the_c_they_read_on_the_host(monkeypatch):
 
 @pytest.mark.gpu
 def test_a_gpu_tensor_c_costs_no_synchronisation(monkeypatch):
-    """Default config, a learnable c on the GPU: forward and backward of row ops run under
-    ``torch.cuda.set_sync_debug_mode("error")`` without a synchronisation; with
-    ``check_tensor_values`` True the host check synchronises and the same step raises
-    (the guard can fail); a bad c gives NaN rows instead of an error."""
+    """Default config, a learnable c (0-d and per row) and a learnable t on the GPU:
+    forward and backward of row ops of two models, the no-grad launch path, and a Klein
+    midpoint with GPU weights run under ``torch.cuda.set_sync_debug_mode("error")``
+    without a synchronisation (torch's; a CuPy one would not show); with
+    ``check_tensor_values`` True, and in the checked mode, the host check synchronises
+    and the same step raises (the guard can fail); a bad c gives NaN rows instead of an
+    error, and raises InvalidCurvatureError in the checked mode."""
+    from xpu_stone import klein as K
+
     monkeypatch.setattr(config, "check_tensor_values", None)
+    monkeypatch.setattr(config, "check_finite", False)
     x = (torch.rand(64, 16, device="cuda") * 0.05).requires_grad_()
     y = torch.rand(64, 16, device="cuda") * 0.05
     c = torch.tensor(0.8, device="cuda", requires_grad=True)
+    c_rows = torch.full((64, 1), 0.8, device="cuda", requires_grad=True)
+    t = torch.full((64, 1), 0.3, device="cuda", requires_grad=True)
+    h = L.expmap0(torch.cat([torch.zeros(64, 1, device="cuda"), y], -1), c=0.8)  # points of c = 0.8
+    w = torch.rand(8, 4, device="cuda") + 0.1
 
     def step():
-        out = P.dist(P.mobius_add(x, y, c=c), y, c=c).sum() + P.expmap0(y, c=c).sum()
-        return torch.autograd.grad(out, (x, c))
+        out = P.dist(P.mobius_add(x, y, c=c), y, c=c).sum() + P.expmap0(y, c=c_rows).sum()
+        out = out + P.geodesic(x, y, t, c=c).sum() + L.dist(h, h.flip(0), c=c).sum()
+        grads = torch.autograd.grad(out, (x, c, c_rows, t))
+        with torch.no_grad():
+            P.mobius_add(x, y, c=c)
+            K.einstein_midpoint(x.detach()[:32].reshape(8, 4, 16), w, dim=1)
+        return grads
 
     step()  # kernels loaded outside the guard
     torch.cuda.synchronize()
-    for flag, raises in ((None, False), (True, True)):
+    for (flag, checked), raises in (((None, False), False), ((True, False), True), ((None, True), True)):
         monkeypatch.setattr(config, "check_tensor_values", flag)
+        monkeypatch.setattr(config, "check_finite", checked)
         torch.cuda.set_sync_debug_mode("error")
         try:
             if raises:
@@ -625,10 +667,14 @@ def test_a_gpu_tensor_c_costs_no_synchronisation(monkeypatch):
         finally:
             torch.cuda.set_sync_debug_mode("default")
     monkeypatch.setattr(config, "check_tensor_values", None)
+    monkeypatch.setattr(config, "check_finite", False)
     bad = torch.full((64, 1), 0.8, device="cuda")
     bad[5] = -1.0
     out = P.dist(x.detach(), y, c=bad).cpu()
     assert torch.isnan(out[5]) and not torch.isnan(torch.cat([out[:5], out[6:]])).any()
+    monkeypatch.setattr(config, "check_finite", True)
+    with pytest.raises(InvalidCurvatureError):
+        P.dist(x.detach(), y, c=bad)
 
 
 def test_unchecked_bad_midpoint_weights_give_nan(monkeypatch):

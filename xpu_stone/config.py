@@ -1,16 +1,21 @@
 """Process-wide switches.
 
-``check_tensor_values``: where a tensor curvature ``c`` or per-row scalar (``t``,
-``r``, the Klein midpoint's weights) is checked on the host, raising a typed error
-before anything runs. ``None`` (the default): where that costs no synchronisation,
-that is for values held on the CPU; a GPU tensor goes to the kernels unread, and
-the row-wise kernels give NaN for every row whose ``c`` is not finite and positive
-or whose ``t`` is not finite (outputs and gradients; the GEMM-style ops, which read
-their one ``c`` on the host anyway, check it there). ``True``: every tensor, on the
-host (on a GPU one synchronisation a call). ``False``: none (bad rows give NaN on
-the CPU too). Set by the environment variable ``XPU_STONE_CHECK_TENSOR_VALUES``
-(``1``/``0``) at import, or this attribute at run time. Skipped inside
-``torch.compile`` tracing and CUDA-graph capture.
+``check_tensor_values``: where the values of a tensor curvature ``c`` or per-row
+scalar (``t``, ``r``, the Klein midpoint's weights) given to a row-wise op are
+checked on the host, raising a typed error before anything runs. ``None`` (the
+default): where that costs no synchronisation (values held on the CPU) or where the
+call synchronises anyway (the checked mode below); a GPU tensor otherwise goes to
+the kernels unread, and the row-wise kernels give NaN for every row whose ``c`` is
+not finite and positive or whose ``t`` is not finite (outputs and gradients).
+``True``: every tensor, on the host (on a GPU one synchronisation per tensor).
+``False``: none (bad rows give NaN on the CPU too). Values that are read on the host
+anyway are checked whatever this says: a manifold's, an optimizer's or a fixed-``c``
+layer's curvature, and the one ``c`` of the GEMM-style ops (``cdist``, ``knn``,
+``mobius_matvec``, the HNN++ maps), which their kernels take by value (a GPU
+tensor ``c`` there costs one synchronisation a call). Set by the environment
+variable ``XPU_STONE_CHECK_TENSOR_VALUES`` at import (``1``/``true``/``yes``/``on``
+or ``0``/``false``/``no``/``off``; anything else leaves None), or this attribute
+at run time. Skipped inside ``torch.compile`` tracing and CUDA-graph capture.
 
 ``check_finite``: the checked mode, off by default (set the environment variable
 ``XPU_STONE_CHECK_FINITE=1`` before the import, or this attribute at run time).

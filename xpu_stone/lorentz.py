@@ -62,7 +62,8 @@ _call = engine.call
 
 def inner(u, v, c=1.0, keepdim=False):
     r"""Minkowski product :math:`\langle u, v\rangle_L = -u_0 v_0 + \sum_{i\ge1} u_i v_i`
-    (``c`` is accepted for a uniform signature and not used)."""
+    (``c`` is accepted for a uniform signature and not used in the formula; it is
+    checked as everywhere, and a row with a bad tensor ``c`` is NaN)."""
     return _call(_ops.INNER, (u, v), c, keepdim=keepdim)
 
 

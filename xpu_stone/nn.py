@@ -117,11 +117,6 @@ def _c_repr(c) -> str:
     return f"c={c:g}" if isinstance(c, float) else "c=Curvature"
 
 
-def _as_tensor_c(c, like):
-    """c for a row-wise op: a float, or the learnable 0-d tensor in like's dtype."""
-    return c.to(like.dtype) if isinstance(c, torch.Tensor) else c
-
-
 class ToPoincare(nn.Module):
     r"""Maps Euclidean features into the Poincaré ball:
     :math:`y = \operatorname{proj}(\exp_0(\min(1, r/\|x\|)\,x))`.
@@ -146,7 +141,7 @@ class ToPoincare(nn.Module):
         if self.clip_r is not None:
             norm = x.norm(dim=-1, keepdim=True).clamp_min(1e-15)
             x = x * torch.clamp(self.clip_r / norm, max=1.0)
-        c = _as_tensor_c(self.curvature(), x)
+        c = self.curvature()
         return poincare.project(poincare.expmap0(x, c), c)
 
     def extra_repr(self) -> str:
@@ -177,7 +172,7 @@ class HypLinear(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x):
-        c = _as_tensor_c(_value(self.c), x)
+        c = _value(self.c)
         y = linear.mobius_matvec(self.weight, x, c)
         if self.bias is not None:
             b = poincare.project(self.bias.to(x.dtype), c)
@@ -248,7 +243,7 @@ class HypAct(nn.Module):
         self.c = _curvature(c)
 
     def forward(self, x):
-        c = _as_tensor_c(_value(self.c), x)
+        c = _value(self.c)
         return poincare.project(poincare.expmap0(self.act(poincare.logmap0(x, c)), c), c)
 
 
@@ -274,7 +269,7 @@ class _GeodesicLayer(nn.Module):
 
     def forward(self, u, v):
         t = self.t.to(u.dtype) if isinstance(self.t, torch.Tensor) else self.t
-        return self._geodesic()(u, v, t, _as_tensor_c(_value(self.c), u))
+        return self._geodesic()(u, v, t, _value(self.c))
 
     def extra_repr(self) -> str:
         t = float(self.t) if isinstance(self.t, torch.Tensor) else self.t

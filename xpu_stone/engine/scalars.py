@@ -12,11 +12,16 @@ A scalar is given as
   batch dims of the inputs (``(N, 1)`` for inputs ``(N, D)``). It lives on the
   inputs' device; a one-value CPU tensor is moved there.
 
-Values of tensors are checked on the host where that needs no synchronisation
-(a tensor on the CPU), everywhere with ``config.check_tensor_values = True`` (one
-synchronisation a call on a GPU), nowhere with ``False``, and never while the call
-is being traced by ``torch.compile`` or captured into a CUDA graph. Unchecked, a
-bad value reaches the kernels, which give NaN for its rows (:mod:`xpu_stone.config`). Errors are typed: a bad
+Values of tensors are checked by :func:`check_scalar` on the host where that needs
+no synchronisation (a tensor on the CPU) or where the call synchronises anyway (the
+checked mode, ``config.check_finite``), everywhere with
+``config.check_tensor_values = True`` (one synchronisation per tensor on a GPU),
+nowhere with ``False``, and never while the call is being traced by
+``torch.compile`` or captured into a CUDA graph. Unchecked, a bad value reaches the
+row-wise kernels, which give NaN for its rows (:mod:`xpu_stone.config`). A value
+read on the host anyway is always checked: :func:`curvature_value` (manifolds,
+layers with a fixed ``c``, optimizers) and the GEMM-style ops (``cdist``, ``knn``,
+the linear maps), which take their one ``c`` by value. Errors are typed: a bad
 curvature raises :class:`~xpu_stone.errors.InvalidCurvatureError`, a bad other
 scalar :class:`~xpu_stone.errors.InvalidArgumentError`, a per-row tensor of the
 wrong shape :class:`~xpu_stone.errors.ShapeMismatchError`.
@@ -111,13 +116,16 @@ def check_scalar(value, name: str = "c", like=None, *, positive: bool = True, pe
 
 def check_on_host(value, like=None) -> bool:
     """Whether the values of the tensor ``value`` (a torch tensor or CuPy array) are
-    checked on the host: ``config.check_tensor_values`` True, or None (the default)
-    and ``value`` on the CPU (no synchronisation); never while ``like``'s call is
-    traced or captured."""
+    checked on the host: ``config.check_tensor_values`` true, or None (the default)
+    and either ``value`` on the CPU (no synchronisation) or the checked mode on
+    (``config.check_finite``, which synchronises anyway); never while ``like``'s call
+    is traced or captured."""
     flag = config.check_tensor_values
-    if flag is False or tracing(like if like is not None else value):
-        return False
-    return flag is True or (not is_cupy_array(value) and value.device.type == "cpu")
+    if flag is None:
+        want = config.check_finite or (not is_cupy_array(value) and value.device.type == "cpu")
+    else:
+        want = bool(flag)
+    return want and not tracing(like if like is not None else value)
 
 
 def _on_device_of(value, like, name: str, one: bool):
