@@ -27,6 +27,14 @@
 #define XS_HYP_ARG_MAX 50.0
 
 // ------------------------------------------------------------ mobius_matvec
+// The call's curvature: *c_ptr (a tensor c, read on the device: the host does not
+// read it, see xpu_stone.config.check_tensor_values) or the value c; NaN unless it
+// is finite and positive, so that every output and gradient of the call is NaN.
+__device__ __forceinline__ double xs_call_c(const double* __restrict__ c_ptr, double c) {
+  const double v = c_ptr != nullptr ? *c_ptr : c;
+  return (v > 0 && v - v == 0) ? v : __longlong_as_double(0x7ff8000000000000LL);
+}
+
 template <class R, class S>
 __device__ __forceinline__ R xs_matvec_phi(const R& vv, const R& xx, const R& c) {
   const R sc = xs_sqrt(c);
@@ -49,7 +57,8 @@ __device__ __forceinline__ S xs_warp_sqnorm(const T* __restrict__ row, long long
 
 template <class T, class S>
 __global__ void xs_matvec_fwd(const T* __restrict__ x, const T* __restrict__ v, T* __restrict__ out,
-                              long long rows, long long din, long long dout, double c) {
+                              const double* __restrict__ c_ptr, long long rows, long long din, long long dout,
+                              double c) {
   const long long row = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x & 31;
   if (row >= rows) return;
@@ -57,7 +66,7 @@ __global__ void xs_matvec_fwd(const T* __restrict__ x, const T* __restrict__ v, 
   const T* vr = v + row * dout;
   const S xx = xs_warp_sqnorm<T, S>(xr, din, lane);
   const S vv = xs_warp_sqnorm<T, S>(vr, dout, lane);
-  const S phi = xs_matvec_phi<S, S>(vv, xx, S(c));
+  const S phi = xs_matvec_phi<S, S>(vv, xx, S(xs_call_c(c_ptr, c)));
   T* o = out + row * dout;
   for (long long i = lane; i < dout; i += 32) o[i] = xs_from_e<T>(typename xs_traits<T>::E(phi * S(xs_to_e(vr[i]))));
 }
@@ -65,8 +74,8 @@ __global__ void xs_matvec_fwd(const T* __restrict__ x, const T* __restrict__ v, 
 template <class T, class S>
 __global__ void xs_matvec_bwd(const T* __restrict__ x, const T* __restrict__ v, const T* __restrict__ g,
                               T* __restrict__ gv, typename xs_traits<T>::P* __restrict__ gamma,
-                              typename xs_traits<T>::P* __restrict__ gc, long long rows, long long din,
-                              long long dout, double c) {
+                              typename xs_traits<T>::P* __restrict__ gc, const double* __restrict__ c_ptr,
+                              long long rows, long long din, long long dout, double c) {
   using P = typename xs_traits<T>::P;
   const long long row = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x & 31;
@@ -82,7 +91,7 @@ __global__ void xs_matvec_bwd(const T* __restrict__ x, const T* __restrict__ v, 
   }
   xs_group_sum<32>(s);
   using D3 = xs_dual<S, 3>;
-  const D3 phi = xs_matvec_phi<D3, S>(D3::seed(s[0], 0), D3::seed(xx, 1), D3::seed(S(c), 2));
+  const D3 phi = xs_matvec_phi<D3, S>(D3::seed(s[0], 0), D3::seed(xx, 1), D3::seed(S(xs_call_c(c_ptr, c)), 2));
   const S kv = S(2) * s[1] * phi.d[0];
   T* gvr = gv + row * dout;
   for (long long i = lane; i < dout; i += 32)

@@ -604,7 +604,7 @@ def test_environment_variable_sets_the_tensor_check(value, flag):
 
 
 def test_gemm_style_ops_check_the_c_they_read_on_the_host(monkeypatch):
-    """cdist, knn, mobius_matvec and the HNN++ maps read a tensor c on the host: a bad one raises there,
+    """cdist, knn and the HNN++ maps read a tensor c on the host (mobius_matvec a CPU one): a bad one raises there,
     whatever ``check_tensor_values`` says."""
     monkeypatch.setattr(config, "check_tensor_values", False)
     x = torch.full((4, 3), 0.1)
@@ -625,13 +625,16 @@ def test_gemm_style_ops_check_the_c_they_read_on_the_host(monkeypatch):
 @pytest.mark.gpu
 def test_a_gpu_tensor_c_costs_no_synchronisation(monkeypatch):
     """Default config, a learnable c (0-d and per row) and a learnable t on the GPU:
-    forward and backward of row ops of two models, the no-grad launch path, and a Klein
-    midpoint with GPU weights run under ``torch.cuda.set_sync_debug_mode("error")``
+    forward and backward of row ops of two models, of mobius_matvec and of a HypLinear
+    with a learnable Curvature, the no-grad launch path, and a Klein midpoint with GPU
+    weights run under ``torch.cuda.set_sync_debug_mode("error")``
     without a synchronisation (torch's; a CuPy one would not show); with
     ``check_tensor_values`` True, and in the checked mode, the host check synchronises
-    and the same step raises (the guard can fail); a bad c gives NaN rows instead of an
-    error, and raises InvalidCurvatureError in the checked mode."""
+    and the same step raises (the guard can fail); a bad c gives NaN rows (mobius_matvec:
+    a NaN call) instead of an error, and raises InvalidCurvatureError in the checked
+    mode."""
     from xpu_stone import klein as K
+    from xpu_stone.nn import Curvature, HypLinear
 
     monkeypatch.setattr(config, "check_tensor_values", None)
     monkeypatch.setattr(config, "check_finite", False)
@@ -643,10 +646,13 @@ def test_a_gpu_tensor_c_costs_no_synchronisation(monkeypatch):
     h = L.expmap0(torch.cat([torch.zeros(64, 1, device="cuda"), y], -1), c=0.8)  # points of c = 0.8
     w = torch.rand(8, 4, device="cuda") + 0.1
 
+    layer = HypLinear(16, 8, c=Curvature(0.8, learnable=True)).cuda()
+
     def step():
         out = P.dist(P.mobius_add(x, y, c=c), y, c=c).sum() + P.expmap0(y, c=c_rows).sum()
         out = out + P.geodesic(x, y, t, c=c).sum() + L.dist(h, h.flip(0), c=c).sum()
-        grads = torch.autograd.grad(out, (x, c, c_rows, t))
+        out = out + layer(x).sum() + LIN.mobius_matvec(layer.weight, x, c).sum()
+        grads = torch.autograd.grad(out, (x, c, c_rows, t, *layer.parameters()))
         with torch.no_grad():
             P.mobius_add(x, y, c=c)
             K.einstein_midpoint(x.detach()[:32].reshape(8, 4, 16), w, dim=1)
@@ -672,6 +678,8 @@ def test_a_gpu_tensor_c_costs_no_synchronisation(monkeypatch):
     bad[5] = -1.0
     out = P.dist(x.detach(), y, c=bad).cpu()
     assert torch.isnan(out[5]) and not torch.isnan(torch.cat([out[:5], out[6:]])).any()
+    for bad_c in (torch.tensor(-1.0, device="cuda"), torch.tensor(math.nan, device="cuda")):
+        assert torch.isnan(LIN.mobius_matvec(layer.weight.detach(), x.detach(), bad_c)).all()
     monkeypatch.setattr(config, "check_finite", True)
     with pytest.raises(InvalidCurvatureError):
         P.dist(x.detach(), y, c=bad)

@@ -10,9 +10,10 @@ not finite and positive or whose ``t`` is not finite (outputs and gradients).
 ``True``: every tensor, on the host (on a GPU one synchronisation per tensor).
 ``False``: none (bad rows give NaN on the CPU too). Values that are read on the host
 anyway are checked whatever this says: a manifold's, an optimizer's or a fixed-``c``
-layer's curvature, and the one ``c`` of the GEMM-style ops (``cdist``, ``knn``,
-``mobius_matvec``, the HNN++ maps), which their kernels take by value (a GPU
-tensor ``c`` there costs one synchronisation a call). Set by the environment
+layer's curvature, and the one ``c`` of ``cdist``, ``knn`` and the HNN++ maps,
+which their kernels take by value (a GPU tensor ``c`` there costs one
+synchronisation a call). ``mobius_matvec`` follows the row-wise rule (its kernels
+read a GPU tensor ``c`` on the device; a bad one makes the whole call NaN). Set by the environment
 variable ``XPU_STONE_CHECK_TENSOR_VALUES`` at import (``1``/``true``/``yes``/``on``
 or ``0``/``false``/``no``/``off``; anything else leaves None), or this attribute
 at run time. Skipped inside ``torch.compile`` tracing and CUDA-graph capture.

@@ -20,8 +20,8 @@ nowhere with ``False``, and never while the call is being traced by
 ``torch.compile`` or captured into a CUDA graph. Unchecked, a bad value reaches the
 row-wise kernels, which give NaN for its rows (:mod:`xpu_stone.config`). A value
 read on the host anyway is always checked: :func:`curvature_value` (manifolds,
-layers with a fixed ``c``, optimizers) and the GEMM-style ops (``cdist``, ``knn``,
-the linear maps), which take their one ``c`` by value. Errors are typed: a bad
+layers with a fixed ``c``, optimizers) and ``cdist``, ``knn`` and the HNN++ maps,
+which take their one ``c`` by value. Errors are typed: a bad
 curvature raises :class:`~xpu_stone.errors.InvalidCurvatureError`, a bad other
 scalar :class:`~xpu_stone.errors.InvalidArgumentError`, a per-row tensor of the
 wrong shape :class:`~xpu_stone.errors.ShapeMismatchError`.

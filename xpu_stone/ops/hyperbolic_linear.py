@@ -159,24 +159,27 @@ def _launch(kind, dtype, rows, args, c_val, dev, din, dout):
            shape=(rows, din, dout), dtype=dtype)  # fmt: skip
 
 
-def _host_c(c, c_val) -> float:
-    """The one c of a call, read on the host (so checked here, whatever the config)."""
-    return c_val if c is None else check_number(float(c), "c")
+def _device_c(c):
+    """A tensor c as the kernels read it (float64, on the device: no host read; the
+    kernels give NaN for a value that is not finite and positive), or None."""
+    return None if c is None else c.detach().reshape(()).to(torch.float64)
 
 
 def _matvec_fwd(x, v, c_val, c):
-    cv = _host_c(c, c_val)
-    if not x.is_cuda:
+    if not x.is_cuda:  # a CPU c is read on the host at no cost: checked here
+        if c is not None:
+            check_number(float(c), "c")
         return _matvec_fwd_torch(x, v, c_val, c)
     out = torch.empty_like(v)
     poison(out)
     rows, din = x.shape
+    c_dev = _device_c(c)
     _launch(
         "matvec_fwd",
         TORCH_DTYPES[x.dtype],
         rows,
-        (ptr(x), ptr(v), ptr(out)),
-        cv,
+        (ptr(x), ptr(v), ptr(out), ptr(c_dev)),
+        c_val,
         x.device.index,
         din,
         v.shape[1],
@@ -185,7 +188,6 @@ def _matvec_fwd(x, v, c_val, c):
 
 
 def _matvec_bwd(x, v, g, c_val, c, need_c):
-    cv = _host_c(c, c_val)
     if not x.is_cuda:
         return _matvec_bwd_torch(x, v, g, c_val, c)
     rows, din = x.shape
@@ -194,8 +196,9 @@ def _matvec_bwd(x, v, g, c_val, c, need_c):
     gamma = torch.empty(rows, dtype=p, device=x.device)
     gc = torch.empty(rows, dtype=p, device=x.device) if need_c else None
     poison(gv, gamma, gc)
-    args = (ptr(x), ptr(v), ptr(g.contiguous()), ptr(gv), ptr(gamma), ptr(gc))
-    _launch("matvec_bwd", TORCH_DTYPES[x.dtype], rows, args, cv, x.device.index, din, v.shape[1])
+    c_dev = _device_c(c)
+    args = (ptr(x), ptr(v), ptr(g.contiguous()), ptr(gv), ptr(gamma), ptr(gc), ptr(c_dev))
+    _launch("matvec_bwd", TORCH_DTYPES[x.dtype], rows, args, c_val, x.device.index, din, v.shape[1])
     return gv, gamma, gc
 
 
