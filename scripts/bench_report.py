@@ -503,40 +503,45 @@ KNN_K = 10  # the k of benchmarks/bench_pairwise.py's knn rows
 T_LOOP_FLOOR, T_LOOP_GEOOPT = 1.15, 10.0  # user loop: eager over its Euclidean floor; step over geoopt eager
 T_ADAM_GEOOPT, T_ADAM_FUSED = 50.0, 2.0  # optimizer step over geoopt's; its time within 2x fused Adam's
 T_EMBED_GEOOPT, T_SESSION, T_PROFILER_US, T_BUILD_S = 5.0, 3.0, 2.0, 20.0
-REASONS = {  # why a target is missed, where it is known (no figures here: those come from the files)
-    "fwd": "fp32 rows do their element arithmetic (terms, dots, output sums) in fp64, and every row's formula "
-    "in fp64 arithmetic (divisions and square roots included; the transcendentals from one fp32 expm1 or log1p "
-    "with an fp64 correction, except in expmap, whose output terms cancel and which calls fp64 tanh and cosh), "
-    "once per warp for each group of rows the warp holds: at D <= 128 a warp evaluates it for every 2 to 8 rows, "
-    "and the ops with more than a few products per row (mobius_scalar_mul, expmap, logmap, dist, dist0, "
-    "geodesic) lose the most; at D >= 1024 the tuned configuration of half the vector-output ops reads each row "
-    "twice (once for the dots, again for the output: a row of fp64 elements does not fit the registers) and "
-    "expmap three times (its late dot), while the scalar-output ops, one pass, run at the copy rate at the "
-    "same D (read from the kernel source, the tuned table and the per-op pattern, not profiled); fp16 and bf16 "
-    "rows compute their elements in fp32 and run the heuristic's launch configuration (the shipped tables' "
-    "16-bit entries are withdrawn until re-tuned); the conversions to and from the hyperboloid change the row "
-    "length and access scalars one by one",
-    "compile": "at 0.8 GB a forward both sides are bound by the GPU, not the host, and torch.compile's Triton "
-    "code, fp32 throughout, moves its bytes at about the copy rate on most cells, where xpu_stone's kernels do "
-    "not (see the previous item); in the runs at 0.25 GB a forward, torch.compile's host time per call (its "
-    "guards and wrapper) set its pace and xpu_stone was ahead on most cells",
-    "fb": "against torch.compile: xpu_stone's backward evaluates each row's formula on dual numbers in fp64, "
-    "one derivative per dot, on top of the forward's costs (previous items); a memory-bound forward+backward "
-    "cannot beat a rival by 1.6× once the rival runs at more than 1/1.6 of the copy rate, as torch.compile "
-    "does on most of these cells; against geoopt: geoopt's Lorentz maths is lighter than its Poincaré maths",
-    "linear": "the GEMMs are cuBLAS's; the separate epilogue and backward kernels cost more than "
-    "torch.compile's fused Triton code",
-    "small": "each call checks its inputs in Python (types, dtypes, devices, shapes, the scalars), allocates "
+REASONS = {  # why a target is missed, where it is known (no measured figures: those come from the files)
+    "fwd": "a hypothesis from the kernel source and the per-op pattern, not profiled: fp32 rows do their element "
+    "arithmetic in fp64, and each row's scalar formula (norms, divisions, square roots; the hyperbolic functions "
+    "from one fp32 expm1 or log1p with an fp64 correction, except in expmap, which calls fp64 tanh and cosh) runs "
+    "in fp64; at small D one 32-thread warp holds several rows and evaluates the formula for each, so fp64 "
+    "arithmetic rather than memory may limit the ops with long per-row formulas (mobius_scalar_mul, expmap, "
+    "logmap, dist, dist0, geodesic); at D = 1024 and 4096 half the Poincaré vector-output ops run with a launch "
+    "setting that reads each row twice (expmap three times: one of its sums needs a value from an earlier one), "
+    "but the ops that read it once are below the target there too, so the second read is at most part of the "
+    "gap; fp16 and bf16 rows compute their elements in fp32 and use a built-in launch setting (the autotuner's "
+    "table for this GPU, `xpu_stone/kernels/tables/nvidia-h200.json`, covers fp32 and fp64 only until "
+    "re-tuned); the conversions to and from the hyperboloid change the row length (D + 1 elements) and so read "
+    "one element at a time instead of 16-byte vectors",
+    "compile": "where torch.compile is near the copy rate, both sides are bound by the GPU and its Triton code, "
+    "fp32 throughout, moves its bytes faster than xpu_stone's kernels (previous item); where it is not, "
+    "xpu_stone's own costs (previous item; most of those cells are fp16 or bf16) keep it below 1.1×; in a "
+    "Poincaré-only run at 0.25 GB a forward (`poincare-NVIDIA_H200-2026-12-01-full.json`) xpu_stone was ahead "
+    "on most cells, torch.compile then probably paced by its host time per call (not profiled)",
+    "fb": "a memory-bound forward+backward cannot beat a rival by 1.6× once the rival moves its bytes at more "
+    "than 1/1.6 of the copy rate; on the other cells xpu_stone's own costs decide: its backward recomputes each "
+    "row's formula in fp64 with forward-mode (dual-number) derivatives, one per dot product of the formula, on "
+    "top of the forward's costs (previous items); against geoopt: geoopt's Lorentz maths is lighter than its "
+    "Poincaré maths, and the Poincaré misses are fp32 cells where xpu_stone's forward+backward is among its "
+    "slowest against copy",
+    "linear": "the GEMMs are cuBLAS's; the rest of xpu_stone's time is its own epilogue and backward kernels, "
+    "which torch.compile fuses into its Triton code (not profiled; the file predates the current kernels)",
+    "small": "each call checks its arguments in Python (types, dtypes, devices, shapes, the scalars), allocates "
     "its output, packs the kernel's argument struct and launches through CuPy, and with autograd on an "
-    "autograd.Function records it; a cProfile on the H200's host (not a result file) put most of the time in "
-    "the checks and the launch path, none of it in the GPU",
-    "loop": "the eager loop pays the small-call host path (above) on each op of its step and on the "
-    "optimizer's step; under torch.compile the step falls into several graphs and the optimizer's step runs "
-    "eagerly (it is torch.compiler.disable'd: dynamo on torch 2.11 raised on its plan cache), so "
-    "reduce-overhead's CUDA graphs cover only parts of the step; the runtime's capture of the whole step is "
-    "the path that meets the target",
-    "profiler": "the figure is that run's; the profiler's launch path has changed since (one tuple appended "
-    "per launch) and was not measured again",
+    "autograd.Function records it; how the time splits between these is not in a result file",
+    "loop": "the eager loop pays the CPU-side cost of each library call (argument checks, allocation, launch: "
+    "the small-call item) on every op of its step and on the optimizer's step; under torch.compile the step "
+    "breaks at `loss.backward()` and the optimizer's step runs eagerly (it is `torch.compiler.disable`d: dynamo "
+    "failed to trace the optimizer's cache of launch arguments), so reduce-overhead's CUDA graphs cover only "
+    "parts of the step; `xpu_stone.runtime.capture` (one CUDA graph of the whole step) is the path that meets "
+    "the target",
+    "profiler": "not known; the figure is from that run, and the profiler's launch path has changed since (one "
+    "tuple appended per launch) and was not measured again",
+    "build": "not investigated; every variant and launch configuration of every op and dtype is compiled as a "
+    "template instantiation of its own",
 }
 
 
@@ -1041,8 +1046,13 @@ def _host_call(doc: dict, mode: str = "fwd"):
     return None
 
 
-def _shortfalls(doc: dict, files: dict) -> list[str]:
-    out = []
+def _shortfalls(doc: dict, files: dict, records: dict | None = None) -> list[str]:
+    out = [
+        "A cell is one op × dtype × feature size D; % of copy is the bytes a call reads and writes per second "
+        "over those of a device-to-device copy in the same run (a fused read-mostly kernel can pass 100 %); a "
+        "ratio to a rival is the rival's time over xpu_stone's (below 1: xpu_stone is slower).",
+        "",
+    ]
     fwd = {(bench, *k): r for bench in ROWWISE for k, r in pick(doc, bench, "xpu_stone", "fwd").items()}
     parts, conv = [], [r for (_b, op, *_), r in fwd.items() if op.startswith("convert.")]
     for dtype in ("float32", "bfloat16", "float16"):
@@ -1057,7 +1067,16 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
             f"(lowest: {op}, D = {d})"
         )
     if fwd:
-        text = f"- Row-wise forward ≥ {T_FWD_COPY:.0f} % of copy on every cell: " + "; ".join(parts)
+        by_file = defaultdict(int)
+        for r in fwd.values():
+            by_file[r["source"]] += 1
+        text = (
+            f"- Row-wise forward ≥ {T_FWD_COPY:.0f} % of copy on every cell: "
+            + "; ".join(parts)
+            + " (cells by file: "
+            + ", ".join(f"`{f}` {n}" for f, n in sorted(by_file.items()))
+            + ")"
+        )
         if conv:
             ok = sum(r["pct_copy"] >= T_CONVERT_COPY for r in conv)
             text += (
@@ -1091,6 +1110,7 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
         )
     want, vs = 0, {"torch_compile": [], "geoopt": []}
     fb_shares = {"xpu_stone": [], "torch_compile": []}
+    unmeasured = {"torch_compile": [], "geoopt": []}
     for bench in ROWWISE:
         runs = _same_run_by_d(doc, bench)
         for op, dtype, d in pick(doc, bench, "xpu_stone", "fwd+bwd"):
@@ -1106,6 +1126,8 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
                 for impl in vs:
                     if mine and (impl, "fwd+bwd") in t:
                         vs[impl].append(t[(impl, "fwd+bwd")]["ms"] / mine["ms"])
+                    else:
+                        unmeasured[impl].append(f"{op} {DTYPE_SHORT[dtype]} D = {d}")
                 if mine and ("torch_compile", "fwd+bwd") in t:
                     fb_shares["xpu_stone"].append(mine["pct_copy"])
                     fb_shares["torch_compile"].append(t[("torch_compile", "fwd+bwd")]["pct_copy"])
@@ -1124,9 +1146,16 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
             + "; ".join(got)
             + (
                 f"; forward+backward moves its bytes at {_shares(fb_shares['xpu_stone'])} of copy in "
-                f"xpu_stone, {_shares(fb_shares['torch_compile'])} in torch.compile"
+                f"xpu_stone, {_shares(fb_shares['torch_compile'])} in torch.compile, which is above 1/"
+                f"{T_FB_COMPILE} of copy on {sum(v > 100 / T_FB_COMPILE for v in fb_shares['torch_compile'])} "
+                f"of these cells"
                 if fb_shares["xpu_stone"]
                 else ""
+            )
+            + "".join(
+                f"; not measured against {LABEL[i]}: {', '.join(cells)}"
+                for i, cells in unmeasured.items()
+                if cells
             )
             + f". Why: {REASONS['fb']}."
         )
@@ -1149,11 +1178,15 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
             h and h[0] / h[1] > t
             for h, t in ((hosts["fwd"], T_SMALL_CALL), (hosts["fwd_grad"], T_SMALL_CALL_GRAD))
         )
-        out.append("- Small call " + "; ".join(parts) + (f". Why: {REASONS['small']}." if missed else "."))
+        src = f" (`{files['poincare']}`)" if "poincare" in files else ""
+        out.append(
+            "- Small call " + "; ".join(parts) + src + (f". Why: {REASONS['small']}." if missed else ".")
+        )
     pw = _pairwise(doc)
     if not pw:
         out.append(
-            f"- cdist ≤ {T_CDIST_GEMM}× the GEMM alone, knn memory O(N·k + tile): no committed result file."
+            f"- cdist ≤ {T_CDIST_GEMM}× the GEMM alone, knn memory O(N·k + tile): no committed JSON result; knn's "
+            "memory has never been recorded."
         )
     else:
         part = []
@@ -1167,12 +1200,15 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
         if part:
             out.append(f"- cdist ≤ {T_CDIST_GEMM}× the GEMM alone, knn memory O(N·k + tile) (`{pw['source']}`): "
                        + "; ".join(part) + ".")  # fmt: skip
-    lin = [(xs, tc) for xs, tc in _linear_ratios(doc) if xs["op"] in ("HypLinear", "PoincareLinear")]
+    lin = _linear_ratios(doc)
     if lin:
-        r = [tc["ms"] / xs["ms"] for xs, tc in lin]
+        r = {xs["op"]: tc["ms"] / xs["ms"] for xs, tc in lin}
+        met = all(v >= T_LINEAR for v in r.values())
         out.append(
-            f"- Linear layers forward + backward ≥ {T_LINEAR}× torch.compile: {_span(r, _x)}, "
-            f"{_met(min(r) >= T_LINEAR)}. Why: {REASONS['linear']}."
+            f"- Linear layers forward + backward ≥ {T_LINEAR}× torch.compile: "
+            + ", ".join(f"{op} {_x(v)}" for op, v in r.items())
+            + f", {_met(met)} (`{files['linear']}`)"
+            + ("." if met else f". Why: {REASONS['linear']}.")
         )
     loop = _userloop_variants(doc)
     if loop:
@@ -1186,18 +1222,27 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
                 else "not measured"
             )
         ]
-        for v in steps:
-            sp = v.get("speedup_vs_geoopt_eager")
+        best = max(steps, key=lambda v: v.get("speedup_vs_geoopt_eager") or 0.0, default=None)
+        if best is not None and best.get("speedup_vs_geoopt_eager"):
+            sp = best["speedup_vs_geoopt_eager"]
             part.append(
-                f"{v['variant']} ≥ {T_LOOP_GEOOPT:.0f}× geoopt's eager loop: "
-                + (f"{_x(sp)}, {_met(sp >= T_LOOP_GEOOPT)}" if sp else v.get("skipped") or "failed")
+                f"its step compiled or captured ≥ {T_LOOP_GEOOPT:.0f}× geoopt's eager loop: {_x(sp)} "
+                f"({best['variant']}), {_met(sp >= T_LOOP_GEOOPT)}"
             )
+        for v in steps:
+            if v is best:
+                continue
+            sp = v.get("speedup_vs_geoopt_eager")
+            text = f"{v['variant']} {_x(sp)}" if sp else f"{v['variant']} {v.get('skipped') or 'failed'}"
             breaks = v.get("dynamo", {}).get("graph_break_reasons")
             if breaks:
-                part[-1] += f" ({sum(breaks.values())} graph breaks: " + ", ".join(breaks) + ")"
+                text += f" ({sum(breaks.values())} graph-break events: " + ", ".join(breaks) + ")"
+            part.append(text)
         maps = {k: v["map"] for k, v in loop.items() if v.get("map") is not None}
         if maps:
-            part.append("MAP " + ", ".join(f"{k} {m:.3f}" for k, m in maps.items()))
+            part.append(
+                "same reconstruction quality, MAP: " + ", ".join(f"{k} {m:.3f}" for k, m in maps.items())
+            )
         out.append(
             f"- The user's loop (`{files['userloop']}`): " + "; ".join(part) + f". Why: {REASONS['loop']}."
         )
@@ -1209,6 +1254,13 @@ def _shortfalls(doc: dict, files: dict) -> list[str]:
             f"- Profiler open without GPU timing ≤ {T_PROFILER_US:.0f} µs a call: "
             f"+{prof['on_no_nvtx_extra_us']:.1f} µs, missed (`{files['session']}`). Why: {REASONS['profiler']}."
         )
+    for path in (records or {}).get("kernel-build", []):
+        r = json.loads(path.read_text())
+        if not any(k["cached"] for k in r["kernels"]) and r["elapsed_s"] > T_BUILD_S:
+            out.append(
+                f"- Kernel build ≤ {T_BUILD_S:.0f} s cold: {len(r['kernels']):,} kernels in {r['elapsed_s']:.1f} s, "
+                f"missed (`{path.name}`). Why: {REASONS['build']}."
+            )
     return ["### Where this falls short of the targets", "", *out, ""]
 
 
@@ -1251,7 +1303,7 @@ def readme_section(results: Path, gpu: str | None = None, rel: str = "benchmarks
     if plots:
         lines += [f"### Plots ({doc['gpu']})", "", *plot_lines(plots, rel)]
     lines += _tests_section(doc, records)
-    lines += _shortfalls(doc, files)
+    lines += _shortfalls(doc, files, records)
     return "\n".join(lines) + "\n"
 
 
