@@ -17,6 +17,7 @@
 // Backward writes, per row i and column k: gpz = dL/dP / zn, H = dL/dzn at
 // fixed P, Rk = dL/dr_k, and gamma_i = dL/dlambda * c lambda^2 (the host does
 // the GEMMs and the column sums).
+#include "common/domain.cuh"
 #include "common/dtype.cuh"
 #include "common/math.cuh"
 #include "common/reduce.cuh"
@@ -27,12 +28,11 @@
 #define XS_HYP_ARG_MAX 50.0
 
 // ------------------------------------------------------------ mobius_matvec
-// The call's curvature: *c_ptr (a tensor c, read on the device: the host does not
-// read it, see xpu_stone.config.check_tensor_values) or the value c; NaN unless it
-// is finite and positive, so that every output and gradient of the call is NaN.
+// The call's curvature: *c_ptr (a tensor c, read on the device) or the value c; NaN
+// unless xs_curvature_ok, so that every output and gradient of the call is NaN.
 __device__ __forceinline__ double xs_call_c(const double* __restrict__ c_ptr, double c) {
   const double v = c_ptr != nullptr ? *c_ptr : c;
-  return (v > 0 && v - v == 0) ? v : __longlong_as_double(0x7ff8000000000000LL);
+  return xs_curvature_ok(v) ? v : xs_nan(v);
 }
 
 template <class R, class S>

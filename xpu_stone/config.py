@@ -42,9 +42,16 @@ _FLAG = {
     "no": False,
     "off": False,
 }
-check_tensor_values = _FLAG.get(os.environ.get("XPU_STONE_CHECK_TENSOR_VALUES", "").strip().lower())
 
-check_finite = os.environ.get("XPU_STONE_CHECK_FINITE", "").strip().lower() in ("1", "true", "yes", "on")
+
+def _env_flag(name: str):
+    """True, False or None (unset or not a flag word) from environment variable ``name``."""
+    return _FLAG.get(os.environ.get(name, "").strip().lower())
+
+
+check_tensor_values = _env_flag("XPU_STONE_CHECK_TENSOR_VALUES")
+
+check_finite = _env_flag("XPU_STONE_CHECK_FINITE") is True
 
 # Test switch: fill every kernel output with NaN before the launch, so that a
 # test can see that each element was written. Costs one fill per output.

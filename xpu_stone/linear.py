@@ -42,7 +42,7 @@ from .engine import check_curvature
 from .engine.checks import BALL, check_values
 from .engine.custom_op import eager
 from .engine.launch import TORCH_DTYPES
-from .engine.scalars import check_number
+from .engine.scalars import read_curvature
 from .errors import InvalidArgumentError, ShapeMismatchError, UnsupportedOperationError
 from .ops.hyperbolic_linear import FC, MLR, hnn_op, matvec_op
 
@@ -76,7 +76,7 @@ def _fixed_c(c, x) -> float:
             raise UnsupportedOperationError(
                 "the HNN++ maps take a fixed curvature: pass c as a float or a tensor that does not require grad"
             )
-        c_val = check_number(float(c_t.detach()), "c")
+        c_val = read_curvature(c_t)
     return c_val
 
 

@@ -57,7 +57,7 @@ from .engine import call, check_curvature
 from .engine.checks import check_values
 from .engine.custom_op import eager
 from .engine.launch import TORCH_DTYPES
-from .engine.scalars import check_number
+from .engine.scalars import check_number, read_curvature
 from .errors import InvalidArgumentError, ShapeMismatchError
 from .ops import lorentz as _lorentz_ops
 from .ops import poincare as _poincare_ops
@@ -196,7 +196,7 @@ def knn(x, y, k: int, c=1.0, model="poincare", chunk_rows: int | None = None):
         raise InvalidArgumentError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
     xb = x.expand(*batch, n, d)
     yb = y.expand(*batch, m, d)
-    c_sel = check_number(float(c_t), "c") if c_t is not None else c_val
+    c_sel = read_curvature(c_t) if c_t is not None else c_val
     parts = []
     with torch.no_grad():
         for r0 in range(0, n, chunk_rows):

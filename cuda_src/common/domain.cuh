@@ -65,6 +65,14 @@ __device__ __forceinline__ bool xs_on_hyperboloid(S c, S sq, S x0, long long D) 
   return x0 > S(0) && m <= lim && -m <= lim && lim - lim == S(0);  // the last: lim is finite
 }
 
+// Whether a curvature is usable: finite and positive (false for NaN and inf). A
+// tensor c reaches the kernels unread by the host unless
+// xpu_stone.config.check_tensor_values asks for it.
+template <class S>
+__device__ __forceinline__ bool xs_curvature_ok(S c) {
+  return c > S(0) && c - c == S(0);
+}
+
 // A NaN of the type of x (a dual number: NaN value and derivatives), for the
 // coefficients of a row with a bad input.
 __device__ __forceinline__ float xs_nan(float) { return __int_as_float(0x7fc00000); }

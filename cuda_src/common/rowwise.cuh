@@ -255,9 +255,8 @@ __device__ __forceinline__ void xs_accumulate_dots(const E (&v)[Op::NVEC][VEC], 
 template <class Op, class T, class S>
 __device__ __forceinline__ bool xs_row_bad(const S* dots, const S* pts, S c, S t, long long D) {
   using PS = xs_point_sums<Op>;
-  // a curvature that is not finite and positive, or a t (r) that is not finite: a tensor
-  // c or t reaches the kernel unchecked unless config.check_tensor_values asks the host
-  bool bad = !(dots[0] == dots[0]) || !(c > S(0) && c - c == S(0)) || !(t - t == S(0));
+  // a curvature that is not finite and positive, or a t (r) that is not finite
+  bool bad = !(dots[0] == dots[0]) || !xs_curvature_ok(c) || !(t - t == S(0));
 #pragma unroll
   for (int j = 0; j < Op::NVEC; ++j) {
     if (!PS::point(j)) {

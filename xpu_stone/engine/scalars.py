@@ -48,6 +48,7 @@ __all__ = [
     "check_curvature",
     "check_number",
     "check_scalar",
+    "read_curvature",
     "curvature_value",
     "tracing",
 ]
@@ -152,7 +153,14 @@ def curvature_value(c) -> float:
     optimizer's step): a positive number or a one-element tensor, read once on the
     host (gradients do not flow through it)."""
     c_t, value = check_curvature(c)
-    return value if c_t is None else check_number(float(c_t.detach()), "c")  # checked whatever the config
+    return value if c_t is None else read_curvature(c_t)
+
+
+def read_curvature(c_t) -> float:
+    """The value of a one-element tensor ``c_t`` already through :func:`check_scalar`,
+    read on the host (a synchronisation for a GPU tensor) and so checked here whatever
+    ``config.check_tensor_values`` says."""
+    return check_number(float(c_t.detach()), "c")
 
 
 def check_boundary_eps(eps, dtype: str) -> float:

@@ -18,7 +18,7 @@ from .._deps import torch
 from ..constants import ARTANH_MAX, MIN_DENOM, MIN_SQNORM, TANH_MAX
 from ..engine.custom_op import Impls, define_differentiable, empty_if_none, none_unless
 from ..engine.launch import TORCH_DTYPES, allocates, compute_dtype, poison, ptr, torch_stream
-from ..engine.scalars import check_number
+from ..engine.scalars import read_curvature
 from ..kernels.launch import get_function, launch_kernel
 from ..kernels.registry import CXX_TYPE, DTYPES, REGISTRY, KernelList
 
@@ -168,7 +168,7 @@ def _device_c(c):
 def _matvec_fwd(x, v, c_val, c):
     if not x.is_cuda:  # a CPU c is read on the host at no cost: checked here
         if c is not None:
-            check_number(float(c), "c")
+            read_curvature(c)
         return _matvec_fwd_torch(x, v, c_val, c)
     out = torch.empty_like(v)
     poison(out)

@@ -21,7 +21,7 @@ from ..constants import MIN_DENOM
 from ..engine.checks import BALL, HYPERBOLOID, domain_tol, not_points
 from ..engine.custom_op import Impls, define_differentiable, empty_if_none, none_unless
 from ..engine.launch import TORCH_DTYPES, allocates, compute_dtype, device_props, poison, ptr, torch_stream
-from ..engine.scalars import check_number
+from ..engine.scalars import read_curvature
 from ..kernels.launch import get_function, launch_kernel
 from ..kernels.registry import CXX_TYPE, DTYPES, REGISTRY, KernelList
 
@@ -352,7 +352,7 @@ def cdist_bwd_cuda(grad, x, y, out, c_val, model, needs):
 
 # ------------------------------------------------------------------ custom op
 def _value(c, c_val):
-    return check_number(float(c), "c") if c is not None else c_val  # read on the host: checked here
+    return read_curvature(c) if c is not None else c_val
 
 
 def _fwd(impl):
