@@ -994,8 +994,10 @@ def _tests_section(doc: dict, records: dict) -> list[str]:
     lines = []
     for path in records.get("gpu-tests", []):
         r = json.loads(path.read_text())
+        files = r.get("files", [])
+        scope = f"only {', '.join(files)}" if 0 < len(files) <= 3 else "CPU tests included"
         lines.append(
-            f"- GPU test run, {r['gpu']}, {r['date']} (torch {r['torch']}, CPU tests included): "
+            f"- GPU test run, {r['gpu']}, {r['date']} (torch {r['torch']}, {scope}): "
             f"{r['passed']:,} passed, {r['failed']:,} failed, {r['errors']:,} errors, {r['skipped']:,} "
             f"skipped in {r['seconds']:.0f} s (`{path.name}`; what the tests check: see Reliability)."
         )

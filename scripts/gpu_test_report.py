@@ -2,9 +2,9 @@
 
     python scripts/gpu_test_report.py $OUT/junit.xml --out benchmarks/results
 
-Writes ``gpu-tests-<GPU>-<date>.json``: the device, the date, torch/CuPy versions,
-the counts (passed, failed, errors, skipped), the wall time, and the id and message
-of every test that did not pass. The README's test figures quote this file; the
+Writes ``gpu-tests-<GPU>-<date>[-<suffix>].json``: the device, the date, torch/CuPy
+versions, the test files that ran, the counts (passed, failed, errors, skipped), the
+wall time, and the id and message of every test that did not pass. The README's test figures quote this file; the
 raw log stays out of git.
 """
 
@@ -27,10 +27,13 @@ def summarise(junit: Path) -> dict:
     root = ET.parse(junit).getroot()
     suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
     out = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0, "seconds": 0.0, "not_passed": []}
+    files = set()
     for suite in suites:
         out["seconds"] += float(suite.get("time", 0.0))
         for case in suite.iter("testcase"):
             name = f"{case.get('classname', '')}::{case.get('name', '')}"
+            module = case.get("classname", "").split("::")[0]
+            files.add(module.replace(".", "/") + ".py" if module else "?")
             kinds = [c for c in case if c.tag in ("failure", "error", "skipped")]
             if not kinds:
                 out["passed"] += 1
@@ -40,7 +43,7 @@ def summarise(junit: Path) -> dict:
             message = (kinds[0].get("message") or "").splitlines()[0][:300] if kinds[0].get("message") else ""
             out["not_passed"].append({"test": name, "outcome": kind, "message": message})
     out["seconds"] = round(out["seconds"], 1)
-    return out
+    return {"files": sorted(files), **out}
 
 
 def device() -> dict:
@@ -64,11 +67,13 @@ def main(argv=None) -> int:
     p.add_argument("junit", type=Path)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--date", default=dt.date.today().isoformat())
+    p.add_argument("--suffix", default="", help="appended to the file name, e.g. 'rerun'")
     args = p.parse_args(argv)
     info = device()
     report = {**info, "date": args.date, **summarise(args.junit)}
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{result_stem('gpu-tests', info['gpu'], args.date)}.json"
+    suffix = f"-{args.suffix}" if args.suffix else ""
+    path = args.out / f"{result_stem('gpu-tests', info['gpu'], args.date)}{suffix}.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
     print(
         f"{report['passed']} passed, {report['failed']} failed, {report['errors']} errors, "

@@ -23,6 +23,7 @@ def test_counts_and_failure_exit(tmp_path):
     summary = script.summarise(junit)
     assert (summary["passed"], summary["failed"], summary["skipped"], summary["errors"]) == (2, 1, 1, 0)
     assert summary["seconds"] == 12.5
+    assert summary["files"] == ["tests/test_a.py", "tests/test_b.py"]
     assert {"test": "tests.test_b::test_bad", "outcome": "failure", "message": "assert 1 == 2"} in summary[
         "not_passed"
     ]
@@ -31,3 +32,12 @@ def test_counts_and_failure_exit(tmp_path):
     assert json.loads(written.read_text())["failed"] == 1
     junit.write_text(JUNIT.replace('<failure message="assert 1 == 2">tb</failure>', ""))
     assert script.main([str(junit), "--out", str(tmp_path), "--date", "2026-12-01"]) == 0
+
+
+def test_suffix_names_a_partial_run(tmp_path):
+    junit = tmp_path / "junit.xml"
+    junit.write_text(JUNIT.replace('<failure message="assert 1 == 2">tb</failure>', ""))
+    script = load_script("gpu_test_report")
+    assert script.main([str(junit), "--out", str(tmp_path), "--date", "2026-12-01", "--suffix", "rerun"]) == 0
+    (written,) = tmp_path.glob("gpu-tests-*-2026-12-01-rerun.json")
+    assert json.loads(written.read_text())["files"] == ["tests/test_a.py", "tests/test_b.py"]

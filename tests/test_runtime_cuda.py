@@ -238,7 +238,13 @@ def test_profiler_gpu_times_variants_and_trace(tmp_path):
     big_ns = [r.gpu_ns for r in recs[::2]]
     # medians: another process's kernels on a shared GPU can stretch a single small call's span
     assert np.median(big_ns) > np.median([r.gpu_ns for r in recs[1::2]])
-    assert 0.5 < min(big_ns) / (min(walls) * 1e6) < 2.0
+    # Bounds that hold on a GPU shared with other processes (their kernels only stretch a span): the
+    # profiler's span of the big call cannot beat moving its bytes (two inputs read, one output
+    # written) at 10 TB/s, above any GPU's memory bandwidth today, nor exceed twice the event-timed
+    # span of the same call. A two-sided ratio against timed() failed once under 14 pytest workers
+    # on one H200 (2026-12-01: 118 us against a timed minimum of 252 us).
+    floor_ns = 3 * big[0].numel() * big[0].element_size() / 10e12 * 1e9
+    assert floor_ns < min(big_ns) < 2.0 * min(walls) * 1e6
     assert recs[0].variant == dispatcher.select("poincare_mobius_add", "float32", 1024, True).variant
     assert all(b.gpu_start_ns >= a.gpu_start_ns for a, b in zip(recs, recs[1:]))
     trace = p.export_chrome_trace(tmp_path / "t.json").read_text()
