@@ -545,6 +545,50 @@ REASONS = {  # why a target is missed, where it is known (no measured figures: t
 }
 
 
+REASONS["cdist"] = (
+    "the GEMM is cuBLAS's (through torch) and the distance epilogue a second kernel, run on each row block of the "
+    "GEMM's output while it is still in L2, after one kernel a side for the row scalars; the epilogue is not "
+    "fused into the GEMM"
+)
+REASONS["knn"] = (
+    "knn forms the distances a block of query rows at a time (`KNN_CHUNK_BYTES`) and selects with `torch.topk`; "
+    "there is no running top-k inside a GEMM epilogue"
+)
+
+TRIED = {  # what was done about each missed target so far (the reasons above say what is left)
+    "fwd": "an autotuner that times every launch configuration of each op, dtype and D on the GPU and ships the "
+    "verified winners per GPU (fp32 and fp64 for the H200 and H100); 16-bit rows computing their elements in fp32 "
+    "(exact products summed a chunk at a time) with 32 cached elements a thread and a two-lanes-a-row layout; "
+    "written but not yet measured: the row cache kept in the storage type (half the registers of fp32 rows, so "
+    "that rows of D = 1024–4096 can be read once) and, for a row spread over a block, its formula evaluated by "
+    "one warp instead of by every warp",
+    "compile": "the forward levers of the previous item; the table runs each cell at 0.8 GB a forward so that "
+    "both sides are timed on the GPU rather than on their host path",
+    "fb": "the backward is one kernel a call that reads the inputs and the output gradient and writes every "
+    "input gradient (a scalar c's per-row gradients are summed by torch after it); the table's 0.8 GB a "
+    "forward, so that the GPU and not the host path is timed; the forward levers of the first item",
+    "small": "launches pack their arguments themselves and call `cuLaunchKernel` directly; plain-float scalars "
+    "skip the type machinery of the checks; with autograd on, an eager `autograd.Function` replaced the "
+    "custom-op dispatch; a tensor c on the GPU is no longer read on the host",
+    "linear": "none beyond cuBLAS GEMMs and xpu_stone's own epilogue and backward kernels; the fused GEMM "
+    "epilogue (tensor-core tiles) is not begun",
+    "loop": "`xpu_stone.runtime.capture` of the whole step, fused optimizer included (met); the graph breaks of "
+    "the compiled step are not removed",
+    "profiler": "row launches read the profiler's recorder as every other launch does (one mechanism); not "
+    "measured since",
+    "build": "several kernels a NVRTC program (slower than one a program on a 2-core machine, dropped); the "
+    "disk cache serves every later process",
+    "cdist": "GEMM row blocks sized to half the L2 so that the epilogue reads them from the cache",
+    "knn": "blocks of at most 256 MiB, each freed before the next; the neighbours' distances recomputed from "
+    "the selected pairs",
+}
+
+
+def _why(key: str) -> str:
+    """A missed target's reason and what was tried, as its shortfall line ends."""
+    return f"Why: {REASONS[key]}. Tried: {TRIED[key]}."
+
+
 def find_records(folder: Path, gpu: str) -> dict[str, list[Path]]:
     """``gpu-tests`` and ``kernel-build`` files of ``gpu``: each one's files of its newest date."""
     found = defaultdict(list)
@@ -1085,7 +1129,7 @@ def _shortfalls(doc: dict, files: dict, records: dict | None = None) -> list[str
                 f". The conversions ≥ {T_CONVERT_COPY:.0f} %: {ok} of {len(conv)} cells, "
                 f"{_span([r['pct_copy'] for r in conv], _pct)} %"
             )
-        out.append(f"{text}. Why: {REASONS['fwd']}.")
+        out.append(f"{text}. {_why('fwd')}")
     ratios, low, sources, shares = [], [], [], {"xpu_stone": [], "torch_compile": []}
     for bench in ROWWISE:
         for t in _same_run_by_d(doc, bench).values():
@@ -1108,7 +1152,7 @@ def _shortfalls(doc: dict, files: dict, records: dict | None = None) -> list[str
                 else ""
             )
             + f"; on these cells xpu_stone runs at {_shares(shares['xpu_stone'])} of copy, torch.compile at "
-            f"{_shares(shares['torch_compile'])} ({_files(sources)}). Why: {REASONS['compile']}."
+            f"{_shares(shares['torch_compile'])} ({_files(sources)}). {_why('compile')}"
         )
     want, vs = 0, {"torch_compile": [], "geoopt": []}
     fb_shares = {"xpu_stone": [], "torch_compile": []}
@@ -1159,7 +1203,7 @@ def _shortfalls(doc: dict, files: dict, records: dict | None = None) -> list[str
                 for i, cells in unmeasured.items()
                 if cells
             )
-            + f". Why: {REASONS['fb']}."
+            + f". {_why('fb')}"
         )
     parts, hosts = [], {m: _host_call(doc, m) for m in ("fwd", "fwd_grad")}
     for mode, what, target in (
@@ -1181,9 +1225,7 @@ def _shortfalls(doc: dict, files: dict, records: dict | None = None) -> list[str
             for h, t in ((hosts["fwd"], T_SMALL_CALL), (hosts["fwd_grad"], T_SMALL_CALL_GRAD))
         )
         src = f" (`{files['poincare']}`)" if "poincare" in files else ""
-        out.append(
-            "- Small call " + "; ".join(parts) + src + (f". Why: {REASONS['small']}." if missed else ".")
-        )
+        out.append("- Small call " + "; ".join(parts) + src + (f". {_why('small')}" if missed else "."))
     pw = _pairwise(doc)
     if not pw:
         out.append(
@@ -1191,17 +1233,19 @@ def _shortfalls(doc: dict, files: dict, records: dict | None = None) -> list[str
             "memory has never been recorded."
         )
     else:
-        part = []
+        part, missed = [], []
         if pw["gemm"] and pw["cdist"]:
             r = pw["cdist"]["ms"] / pw["gemm"]["ms"]
             part.append(f"cdist {_x(r)} the GEMM alone, {_met(r <= T_CDIST_GEMM)}")
+            missed += ["cdist"] if r > T_CDIST_GEMM else []
         for row in pw["knn_memory"]:
             extra, bound = _knn_bound(row)
             part.append(f"knn peak {extra:.0f} MiB for {row['shape'][0]}×{row['shape'][1]} (bound {bound:.0f} MiB), "
                         f"{_met(extra <= bound)}")  # fmt: skip
+            missed += ["knn"] if extra > bound and "knn" not in missed else []
         if part:
             out.append(f"- cdist ≤ {T_CDIST_GEMM}× the GEMM alone, knn memory O(N·k + tile) (`{pw['source']}`): "
-                       + "; ".join(part) + ".")  # fmt: skip
+                       + "; ".join(part) + "." + "".join(f" {key}: {_why(key)}" for key in missed))  # fmt: skip
     lin = _linear_ratios(doc)
     if lin:
         r = {xs["op"]: tc["ms"] / xs["ms"] for xs, tc in lin}
@@ -1210,7 +1254,7 @@ def _shortfalls(doc: dict, files: dict, records: dict | None = None) -> list[str
             f"- Linear layers forward + backward ≥ {T_LINEAR}× torch.compile: "
             + ", ".join(f"{op} {_x(v)}" for op, v in r.items())
             + f", {_met(met)} (`{files['linear']}`)"
-            + ("." if met else f". Why: {REASONS['linear']}.")
+            + ("." if met else f". {_why('linear')}")
         )
     loop = _userloop_variants(doc)
     if loop:
@@ -1245,23 +1289,21 @@ def _shortfalls(doc: dict, files: dict, records: dict | None = None) -> list[str
             part.append(
                 "same reconstruction quality, MAP: " + ", ".join(f"{k} {m:.3f}" for k, m in maps.items())
             )
-        out.append(
-            f"- The user's loop (`{files['userloop']}`): " + "; ".join(part) + f". Why: {REASONS['loop']}."
-        )
+        out.append(f"- The user's loop (`{files['userloop']}`): " + "; ".join(part) + f". {_why('loop')}")
     else:
         out.append("- The user's loop: no committed `userloop-*.json` (`bash benchmarks/run.sh userloop`).")
     prof = doc["benches"].get("session", {}).get("profiler", {})
     if prof.get("on_no_nvtx_extra_us", 0) > T_PROFILER_US:
         out.append(
             f"- Profiler open without GPU timing ≤ {T_PROFILER_US:.0f} µs a call: "
-            f"+{prof['on_no_nvtx_extra_us']:.1f} µs, missed (`{files['session']}`). Why: {REASONS['profiler']}."
+            f"+{prof['on_no_nvtx_extra_us']:.1f} µs, missed (`{files['session']}`). {_why('profiler')}"
         )
     for path in (records or {}).get("kernel-build", []):
         r = json.loads(path.read_text())
         if not any(k["cached"] for k in r["kernels"]) and r["elapsed_s"] > T_BUILD_S:
             out.append(
                 f"- Kernel build ≤ {T_BUILD_S:.0f} s cold: {len(r['kernels']):,} kernels in {r['elapsed_s']:.1f} s, "
-                f"missed (`{path.name}`). Why: {REASONS['build']}."
+                f"missed (`{path.name}`). {_why('build')}"
             )
     return ["### Where this falls short of the targets", "", *out, ""]
 

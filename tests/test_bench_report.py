@@ -202,6 +202,7 @@ def test_pairwise_figures_come_from_one_file_with_their_verdicts(results):
     short = next(line for line in lines if line.startswith("- cdist ≤ 1.15×"))
     assert "cdist 1.10× the GEMM alone, met" in short and "knn peak 900 MiB for 16384×65536" in short
     assert "missed" in short and "no result file" not in text
+    assert "knn: Why: " in short and "cdist: Why" not in short  # the reason of the one missed
 
 
 def test_a_gpu_without_results_is_refused(results):
@@ -256,6 +257,9 @@ def test_every_missed_target_says_why(results, monkeypatch):
     missed = [line for line in shortfalls() if "missed" in line]
     assert len(missed) >= 3, missed
     assert all("Why: " in line for line in missed), [line for line in missed if "Why: " not in line]
+    assert all("Tried: " in line for line in missed), [line for line in missed if "Tried: " not in line]
+    assert set(report.TRIED) == set(report.REASONS)
     monkeypatch.setitem(report.REASONS, "loop", "")
+    monkeypatch.setitem(report.TRIED, "loop", "")
     loop = next(line for line in shortfalls() if line.startswith("- The user's loop"))
-    assert loop.endswith("Why: .")
+    assert loop.endswith("Why: . Tried: .")
