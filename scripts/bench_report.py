@@ -736,6 +736,9 @@ def _rowwise_section(doc: dict, bench: str) -> list[str]:
     ]
     lines += [
         "",
+        f"<details><summary>{ROWWISE_TITLES[bench]}: time per call against the alternatives, {len(keys)} "
+        "cells</summary>",
+        "",
         "Against the alternatives, measured on the same problem in the same run (the newest run of each op, "
         "dtype and D): xpu_stone's time and its "
         "speed-up over each (their time / xpu_stone's; — where not measured). "
@@ -754,7 +757,7 @@ def _rowwise_section(doc: dict, bench: str) -> list[str]:
         lines.append(
             f"| {key[0]} | {DTYPE_SHORT[key[1]]} | {'×'.join(map(str, key[2]))} | " + " | ".join(vals) + " |"
         )
-    return lines + [""]
+    return lines + ["", "</details>", ""]
 
 
 def _linear_ratios(doc: dict) -> list[tuple[dict, dict]]:
@@ -1339,6 +1342,7 @@ def readme_section(results: Path, gpu: str | None = None, rel: str = "benchmarks
         + (f" ({_span(copies, _pct)} GB/s)." if copies else "."),
         "",
     ]
+    lines += _shortfalls(doc, files, records)  # the verdicts first, the figures behind them after
     for bench in ROWWISE:
         lines += _rowwise_section(doc, bench)
     lines += _end_to_end_section(doc, files)
@@ -1347,7 +1351,6 @@ def readme_section(results: Path, gpu: str | None = None, rel: str = "benchmarks
     if plots:
         lines += [f"### Plots ({doc['gpu']})", "", *plot_lines(plots, rel)]
     lines += _tests_section(doc, records)
-    lines += _shortfalls(doc, files, records)
     return "\n".join(lines) + "\n"
 
 
