@@ -28,6 +28,14 @@ def result_stem(bench: str, gpu: str, date: str) -> str:
     return f"{bench}-{gpu.replace(' ', '_')}-{date}"
 
 
+def _write_whole(path: Path, text: str) -> None:
+    """Writes ``path`` through a temporary file and a rename: a run killed by its time
+    limit mid-write leaves the previous file whole (what ``--resume`` reads)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 @dataclass
 class Row:
     op: str
@@ -63,14 +71,10 @@ class Report:
         stem = result_stem(self.name, self.meta.get("gpu", "cpu"), self.meta.get("date", "undated"))
         stem += f"-{self.meta['suffix']}" if self.meta.get("suffix") else ""
         js = folder / f"{stem}.json"
-        js.write_text(
-            json.dumps(
-                {"meta": self.meta, "copy_gbps": self.copy_gbps, "rows": [asdict(r) for r in self.rows]},
-                indent=1,
-            )
-        )
+        doc = {"meta": self.meta, "copy_gbps": self.copy_gbps, "rows": [asdict(r) for r in self.rows]}
+        _write_whole(js, json.dumps(doc, indent=1))
         md = folder / f"{stem}.md"
-        md.write_text(self.markdown())
+        _write_whole(md, self.markdown())
         return js, md
 
     def markdown(self) -> str:
@@ -338,8 +342,8 @@ def sweep(
     (each once), comparing against the alternatives for ``compare_ops`` at ``compare_dims``.
     ``precompile_in``: ``(module, workers)``: first compile the compared cells' graphs in
     that many processes (:func:`precompile`; the seconds go to ``report.meta``).
-    ``checkpoint()`` runs after each op (write what is measured so far: a run stopped by a
-    time limit keeps it). ``done``: cells ``(op, dtype name, D)`` already measured
+    ``checkpoint()`` runs after each cell (write what is measured so far: a run stopped by a
+    time limit keeps every finished cell). ``done``: cells ``(op, dtype name, D)`` already measured
     (:func:`resume`), skipped. Each cell's wall seconds, and those of each implementation
     and mode, go to its log line and to ``report.meta["cell_seconds"]``."""
     ops, dtypes, dims = (list(dict.fromkeys(v)) for v in (ops, dtypes, dims))
@@ -366,7 +370,7 @@ def sweep(
         print(
             f"{op} {dt} D={d} done ({i}/{len(cells)}) in {total:.1f} s: {parts}", file=sys.stderr, flush=True
         )
-        if checkpoint is not None and (i == len(cells) or cells[i][0] != op):
+        if checkpoint is not None:
             checkpoint()
 
 

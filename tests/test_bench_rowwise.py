@@ -124,13 +124,34 @@ def test_precompile_warms_every_cell_in_worker_processes(tmp_path, monkeypatch):
     assert "fake_bench" not in sys.modules
 
 
-def test_sweep_runs_each_cell_once_and_checkpoints_after_each_op():
+def test_sweep_runs_each_cell_once_and_checkpoints_after_each_cell():
     seen, marks = [], []
     report = harness.Report("t")
     harness.sweep(report, ["a", "b", "a"], ["float32", "float32"], [16, 64, 16], ["a"], [64], 1e-9,
                   lambda r, op, dt, d, nbytes, compare: seen.append((op, d, compare)),
                   checkpoint=lambda: marks.append(len(seen)))  # fmt: skip
-    assert seen == [("a", 16, False), ("a", 64, True), ("b", 16, False), ("b", 64, False)] and marks == [2, 4]
+    assert seen == [("a", 16, False), ("a", 64, True), ("b", 16, False), ("b", 64, False)] and marks == [
+        1,
+        2,
+        3,
+        4,
+    ]
+
+
+def test_a_write_killed_midway_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    report = harness.Report("t", copy_gbps=1.0, meta={"gpu": "G", "date": "2026-12-01"})
+    report.add(harness.Row("a", "xpu_stone", "fwd", "float32", (1, 16), 64, 1.0))
+    js, _ = report.write(tmp_path)
+    before = js.read_text()
+    report.add(harness.Row("b", "xpu_stone", "fwd", "float32", (1, 16), 64, 1.0))
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt  # the time limit's signal, mid-write
+
+    monkeypatch.setattr(harness.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        report.write(tmp_path)
+    assert js.read_text() == before and json.loads(before)["rows"][0]["op"] == "a"
 
 
 def test_full_preset_is_the_whole_table():
