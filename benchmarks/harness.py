@@ -377,7 +377,7 @@ def sweep(
 def resume(report, path: str | None) -> set[tuple]:
     """Continues the table in ``path``: a result file this benchmark wrote on the same GPU
     model, torch version, ``--suffix`` and ``--target-gb`` in an earlier call cut short by
-    a time limit (the sweep writes it after each op, so the cells it holds are whole). Its
+    a time limit (the sweep writes it after each cell, so the cells it holds are whole). Its
     rows stay as measured (each with the % of copy of its own call), the report takes the
     file's date (written to ``--out`` under the file's name: give the file's folder to
     update it in place), and ``meta["parts"]`` lists each call's date and copy bandwidth

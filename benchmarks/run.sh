@@ -19,7 +19,7 @@
 #               torch eager, torch.compile and geoopt, the compiled graphs built first in parallel processes
 #               (results get the suffix -table; 0.8 GB a forward). H200, 2026-12-01, at 0.25 GB: 137 s of
 #               precompile for the 210 Poincare cells, then about 3.5 s a cell, so neither table fits one
-#               10-minute call: the file is written after each op, and
+#               10-minute call: the file is written after each cell, and
 #               ARGS_poincare_full='--resume <that file>' continues it
 #   pairwise    benchmarks.bench_pairwise: cdist and knn vs cuBLAS alone and torch.compile
 #   linear      benchmarks.bench_linear: hyperbolic linear layers vs torch.compile of the references
