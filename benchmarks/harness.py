@@ -21,19 +21,13 @@ from pathlib import Path
 
 import torch
 
+from xpu_stone.kernels.compiler import write_atomic
+
 
 def result_stem(bench: str, gpu: str, date: str) -> str:
     """``<bench>-<gpu with underscores>-<date>``: the name of a result file under
     ``benchmarks/results/`` (what ``scripts/bench_report.py`` reads back)."""
     return f"{bench}-{gpu.replace(' ', '_')}-{date}"
-
-
-def _write_whole(path: Path, text: str) -> None:
-    """Writes ``path`` through a temporary file and a rename: a run killed by its time
-    limit mid-write leaves the previous file whole (what ``--resume`` reads)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -72,9 +66,10 @@ class Report:
         stem += f"-{self.meta['suffix']}" if self.meta.get("suffix") else ""
         js = folder / f"{stem}.json"
         doc = {"meta": self.meta, "copy_gbps": self.copy_gbps, "rows": [asdict(r) for r in self.rows]}
-        _write_whole(js, json.dumps(doc, indent=1))
+        # atomic: a run killed by its time limit mid-write leaves the previous file whole for --resume
+        write_atomic(js, json.dumps(doc, indent=1).encode())
         md = folder / f"{stem}.md"
-        _write_whole(md, self.markdown())
+        write_atomic(md, self.markdown().encode())
         return js, md
 
     def markdown(self) -> str:

@@ -542,26 +542,22 @@ REASONS = {  # why a target is missed, where it is known (no measured figures: t
     "tuple appended per launch) and was not measured again",
     "build": "not investigated; every variant and launch configuration of every op and dtype is compiled as a "
     "template instantiation of its own",
+    "cdist": "the GEMM is cuBLAS's (through torch) and the distance epilogue a second kernel, run on each row block "
+    "of the GEMM's output while it is still in L2, after one kernel a side for the row scalars; the epilogue is not "
+    "fused into the GEMM",
+    "knn": "knn forms the distances a block of query rows at a time (`KNN_CHUNK_BYTES`) and selects with "
+    "`torch.topk`; there is no running top-k inside a GEMM epilogue",
 }
 
-
-REASONS["cdist"] = (
-    "the GEMM is cuBLAS's (through torch) and the distance epilogue a second kernel, run on each row block of the "
-    "GEMM's output while it is still in L2, after one kernel a side for the row scalars; the epilogue is not "
-    "fused into the GEMM"
-)
-REASONS["knn"] = (
-    "knn forms the distances a block of query rows at a time (`KNN_CHUNK_BYTES`) and selects with `torch.topk`; "
-    "there is no running top-k inside a GEMM epilogue"
-)
 
 TRIED = {  # what was done about each missed target so far (the reasons above say what is left)
     "fwd": "an autotuner that times every launch configuration of each op, dtype and D on the GPU and ships the "
     "verified winners per GPU (fp32 and fp64 for the H200 and H100); 16-bit rows computing their elements in fp32 "
     "(exact products summed a chunk at a time) with 32 cached elements a thread and a two-lanes-a-row layout; "
-    "written but not yet measured: the row cache kept in the storage type (half the registers of fp32 rows, so "
-    "that rows of D = 1024–4096 can be read once) and, for a row spread over a block, its formula evaluated by "
-    "one warp instead of by every warp",
+    "written but not yet measured on a GPU (not in this release): a row spread over a block has its formula "
+    "evaluated by one warp instead of by every warp, and launch layouts of 1, 2 or 4 threads a row let a warp "
+    "evaluate up to 32 rows' formulas at once; dropped unmeasured: keeping the register row cache of fp32 rows in "
+    "fp32 (NVRTC widens each chunk to fp64 at its load, so no registers were saved)",
     "compile": "the forward levers of the previous item; the table runs each cell at 0.8 GB a forward so that "
     "both sides are timed on the GPU rather than on their host path",
     "fb": "the backward is one kernel a call that reads the inputs and the output gradient and writes every "
@@ -1042,7 +1038,13 @@ def _tests_section(doc: dict, records: dict) -> list[str]:
     for path in records.get("gpu-tests", []):
         r = json.loads(path.read_text())
         files = r.get("files", [])
-        scope = f"only {', '.join(files)}" if 0 < len(files) <= 3 else "CPU tests included"
+        if 0 < len(files) <= 3:
+            scope = f"only {', '.join(files)}"
+        elif files:  # the GPU tests live in *_cuda.py files
+            cpu = any(not f.endswith("_cuda.py") for f in files)
+            scope = f"{len(files)} test files" + (", CPU tests included" if cpu else "")
+        else:  # a record from before the files were listed: the whole suite
+            scope = "CPU tests included"
         lines.append(
             f"- GPU test run, {r['gpu']}, {r['date']} (torch {r['torch']}, {scope}): "
             f"{r['passed']:,} passed, {r['failed']:,} failed, {r['errors']:,} errors, {r['skipped']:,} "

@@ -145,7 +145,7 @@ def test_a_write_killed_midway_leaves_the_previous_file_whole(tmp_path, monkeypa
     before = js.read_text()
     report.add(harness.Row("b", "xpu_stone", "fwd", "float32", (1, 16), 64, 1.0))
 
-    def killed(self, *args, **kwargs):
+    def killed(src, dst):
         raise KeyboardInterrupt  # the time limit's signal, mid-write
 
     monkeypatch.setattr(harness.os, "replace", killed)
