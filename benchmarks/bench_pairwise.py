@@ -48,9 +48,14 @@ def _time(report, op, impl, mode, dtype, shape, nbytes, fn, sets, reps=20, note=
         row = report.add(
             Row(op, impl, mode, dtype, shape, nbytes, 0.0, note=f"failed: {type(e).__name__}: {e}"[:200])
         )
-    print(f"{op} {impl} {mode} {dtype} {shape}: {row.ms:.3f} ms {note}", file=sys.stderr, flush=True)
+    print(f"{op} {impl} {mode} {dtype} {shape}: {row.ms:.3f} ms {row.note}", file=sys.stderr, flush=True)
     torch.cuda.empty_cache()
     return row.ms
+
+
+def _ratio(a: float, b: float) -> str:
+    """a / b to three digits, or "n/a" when either timing failed (recorded as 0 ms)."""
+    return f"{a / b:.3f}" if a > 0 and b > 0 else "n/a"
 
 
 def knn_peak_extra_bytes(x, y, k: int) -> int:
@@ -192,7 +197,7 @@ def main(argv=None):
             fwd_bwd(PW.cdist),
             psets,
         )
-        print(f"fwd+bwd vs compiled plain reference (N={pn}): {plain / small:.2f}x", file=sys.stderr)
+        print(f"fwd+bwd vs compiled plain reference (N={pn}): {_ratio(plain, small)}x", file=sys.stderr)
     bsets = [(a.bfloat16(), b.bfloat16()) for a, b in sets]
     _time(report, "cdist_poincare", "xpu_stone", "fwd", "bfloat16", shape, out_bytes // 2, PW.cdist, bsets)
     km = args.knn_m
@@ -231,11 +236,13 @@ def main(argv=None):
         print(f"knn k=10 {tuple(q.shape)} x {tuple(pts.shape)}: peak extra {extra / 2**20:.1f} MiB "
               f"(N x M: {full / 2**20:.0f} MiB)", file=sys.stderr)  # fmt: skip
     print(
-        f"cdist fwd / GEMM alone: {ours / gemm:.3f} (target <= 1.3); Lorentz {lor / gemm:.3f}",
+        f"cdist fwd / GEMM alone: {_ratio(ours, gemm)} (target <= 1.3); Lorentz {_ratio(lor, gemm)}",
         file=sys.stderr,
     )
-    print(f"cdist fwd vs compiled GEMM formula: {comp_fwd / ours:.2f}x", file=sys.stderr)
-    print(f"cdist fwd+bwd vs compiled GEMM formula: {comp_fb / ours_fb:.2f}x (target >= 2)", file=sys.stderr)
+    print(f"cdist fwd vs compiled GEMM formula: {_ratio(comp_fwd, ours)}x", file=sys.stderr)
+    print(
+        f"cdist fwd+bwd vs compiled GEMM formula: {_ratio(comp_fb, ours_fb)}x (target >= 2)", file=sys.stderr
+    )
     js, md = report.write(args.out)
     print(report.markdown())
     print(f"wrote {js} and {md}", file=sys.stderr)

@@ -5,6 +5,12 @@ determinism, torch-side KernelPolicy settings, inference sessions."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -64,6 +70,58 @@ def test_devices_report_what_torch_sees():
         d.sm_count,
         d.total_memory,
     )
+
+
+# ------------------------------------------- threads with no current context
+# A thread that has made no CUDA runtime call has no current context; a kernel launch
+# through the driver then fails with CUDA_ERROR_INVALID_CONTEXT unless the launcher makes
+# the device's primary context current (xpu_stone.kernels.launch._make_context_current).
+_FIRST_WORK_IS_A_BACKWARD = """
+import sys, torch
+from xpu_stone import pairwise as PW, poincare as P
+from xpu_stone.reference import pairwise as RP
+gen = torch.Generator("cuda").manual_seed(0)
+x = (torch.rand(64, 8, device="cuda", generator=gen) - 0.5) * 0.2
+y = (torch.rand(32, 8, device="cuda", generator=gen) - 0.5) * 0.2
+x.requires_grad_(); y.requires_grad_()
+out = PW.cdist(x, y)
+# the gradient of `out` is given: the cdist backward is the autograd thread's first work
+gx, gy = torch.autograd.grad(out, (x, y), torch.ones_like(out))
+x64, y64 = (t.detach().double().cpu().requires_grad_() for t in (x, y))
+rx, ry = torch.autograd.grad(RP.cdist_poincare(x64, y64).sum(), (x64, y64))
+torch.testing.assert_close(gx.double().cpu(), rx, rtol=1e-4, atol=1e-5)
+torch.testing.assert_close(gy.double().cpu(), ry, rtol=1e-4, atol=1e-5)
+print("ok")
+"""
+
+
+def test_a_backward_that_is_the_autograd_threads_first_work_runs():
+    # a fresh process, so that torch's autograd device thread has run nothing yet
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run(
+        [sys.executable, "-c", _FIRST_WORK_IS_A_BACKWARD], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
+
+
+def test_an_op_in_a_new_thread_runs():
+    x = (torch.rand(256, 16, device="cuda") - 0.5) * 0.2
+    want = P.expmap0(x)  # in this thread first, so the thread's call finds its blocks in the cache
+    got, errors = [], []
+
+    def work():
+        try:
+            got.append(P.expmap0(x))
+        except Exception as e:  # noqa: BLE001 -- reported by the assertion below
+            errors.append(e)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert not errors, errors
+    torch.cuda.synchronize()
+    torch.testing.assert_close(got[0], want, rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------- memory

@@ -109,13 +109,35 @@ def launch_row(fn, grid: int, block: int, fields: tuple, stream_ptr: int, device
         raise cuda_error(e) from e
 
 
+_CUDA_ERROR_INVALID_CONTEXT = 201
+
+
+def _make_context_current(cupy, device_id: int, error) -> None:
+    """Re-raises ``error`` unless it is CUDA_ERROR_INVALID_CONTEXT; then makes the primary
+    context of ``device_id`` (the one torch and CuPy share) current in this thread.
+
+    A thread that has made no CUDA runtime call has no current context, and the driver's
+    cuLaunchKernel then fails with that error: torch's autograd device thread when an
+    xpu_stone backward is the first work it runs (``torch.autograd.grad(cdist(x, y), ...,
+    torch.ones_like(...))``), or a user's new thread whose first CUDA work is an
+    xpu_stone op. ``cudaSetDevice`` makes the primary context current (CUDA 12 and
+    later), even when ``cudaGetDevice`` already reports ``device_id``."""
+    if getattr(error, "status", None) != _CUDA_ERROR_INVALID_CONTEXT:
+        raise error
+    cupy.cuda.runtime.setDevice(device_id)
+
+
 def _launch_on(cupy, device_id: int, fn_ptr: int, gx, gy, gz, bx, by, bz, shared_mem, stream_ptr, params_ptr):
-    """cuLaunchKernel with packed parameters, making ``device_id`` current only when it is not."""
-    if cupy.cuda.runtime.getDevice() == device_id:
-        _driver.launchKernel(fn_ptr, gx, gy, gz, bx, by, bz, shared_mem, stream_ptr, params_ptr, 0)
-    else:
-        with cupy.cuda.Device(device_id):
+    """cuLaunchKernel with packed parameters, making ``device_id`` current only when it is
+    not (and its context current when this thread has none: :func:`_make_context_current`)."""
+    try:
+        if cupy.cuda.runtime.getDevice() == device_id:
             _driver.launchKernel(fn_ptr, gx, gy, gz, bx, by, bz, shared_mem, stream_ptr, params_ptr, 0)
+            return
+    except _driver.CUDADriverError as e:
+        _make_context_current(cupy, device_id, e)
+    with cupy.cuda.Device(device_id):
+        _driver.launchKernel(fn_ptr, gx, gy, gz, bx, by, bz, shared_mem, stream_ptr, params_ptr, 0)
 
 
 # While a profile is open, xpu_stone.runtime.profiler installs its recorder here
@@ -234,7 +256,11 @@ def _launch_kernel(fn, grid, block, args, stream_ptr, device_id, shared_mem):
     try:
         if params is None:  # CuPy arrays among the arguments: CuPy's own call converts them
             with cupy.cuda.Device(device_id):
-                fn(_dims(grid), _dims(block), args, shared_mem=shared_mem, stream=cupy_stream(stream_ptr))
+                try:
+                    fn(_dims(grid), _dims(block), args, shared_mem=shared_mem, stream=cupy_stream(stream_ptr))
+                except _driver.CUDADriverError as e:
+                    _make_context_current(cupy, device_id, e)
+                    fn(_dims(grid), _dims(block), args, shared_mem=shared_mem, stream=cupy_stream(stream_ptr))
         else:
             _launch_on(cupy, device_id, fn.ptr, *_dims(grid), *_dims(block), shared_mem, stream_ptr, params)
     except _driver.CUDADriverError as e:
