@@ -46,6 +46,9 @@
 #                        ARGS_poincare='--dims 16 64 256 1024 4096 --dtypes float32 bfloat16 --compare-dims 16 256 4096'
 #                        with TIMEOUT_poincare=600: the full sweep of benchmarks/results/poincare-*.json (~5 min, H200)
 #   TEST_CASE_TIMEOUT    per-test timeout of `tests` when pytest-timeout is installed (default 120)
+#   TEST_REPORT_SUFFIX   suffix of the `tests` result file (gpu-tests-<GPU>-<date>-<suffix>.json): a suite
+#                        run in parts, TESTS naming each part's files (on a fresh H200 the whole suite
+#                        takes longer than one 10-minute call: 200 s of kernel build, then about 430 s)
 #   TAIL                 lines of each log printed after the suite (default 15; tests: 40)
 set -uo pipefail
 
@@ -141,7 +144,8 @@ suite_tests() {
     --continue-on-collection-errors --junitxml="$OUT/junit.xml"
   local rc=$?
   # the result file the README quotes: gpu-tests-<GPU>-<date>.json (copy it to benchmarks/results/)
-  [[ -f $OUT/junit.xml ]] && "$PY" scripts/gpu_test_report.py "$OUT/junit.xml" --out "$OUT"
+  [[ -f $OUT/junit.xml ]] && "$PY" scripts/gpu_test_report.py "$OUT/junit.xml" --out "$OUT" \
+    ${TEST_REPORT_SUFFIX:+--suffix "$TEST_REPORT_SUFFIX"}
   return "$rc"
 }
 

@@ -528,7 +528,7 @@ REASONS = {  # why a target is missed, where it is known (no measured figures: t
     "Poincaré maths, and the Poincaré misses are fp32 cells where xpu_stone's forward+backward is among its "
     "slowest against copy",
     "linear": "the GEMMs are cuBLAS's; the rest of xpu_stone's time is its own epilogue and backward kernels, "
-    "which torch.compile fuses into its Triton code (not profiled; the file predates the current kernels)",
+    "which torch.compile fuses into its Triton code (not profiled)",
     "small": "each call checks its arguments in Python (types, dtypes, devices, shapes, the scalars), allocates "
     "its output, packs the kernel's argument struct and launches through CuPy, and with autograd on an "
     "autograd.Function records it; how the time splits between these is not in a result file",
