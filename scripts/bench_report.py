@@ -554,9 +554,9 @@ TRIED = {  # what was done about each missed target so far (the reasons above sa
     "fwd": "an autotuner that times every launch configuration of each op, dtype and D on the GPU and ships the "
     "verified winners per GPU (fp32 and fp64 for the H200 and H100); 16-bit rows computing their elements in fp32 "
     "(exact products summed a chunk at a time) with 32 cached elements a thread and a two-lanes-a-row layout; "
-    "written but not yet measured on a GPU (not in this release): a row spread over a block has its formula "
-    "evaluated by one warp instead of by every warp, and launch layouts of 1, 2 or 4 threads a row let a warp "
-    "evaluate up to 32 rows' formulas at once; dropped unmeasured: keeping the register row cache of fp32 rows in "
+    "written on a side branch and lost with it before a GPU measured them (not in this release): a row spread over "
+    "a block has its formula evaluated by one warp instead of by every warp, and launch layouts of 1, 2 or 4 "
+    "threads a row let a warp evaluate up to 32 rows' formulas at once; dropped unmeasured: keeping the register row cache of fp32 rows in "
     "fp32 (NVRTC widens each chunk to fp64 at its load, so no registers were saved)",
     "compile": "the forward levers of the previous item; the table runs each cell at 0.8 GB a forward so that "
     "both sides are timed on the GPU rather than on their host path",
