@@ -105,13 +105,20 @@ def test_a_backward_that_is_the_autograd_threads_first_work_runs():
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
 
 
-def test_an_op_in_a_new_thread_runs():
+def test_a_new_thread_loads_and_launches_kernels(monkeypatch):
+    from xpu_stone.engine import rowwise_cuda
+    from xpu_stone.kernels import launch
+
     x = (torch.rand(256, 16, device="cuda") - 0.5) * 0.2
     want = P.expmap0(x)  # in this thread first, so the thread's call finds its blocks in the cache
-    got, errors = [], []
+    # no loaded kernel: the thread's call loads its kernel (cuModuleLoadData) as well as launching it
+    monkeypatch.setattr(launch, "_functions", {})
+    monkeypatch.setattr(rowwise_cuda, "_kernel_cache", {})
+    got, errors, context = [], [], []
 
     def work():
         try:
+            context.append(cupy.cuda.driver.ctxGetCurrent())
             got.append(P.expmap0(x))
         except Exception as e:  # noqa: BLE001 -- reported by the assertion below
             errors.append(e)
@@ -119,6 +126,7 @@ def test_an_op_in_a_new_thread_runs():
     t = threading.Thread(target=work)
     t.start()
     t.join()
+    assert context == [0], context  # the thread began with no current context
     assert not errors, errors
     torch.cuda.synchronize()
     torch.testing.assert_close(got[0], want, rtol=0, atol=0)

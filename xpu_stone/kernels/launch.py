@@ -92,6 +92,9 @@ def _load(source: str, name: str, device_id: int, defines: tuple[str, ...]):
     cupy = require_cupy("running kernels")
     with cupy.cuda.Device(device_id):
         kernel = compile_kernel(source, name, device_arch(device_id), defines=defines)
+        # cuModuleLoadData needs a current context, which a thread that has made no CUDA
+        # runtime call lacks (see _make_context_current); once per kernel, so always set
+        cupy.cuda.runtime.setDevice(device_id)
         module = cupy.cuda.function.Module()
         module.load(kernel.cubin)
         return module.get_function(kernel.lowered_name)
