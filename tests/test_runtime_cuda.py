@@ -76,10 +76,17 @@ def test_devices_report_what_torch_sees():
 # A thread that has made no CUDA runtime call has no current context; a kernel launch
 # through the driver then fails with CUDA_ERROR_INVALID_CONTEXT unless the launcher makes
 # the device's primary context current (xpu_stone.kernels.launch._make_context_current).
+# Each test also counts the calls of that function, so that it fails (rather than passing
+# without testing anything) if some earlier CUDA call made the context current first.
 _FIRST_WORK_IS_A_BACKWARD = """
-import sys, torch
-from xpu_stone import pairwise as PW, poincare as P
+import torch
+from xpu_stone import pairwise as PW
+from xpu_stone.kernels import launch
 from xpu_stone.reference import pairwise as RP
+
+calls = []
+make_current = launch._make_context_current
+launch._make_context_current = lambda *a: (calls.append(a[1]), make_current(*a))
 gen = torch.Generator("cuda").manual_seed(0)
 x = (torch.rand(64, 8, device="cuda", generator=gen) - 0.5) * 0.2
 y = (torch.rand(32, 8, device="cuda", generator=gen) - 0.5) * 0.2
@@ -91,7 +98,7 @@ x64, y64 = (t.detach().double().cpu().requires_grad_() for t in (x, y))
 rx, ry = torch.autograd.grad(RP.cdist_poincare(x64, y64).sum(), (x64, y64))
 torch.testing.assert_close(gx.double().cpu(), rx, rtol=1e-4, atol=1e-5)
 torch.testing.assert_close(gy.double().cpu(), ry, rtol=1e-4, atol=1e-5)
-print("ok")
+print("ok", len(calls))
 """
 
 
@@ -100,20 +107,27 @@ def test_a_backward_that_is_the_autograd_threads_first_work_runs():
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     run = subprocess.run(
-        [sys.executable, "-c", _FIRST_WORK_IS_A_BACKWARD], cwd=root, env=env, capture_output=True, text=True
+        [sys.executable, "-c", _FIRST_WORK_IS_A_BACKWARD],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
+    # "ok 1": the backward ran, and its first launch found no current context
+    assert run.returncode == 0 and run.stdout.split() == ["ok", "1"], (run.stdout, run.stderr[-3000:])
 
 
-def test_a_new_thread_loads_and_launches_kernels(monkeypatch):
-    from xpu_stone.engine import rowwise_cuda
+def test_an_op_in_a_new_thread_runs(monkeypatch):
     from xpu_stone.kernels import launch
 
+    calls = []
+    make_current = launch._make_context_current
+    monkeypatch.setattr(launch, "_make_context_current", lambda *a: (calls.append(a[1]), make_current(*a)))
     x = (torch.rand(256, 16, device="cuda") - 0.5) * 0.2
-    want = P.expmap0(x)  # in this thread first, so the thread's call finds its blocks in the cache
-    # no loaded kernel: the thread's call loads its kernel (cuModuleLoadData) as well as launching it
-    monkeypatch.setattr(launch, "_functions", {})
-    monkeypatch.setattr(rowwise_cuda, "_kernel_cache", {})
+    want = P.expmap0(
+        x
+    )  # in this thread first: the kernel is loaded, and the thread's call finds cached blocks
     got, errors, context = [], [], []
 
     def work():
@@ -126,8 +140,8 @@ def test_a_new_thread_loads_and_launches_kernels(monkeypatch):
     t = threading.Thread(target=work)
     t.start()
     t.join()
-    assert context == [0], context  # the thread began with no current context
     assert not errors, errors
+    assert context == [0] and calls == [x.device.index], (context, calls)  # no context until the fix made it
     torch.cuda.synchronize()
     torch.testing.assert_close(got[0], want, rtol=0, atol=0)
 

@@ -92,9 +92,6 @@ def _load(source: str, name: str, device_id: int, defines: tuple[str, ...]):
     cupy = require_cupy("running kernels")
     with cupy.cuda.Device(device_id):
         kernel = compile_kernel(source, name, device_arch(device_id), defines=defines)
-        # cuModuleLoadData needs a current context, which a thread that has made no CUDA
-        # runtime call lacks (see _make_context_current); once per kernel, so always set
-        cupy.cuda.runtime.setDevice(device_id)
         module = cupy.cuda.function.Module()
         module.load(kernel.cubin)
         return module.get_function(kernel.lowered_name)
@@ -124,7 +121,10 @@ def _make_context_current(cupy, device_id: int, error) -> None:
     xpu_stone backward is the first work it runs (``torch.autograd.grad(cdist(x, y), ...,
     torch.ones_like(...))``), or a user's new thread whose first CUDA work is an
     xpu_stone op. ``cudaSetDevice`` makes the primary context current (CUDA 12 and
-    later), even when ``cudaGetDevice`` already reports ``device_id``."""
+    later), even when ``cudaGetDevice`` already reports ``device_id``. (CuPy's own
+    kernel calls and module loads make the context current themselves; the raw
+    cuLaunchKernel of :func:`_launch_on` does not, and checking on every launch would
+    cost the hot path a call.)"""
     if getattr(error, "status", None) != _CUDA_ERROR_INVALID_CONTEXT:
         raise error
     cupy.cuda.runtime.setDevice(device_id)
@@ -259,11 +259,8 @@ def _launch_kernel(fn, grid, block, args, stream_ptr, device_id, shared_mem):
     try:
         if params is None:  # CuPy arrays among the arguments: CuPy's own call converts them
             with cupy.cuda.Device(device_id):
-                try:
-                    fn(_dims(grid), _dims(block), args, shared_mem=shared_mem, stream=cupy_stream(stream_ptr))
-                except _driver.CUDADriverError as e:
-                    _make_context_current(cupy, device_id, e)
-                    fn(_dims(grid), _dims(block), args, shared_mem=shared_mem, stream=cupy_stream(stream_ptr))
+                # (CuPy's call makes the device's context current itself)
+                fn(_dims(grid), _dims(block), args, shared_mem=shared_mem, stream=cupy_stream(stream_ptr))
         else:
             _launch_on(cupy, device_id, fn.ptr, *_dims(grid), *_dims(block), shared_mem, stream_ptr, params)
     except _driver.CUDADriverError as e:
