@@ -28,6 +28,7 @@
 #   userloop    benchmarks.bench_user_loop: a user's plain training loop (mammals) with xpu_stone, geoopt, a
 #               Euclidean floor, torch.compile and a captured step (~2-3 min on an H200)
 #   session     benchmarks.bench_session: inference-session latency and profiler overhead
+#   hostpath    benchmarks.bench_host_path: where one small call's host time goes, stage by stage, and cProfile
 #   digits      xpu_stone.examples.digits_mlp --device cuda: the digits example on the GPU
 #   disk        xpu_stone.examples.poincare_embeddings --dim 2 --plot: 2-D Poincaré disk PNG in $OUT/disk
 #   properties  the Hypothesis property tests on CUDA with the `device` profile (10x CI's examples); counts in
@@ -53,11 +54,11 @@
 set -uo pipefail
 
 SUITES=(device build tests poincare models poincare_full models_full pairwise linear optim embeddings userloop session
-  digits disk properties distributed)
+  hostpath digits disk properties distributed)
 DEFAULT_SUITES=(device build tests poincare)
 declare -A SUITE_TIMEOUT=(
   [device]=600 [build]=600 [tests]=420 [poincare]=240 [models]=240 [poincare_full]=590 [models_full]=590 [pairwise]=180
-  [linear]=180 [optim]=180 [embeddings]=300 [userloop]=300 [session]=120 [digits]=120 [disk]=180
+  [linear]=180 [optim]=180 [embeddings]=300 [userloop]=300 [session]=120 [hostpath]=120 [digits]=120 [disk]=180
   [properties]=540 [distributed]=420
 )
 
@@ -159,6 +160,7 @@ suite_optim() { bench_module optim; }
 suite_embeddings() { bench_module embeddings --max-seconds 200; }
 suite_userloop() { bench_module user_loop; }
 suite_session() { bench_module session; }
+suite_hostpath() { bench_module host_path; }
 suite_digits() { run "$PY" -m xpu_stone.examples.digits_mlp --device cuda --no-progress; }
 suite_disk() {
   run "$PY" -m xpu_stone.examples.poincare_embeddings --dim 2 --plot --quiet --device cuda --out "$OUT/disk"

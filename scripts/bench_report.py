@@ -49,8 +49,21 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ("poincare", "models", "pairwise", "linear", "session", "optim", "embeddings", "userloop")
-MODULES = {"userloop": "user_loop"}  # benchmarks.bench_<module> of a benchmark, where the names differ
+BENCHES = (
+    "poincare",
+    "models",
+    "pairwise",
+    "linear",
+    "session",
+    "optim",
+    "embeddings",
+    "userloop",
+    "hostpath",
+)
+MODULES = {
+    "userloop": "user_loop",
+    "hostpath": "host_path",
+}  # benchmarks.bench_<module> of a benchmark, where the names differ
 # the user loop's Euclidean floor and geoopt's loop, as benchmarks/bench_user_loop.py names them
 USERLOOP_FLOOR = "euclid:eager"
 USERLOOP_GEOOPT = "geoopt:eager"
@@ -531,7 +544,7 @@ REASONS = {  # why a target is missed, where it is known (no measured figures: t
     "which torch.compile fuses into its Triton code (not profiled)",
     "small": "each call checks its arguments in Python (types, dtypes, devices, shapes, the scalars), allocates "
     "its output, packs the kernel's argument struct and launches through CuPy, and with autograd on an "
-    "autograd.Function records it; how the time splits between these is not in a result file",
+    "autograd.Function records it",
     "loop": "the eager loop pays the CPU-side cost of each library call (argument checks, allocation, launch: "
     "the small-call item) on every op of its step and on the optimizer's step; under torch.compile the step "
     "breaks at `loss.backward()` and the optimizer's step runs eagerly (it is `torch.compiler.disable`d: dynamo "
@@ -1073,7 +1086,50 @@ def _tests_section(doc: dict, records: dict) -> list[str]:
                 f"- One small call (64×64 fp32, {what}), host time: xpu_stone {xs:.1f} µs, `torch.add` "
                 f"{add:.1f} µs ({_x(xs / add)}){more} (`{src}`)."
             )
+    split = _host_split(doc)
+    if split:
+        lines.append(f"- One small call (`mobius_add`, 64×64 fp32): {split[0]}.")
     return ["### GPU tests, kernel build, host costs", "", *lines, ""] if lines else []
+
+
+HOST_STAGES = {  # the stages of benchmarks/bench_host_path.py, in the call's order
+    "validate": "argument checks",
+    "route": "autograd and tracing checks",
+    "prepare": "row layout and kernel fields",
+    "allocate": "output allocation",
+    "kernel": "kernel lookup",
+    "stream": "current stream",
+    "launch": "argument packing and cuLaunchKernel",
+    "glue": "the Python between them",
+}
+
+
+def _host_split(doc: dict):
+    """(text, file) saying where one small call's host time goes, from the newest
+    ``hostpath`` file (``benchmarks/bench_host_path.py``); None without one."""
+    rows = {(r["impl"], r["mode"]): r for r in doc["benches"].get("hostpath", {}).get("rows", [])}
+    whole, add = rows.get(("xpu_stone", "fwd")), rows.get(("torch.add", "fwd"))
+    if not whole or not add:
+        return None
+    stages = ", ".join(
+        f"{what} {rows[s, 'fwd']['ms'] * 1000:.1f}" for s, what in HOST_STAGES.items() if (s, "fwd") in rows
+    )
+    text = (
+        f"where its host time goes, autograd off (each stage timed alone, µs): {stages}, of the "
+        f"{whole['ms'] * 1000:.1f} µs call (`torch.add` {add['ms'] * 1000:.1f} µs)"
+    )
+    grad = rows.get(("xpu_stone", "fwd_grad"))
+    if grad:
+        text += (
+            f"; with autograd on the call takes {grad['ms'] * 1000:.1f} µs "
+            f"(+{(grad['ms'] - whole['ms']) * 1000:.1f} µs: the autograd.Function's record)"
+        )
+    top = doc["benches"]["hostpath"].get("meta", {}).get("cprofile", {}).get("fwd", [])[:4]
+    if top:
+        text += "; cProfile's largest own-time shares: " + ", ".join(
+            f"`{p['function']}` {100 * p['share']:.0f} %" for p in top
+        )
+    return text + f" (`{whole['source']}`)", whole["source"]
 
 
 def _host_call(doc: dict, mode: str = "fwd"):
@@ -1230,7 +1286,12 @@ def _shortfalls(doc: dict, files: dict, records: dict | None = None) -> list[str
             for h, t in ((hosts["fwd"], T_SMALL_CALL), (hosts["fwd_grad"], T_SMALL_CALL_GRAD))
         )
         src = f" (`{files['poincare']}`)" if "poincare" in files else ""
-        out.append("- Small call " + "; ".join(parts) + src + (f". {_why('small')}" if missed else "."))
+        split = _host_split(doc)
+        why = _why("small").replace(
+            "records it.",
+            f"records it; {split[0]}." if split else "records it; the split is not in a result file.",
+        )
+        out.append("- Small call " + "; ".join(parts) + src + (f". {why}" if missed else "."))
     pw = _pairwise(doc)
     if not pw:
         out.append(

@@ -207,6 +207,40 @@ def test_pairwise_figures_come_from_one_file_with_their_verdicts(results):
     assert "knn: Why: " in short and "cdist: Why" not in short  # the reason of the one missed
 
 
+def test_small_call_split_comes_from_the_host_path_file(results):
+    """Without a ``hostpath`` file the small-call item says the split is not in a file; with
+    one, the item and the host-costs section give each stage's µs, the autograd cost and
+    cProfile's top shares, and name the file."""
+    for path in results.glob("hostpath-*.json"):
+        path.unlink()  # the committed runs: this test writes its own
+    assert "the split is not in a result file" in report.readme_section(results)
+
+    def row(impl, mode, us, note=""):
+        return {"op": "host_path", "impl": impl, "mode": mode, "dtype": "float32", "shape": [64, 64], "bytes": 0,
+                "ms": us / 1000, "gbps": 0.0, "pct_copy": 0.0, "note": note}  # fmt: skip
+
+    stages = dict(
+        validate=4.0, route=0.5, prepare=1.5, allocate=2.5, kernel=0.75, stream=0.25, launch=5.0, glue=3.5
+    )
+    rows = [row("torch.add", "fwd", 6.0), row("xpu_stone", "fwd", 18.0), row("xpu_stone", "fwd_grad", 26.0)]
+    rows += [row(s, "fwd", us) for s, us in stages.items()]
+    top = [{"function": "engine/checks.py:98(validate_torch)", "calls_per_call": 1.0, "share": 0.21}]
+    doc = {"meta": {"gpu": "NVIDIA H200", "date": "2026-12-03", "cprofile": {"fwd": top}}, "copy_gbps": 0.0,
+           "rows": rows}  # fmt: skip
+    (results / "hostpath-NVIDIA_H200-2026-12-03.json").write_text(json.dumps(doc))
+    text = report.readme_section(results)
+    assert "the split is not in a result file" not in text
+    small = next(line for line in text.splitlines() if line.startswith("- Small call "))
+    assert "argument checks 4.0, autograd and tracing checks 0.5" in small
+    assert "the Python between them 3.5, of the 18.0 µs call (`torch.add` 6.0 µs)" in small
+    assert (
+        "+8.0 µs: the autograd.Function's record" in small
+        and "`engine/checks.py:98(validate_torch)` 21 %" in small
+    )
+    assert "(`hostpath-NVIDIA_H200-2026-12-03.json`)" in small
+    assert "- One small call (`mobius_add`, 64×64 fp32): where its host time goes" in text
+
+
 def test_a_gpu_without_results_is_refused(results):
     with pytest.raises(SystemExit, match="no results for GPU"):
         report.readme_section(results, gpu="Fake_GPU")
