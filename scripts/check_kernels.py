@@ -57,6 +57,7 @@ def main(argv=None) -> int:
                 "stack_bytes": k.stack_bytes,
                 "smem_bytes": k.smem_bytes,
                 "cached": k.from_cache,
+                "seconds": round(r.seconds, 3),
             }
         )
         spills += k.spill_bytes > 0

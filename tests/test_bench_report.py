@@ -241,6 +241,33 @@ def test_small_call_split_comes_from_the_host_path_file(results):
     assert "- One small call (`mobius_add`, 64×64 fp32): where its host time goes" in text
 
 
+def test_kernel_build_spread_comes_from_the_records_seconds(results):
+    """A kernel-build record whose kernels carry their compile seconds: the build line
+    and the missed build target say how the time spreads; without seconds, the target's
+    reason says it was not investigated."""
+    for path in results.glob("kernel-build-*.json"):
+        path.unlink()
+
+    def record(seconds):
+        kernels = [{"arch": "sm_90", "source": "k.cu", "kernel": f"k<{i}>", "registers": 32, "spill_bytes": 0,
+                    "stack_bytes": 0, "smem_bytes": 0, "cached": False} for i in range(40)]  # fmt: skip
+        for k, sec in zip(kernels, seconds or []):
+            k["seconds"] = sec
+        return {"elapsed_s": 100.0, "failed": 0, "kernels": kernels}
+
+    path = results / "kernel-build-NVIDIA_H200-2026-12-03.json"
+    path.write_text(json.dumps(record(None)))
+    assert "Why: not investigated; every variant" in report.readme_section(results)
+    path.write_text(json.dumps(record([0.5] * 38 + [7.0, 13.0])))  # 40 kernels, 39 s in all
+    text = report.readme_section(results)
+    spread = (
+        "a kernel's compile takes 0.50 s at the median on its worker thread, the slowest 5 % of kernels take "
+        "51 % of the summed 39 s (slowest: `k<39>`, 13.0 s)"
+    )
+    assert f"Why: {spread}; every variant" in text and "not investigated" not in text
+    assert f"(`{path.name}`; target ≤ 20 s cold: missed); {spread}." in text
+
+
 def test_a_gpu_without_results_is_refused(results):
     with pytest.raises(SystemExit, match="no results for GPU"):
         report.readme_section(results, gpu="Fake_GPU")

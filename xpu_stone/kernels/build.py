@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,14 +20,16 @@ __all__ = ["BuildResult", "build", "compile_all", "jobs"]
 
 @dataclass(frozen=True)
 class BuildResult:
-    """One kernel of a build: its source, name expression, target, and the compiled
-    kernel or the compilation error."""
+    """One kernel of a build: its source, name expression, target, the compiled
+    kernel or the compilation error, and the wall seconds its compile (or its load from
+    the disk cache) took on its worker thread."""
 
     source: str
     name: str
     arch: str
     kernel: CompiledKernel | None
     error: CompilationError | None = None
+    seconds: float = 0.0
 
 
 def jobs(ops=None, dtypes=None, archs=("sm_90",), first_only: bool = False) -> list[tuple]:
@@ -71,12 +74,14 @@ def compile_all(
 
     def run(job) -> BuildResult:
         src, name, defines, target = job
+        start = time.perf_counter()
         try:
-            return BuildResult(src, name, target, compile_kernel(src, name, target, use_cache, defines))
+            kernel = compile_kernel(src, name, target, use_cache, defines)
+            return BuildResult(src, name, target, kernel, seconds=time.perf_counter() - start)
         except CompilationError as e:
             if raise_errors:
                 raise
-            return BuildResult(src, name, target, None, e)
+            return BuildResult(src, name, target, None, e, time.perf_counter() - start)
 
     results = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
