@@ -11,7 +11,8 @@
 #   device      nvidia-smi (to $OUT/device.txt) + python -m xpu_stone: device report, kernel build, self-check, demo
 #   build       scripts/check_kernels.py --arch native (sm_80 sm_90 when nvidia-smi fails) --json $OUT/build.json
 #   tests       pytest $TESTS on the GPU, -rfE --durations=15, $OUT/junit.xml (--timeout per test if pytest-timeout is
-#               installed), summarised by scripts/gpu_test_report.py as $OUT/gpu-tests-<GPU>-<date>.json
+#               installed, -n TEST_WORKERS if pytest-xdist is), summarised by scripts/gpu_test_report.py as
+#               $OUT/gpu-tests-<GPU>-<date>.json
 #   poincare    benchmarks.bench_poincare, short (D 64 and 1024, fp32): Poincaré-ball ops vs torch eager, torch.compile, geoopt
 #   models      benchmarks.bench_models --quick: Lorentz and Klein ops and the conversions
 #   poincare_full, models_full
@@ -47,9 +48,10 @@
 #                        ARGS_poincare='--dims 16 64 256 1024 4096 --dtypes float32 bfloat16 --compare-dims 16 256 4096'
 #                        with TIMEOUT_poincare=600: the full sweep of benchmarks/results/poincare-*.json (~5 min, H200)
 #   TEST_CASE_TIMEOUT    per-test timeout of `tests` when pytest-timeout is installed (default 120)
-#   TEST_REPORT_SUFFIX   suffix of the `tests` result file (gpu-tests-<GPU>-<date>-<suffix>.json): a suite
-#                        run in parts, TESTS naming each part's files (on a fresh H200 the whole suite
-#                        takes longer than one 10-minute call: 200 s of kernel build, then about 430 s)
+#   TEST_WORKERS         pytest-xdist processes of `tests` when pytest-xdist is installed (default: CPUs - 2, at
+#                        most 14; 1 runs the tests in one process)
+#   TEST_REPORT_SUFFIX   suffix of the `tests` result file (gpu-tests-<GPU>-<date>-<suffix>.json), e.g. for a
+#                        suite run in parts, TESTS naming each part's files
 #   TAIL                 lines of each log printed after the suite (default 15; tests: 40)
 set -uo pipefail
 
@@ -138,10 +140,21 @@ suite_tests() {
   else
     echo "pytest-timeout not installed: no per-test timeout"
   fi
+  # pytest-xdist, when installed: TEST_WORKERS processes share the GPU (default: the CPU count less two, at
+  # most 14; on a fresh H200 the whole suite then takes about 190 s after the build, about 430 s on one process)
+  local workers=()
+  if "$PY" -c "import xdist" 2> /dev/null; then
+    local n=$(($(nproc) - 2))
+    ((n > 14)) && n=14
+    ((n < 1)) && n=1
+    workers=(-n "${TEST_WORKERS:-$n}")
+  else
+    echo "pytest-xdist not installed: one test process"
+  fi
   local paths
   read -ra paths <<< "$TESTS"
   # A module that fails to import fails the suite but does not stop the other modules.
-  run "$PY" -m pytest -q -p no:cacheprovider "${paths[@]}" -rfE --durations=15 "${per_test[@]}" \
+  run "$PY" -m pytest -q -p no:cacheprovider "${paths[@]}" -rfE --durations=15 "${per_test[@]}" "${workers[@]}" \
     --continue-on-collection-errors --junitxml="$OUT/junit.xml"
   local rc=$?
   # the result file the README quotes: gpu-tests-<GPU>-<date>.json (copy it to benchmarks/results/)
