@@ -51,11 +51,11 @@ def stage_calls(x, y):
     d, rows, _, fields, aligned = prepare_contiguous(vecs, c_val, t_val, dtype, batch)
     dev = x.device.index
     fn, choice = rowwise_cuda._kernel(op, "fwd", dtype, d, aligned, dev)
-    out = torch.empty((*batch, op.out_width(d)), dtype=x.dtype, device=x.device)
+    shape = (*batch, op.out_width(d))
+    out = torch.empty(shape, dtype=x.dtype, device=x.device)
     full = (*fields, 0.0, out.data_ptr(), 0, 0, 0, 0, 0, 0, 0, 0)
     grid = -(-rows // choice.config.rows_per_block())
     stream = torch_stream(dev)
-    shape = (*batch, op.out_width(d))
 
     def route(vecs, c, t):
         return rowwise._needs_grad(vecs, c, t) or torch.compiler.is_compiling()
@@ -107,23 +107,23 @@ def main(argv=None):
     x = torch.rand(*SHAPE, device="cuda") * 0.01
     y = torch.rand(*SHAPE, device="cuda") * 0.01
     xg = x.clone().requires_grad_()
-    shape, timings = SHAPE, {}
+    timings = {}
     for mode, a in (("fwd", x), ("fwd_grad", xg)):
         with torch.set_grad_enabled(mode != "fwd"):
             for impl, fn in (("torch.add", torch.add), ("xpu_stone", P.mobius_add)):
                 us = timings[impl, mode] = host_time_us(fn, (a, y), args.calls)
                 report.add(
-                    Row("host_path", impl, mode, "float32", shape, 0, us / 1000, note="the whole call")
+                    Row("host_path", impl, mode, "float32", SHAPE, 0, us / 1000, note="the whole call")
                 )
     with torch.no_grad():
         stage_sum = 0.0
         for stage, (fn, fargs) in stage_calls(x, y).items():
             us = host_time_us(fn, fargs, args.calls)
             stage_sum += us
-            report.add(Row("host_path", stage, "fwd", "float32", shape, 0, us / 1000, note="one stage alone"))
+            report.add(Row("host_path", stage, "fwd", "float32", SHAPE, 0, us / 1000, note="one stage alone"))
         glue = timings["xpu_stone", "fwd"] - stage_sum
         report.add(
-            Row("host_path", "glue", "fwd", "float32", shape, 0, glue / 1000, note="the call less its stages")
+            Row("host_path", "glue", "fwd", "float32", SHAPE, 0, glue / 1000, note="the call less its stages")
         )
         report.meta["cprofile"] = {"fwd": profile_top(P.mobius_add, (x, y), 20 * args.calls)}
     report.meta["cprofile"]["fwd_grad"] = profile_top(P.mobius_add, (xg, y), 20 * args.calls)

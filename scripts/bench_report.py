@@ -60,10 +60,8 @@ BENCHES = (
     "userloop",
     "hostpath",
 )
-MODULES = {
-    "userloop": "user_loop",
-    "hostpath": "host_path",
-}  # benchmarks.bench_<module> of a benchmark, where the names differ
+# benchmarks.bench_<module> of a benchmark, where the names differ
+MODULES = {"userloop": "user_loop", "hostpath": "host_path"}
 # the user loop's Euclidean floor and geoopt's loop, as benchmarks/bench_user_loop.py names them
 USERLOOP_FLOOR = "euclid:eager"
 USERLOOP_GEOOPT = "geoopt:eager"
@@ -569,8 +567,8 @@ TRIED = {  # what was done about each missed target so far (the reasons above sa
     "(exact products summed a chunk at a time) with 32 cached elements a thread and a two-lanes-a-row layout; "
     "written on a side branch and lost with it before a GPU measured them (not in this release): a row spread over "
     "a block has its formula evaluated by one warp instead of by every warp, and launch layouts of 1, 2 or 4 "
-    "threads a row let a warp evaluate up to 32 rows' formulas at once; dropped unmeasured: keeping the register row cache of fp32 rows in "
-    "fp32 (NVRTC widens each chunk to fp64 at its load, so no registers were saved)",
+    "threads a row let a warp evaluate up to 32 rows' formulas at once; dropped unmeasured: keeping the register "
+    "row cache of fp32 rows in fp32 (NVRTC widens each chunk to fp64 at its load, so no registers were saved)",
     "compile": "the forward levers of the previous item; the table runs each cell at 0.8 GB a forward so that "
     "both sides are timed on the GPU rather than on their host path",
     "fb": "the backward is one kernel a call that reads the inputs and the output gradient and writes every "
@@ -593,9 +591,10 @@ TRIED = {  # what was done about each missed target so far (the reasons above sa
 }
 
 
-def _why(key: str) -> str:
-    """A missed target's reason and what was tried, as its shortfall line ends."""
-    return f"Why: {REASONS[key]}. Tried: {TRIED[key]}."
+def _why(key: str, lead: str = "", tail: str = "") -> str:
+    """A missed target's reason and what was tried, as its shortfall line ends; ``lead`` and
+    ``tail`` put measured facts before and after the fixed reason."""
+    return f"Why: {lead}{REASONS[key]}{tail}. Tried: {TRIED[key]}."
 
 
 def find_records(folder: Path, gpu: str) -> dict[str, list[Path]]:
@@ -1089,7 +1088,7 @@ def _tests_section(doc: dict, records: dict) -> list[str]:
             )
     split = _host_split(doc)
     if split:
-        lines.append(f"- One small call (`mobius_add`, 64×64 fp32): {split[0]}.")
+        lines.append(f"- One small call (`mobius_add`, 64×64 fp32): {split}.")
     return ["### GPU tests, kernel build, host costs", "", *lines, ""] if lines else []
 
 
@@ -1105,9 +1104,9 @@ HOST_STAGES = {  # the stages of benchmarks/bench_host_path.py, in the call's or
 }
 
 
-def _host_split(doc: dict):
-    """(text, file) saying where one small call's host time goes, from the newest
-    ``hostpath`` file (``benchmarks/bench_host_path.py``); None without one."""
+def _host_split(doc: dict) -> str | None:
+    """Where one small call's host time goes, naming its file: the newest ``hostpath``
+    file's (``benchmarks/bench_host_path.py``); None without one."""
     rows = {(r["impl"], r["mode"]): r for r in doc["benches"].get("hostpath", {}).get("rows", [])}
     whole, add = rows.get(("xpu_stone", "fwd")), rows.get(("torch.add", "fwd"))
     if not whole or not add:
@@ -1130,7 +1129,7 @@ def _host_split(doc: dict):
         text += "; cProfile's largest own-time shares: " + ", ".join(
             f"`{p['function']}` {100 * p['share']:.0f} %" for p in top
         )
-    return text + f" (`{whole['source']}`)", whole["source"]
+    return text + f" (`{whole['source']}`)"
 
 
 def _build_spread(record: dict) -> str | None:
@@ -1305,10 +1304,7 @@ def _shortfalls(doc: dict, files: dict, records: dict | None = None) -> list[str
         )
         src = f" (`{files['poincare']}`)" if "poincare" in files else ""
         split = _host_split(doc)
-        why = _why("small").replace(
-            "records it.",
-            f"records it; {split[0]}." if split else "records it; the split is not in a result file.",
-        )
+        why = _why("small", tail=f"; {split or 'the split is not in a result file'}")
         out.append("- Small call " + "; ".join(parts) + src + (f". {why}" if missed else "."))
     pw = _pairwise(doc)
     if not pw:
@@ -1385,10 +1381,10 @@ def _shortfalls(doc: dict, files: dict, records: dict | None = None) -> list[str
     for path in (records or {}).get("kernel-build", []):
         r = json.loads(path.read_text())
         if not any(k["cached"] for k in r["kernels"]) and r["elapsed_s"] > T_BUILD_S:
+            spread = _build_spread(r) or "not investigated"
             out.append(
                 f"- Kernel build ≤ {T_BUILD_S:.0f} s cold: {len(r['kernels']):,} kernels in {r['elapsed_s']:.1f} s, "
-                f"missed (`{path.name}`). "
-                + _why("build").replace("Why: ", f"Why: {_build_spread(r) or 'not investigated'}; ")
+                f"missed (`{path.name}`). {_why('build', lead=f'{spread}; ')}"
             )
     return ["### Where this falls short of the targets", "", *out, ""]
 

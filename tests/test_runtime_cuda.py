@@ -125,9 +125,8 @@ def test_an_op_in_a_new_thread_runs(monkeypatch):
     make_current = launch._make_context_current
     monkeypatch.setattr(launch, "_make_context_current", lambda *a: (calls.append(a[1]), make_current(*a)))
     x = (torch.rand(256, 16, device="cuda") - 0.5) * 0.2
-    want = P.expmap0(
-        x
-    )  # in this thread first: the kernel is loaded, and the thread's call finds cached blocks
+    # in this thread first: the kernel is loaded, and the thread's call finds cached blocks
+    want = P.expmap0(x)
     got, errors, context = [], [], []
 
     def work():
