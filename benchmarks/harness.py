@@ -74,19 +74,28 @@ class Report:
 
     def markdown(self) -> str:
         m = self.meta
+        copy = (
+            f"copy {self.copy_gbps:.0f} GB/s (read + write)"
+            if self.copy_gbps
+            else "copy bandwidth not measured"
+        )
         lines = [
             f"# {self.name}",
             "",
             f"{m.get('gpu')} · {m.get('date')} · torch {m.get('torch')} · CuPy {m.get('cupy')} · "
-            f"CUDA {m.get('cuda')} · copy {self.copy_gbps:.0f} GB/s (read + write)",
+            f"CUDA {m.get('cuda')} · {copy}",
             "",
             "| op | mode | dtype | shape | impl | ms | GB/s | % copy | note |",
             "|---|---|---|---|---|---:|---:|---:|---|",
         ]
         for r in self.rows:
+            # a row that moves no counted bytes (a host-time stage), or a run without a copy
+            # figure, has no bandwidth to state: a dash, not 0
+            gbps = f"{r.gbps:.0f}" if r.bytes else "—"
+            pct = f"{r.pct_copy:.1f}" if r.bytes and self.copy_gbps else "—"
             lines.append(
                 f"| {r.op} | {r.mode} | {r.dtype} | {'x'.join(map(str, r.shape))} | {r.impl} | "
-                f"{r.ms:.4f} | {r.gbps:.0f} | {r.pct_copy:.1f} | {r.note} |"
+                f"{r.ms:.4f} | {gbps} | {pct} | {r.note} |"
             )
         return "\n".join(lines) + "\n"
 

@@ -45,7 +45,7 @@ import re
 import statistics
 import subprocess
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1057,10 +1057,13 @@ def _tests_section(doc: dict, records: dict) -> list[str]:
             scope = f"{len(files)} test files" + (", CPU tests included" if cpu else "")
         else:  # a record from before the files were listed: the whole suite
             scope = "CPU tests included"
+        # why tests were skipped, so that none reads as passed: each reason with its count
+        skips = Counter(t["message"] for t in r.get("not_passed", []) if t["outcome"] == "skipped")
+        why = f" ({'; '.join(f'{n}: {msg}' for msg, n in skips.most_common())})" if skips else ""
         lines.append(
             f"- GPU test run, {r['gpu']}, {r['date']} (torch {r['torch']}, {scope}): "
             f"{r['passed']:,} passed, {r['failed']:,} failed, {r['errors']:,} errors, {r['skipped']:,} "
-            f"skipped in {r['seconds']:.0f} s (`{path.name}`; what the tests check: see Reliability)."
+            f"skipped{why} in {r['seconds']:.0f} s (`{path.name}`; what the tests check: see Reliability)."
         )
     for path in records.get("kernel-build", []):
         r = json.loads(path.read_text())
@@ -1123,6 +1126,21 @@ def _host_split(doc: dict) -> str | None:
         text += (
             f"; with autograd on the call takes {grad['ms'] * 1000:.1f} µs "
             f"(+{(grad['ms'] - whole['ms']) * 1000:.1f} µs: the autograd.Function's record)"
+        )
+    pairs = [  # (mode, this run's ratio to torch.add, the table run's ratio, its file)
+        (m, r["ms"] / rows["torch.add", m]["ms"], h[0] / h[1], h[3])
+        for m, r in (("fwd", whole), ("fwd_grad", grad))
+        if r and ("torch.add", m) in rows and (h := _host_call(doc, m))
+    ]
+    if pairs:  # the same call timed in two runs: how far one call's host time moves between them
+        said = {"fwd": "autograd off", "fwd_grad": "on"}
+        text += (
+            "; this run's ratios to `torch.add`: "
+            + ", ".join(f"{_x(mine)} {said[m]}" for m, mine, _, _ in pairs)
+            + ", against "
+            + " and ".join(_x(theirs) for _, _, theirs, _ in pairs)
+            + f" in {', '.join(sorted({f'`{src}`' for *_, src in pairs}))}: a small call's host time moves this"
+            " much between runs and machines"
         )
     top = doc["benches"]["hostpath"].get("meta", {}).get("cprofile", {}).get("fwd", [])[:4]
     if top:

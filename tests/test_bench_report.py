@@ -223,6 +223,7 @@ def test_small_call_split_comes_from_the_host_path_file(results):
         validate=4.0, route=0.5, prepare=1.5, allocate=2.5, kernel=0.75, stream=0.25, launch=5.0, glue=3.5
     )
     rows = [row("torch.add", "fwd", 6.0), row("xpu_stone", "fwd", 18.0), row("xpu_stone", "fwd_grad", 26.0)]
+    rows += [row("torch.add", "fwd_grad", 8.0)]
     rows += [row(s, "fwd", us) for s, us in stages.items()]
     top = [{"function": "engine/checks.py:98(validate_torch)", "calls_per_call": 1.0, "share": 0.21}]
     doc = {"meta": {"gpu": "NVIDIA H200", "date": "2026-12-03", "cprofile": {"fwd": top}}, "copy_gbps": 0.0,
@@ -238,6 +239,11 @@ def test_small_call_split_comes_from_the_host_path_file(results):
         and "`engine/checks.py:98(validate_torch)` 21 %" in small
     )
     assert "(`hostpath-NVIDIA_H200-2026-12-03.json`)" in small
+    # the same call's ratios in this run and in the table's run (the committed table file's 3.10×, 3.28×)
+    assert (
+        "this run's ratios to `torch.add`: 3.00× autograd off, 3.25× on, against 3.10× and 3.28× in "
+        "`poincare-NVIDIA_H200-2026-12-01-table.json`" in small
+    )
     assert "- One small call (`mobius_add`, 64×64 fp32): where its host time goes" in text
 
 
@@ -266,6 +272,25 @@ def test_kernel_build_spread_comes_from_the_records_seconds(results):
     )
     assert f"Why: {spread}; every variant" in text and "not investigated" not in text
     assert f"(`{path.name}`; target ≤ 20 s cold: missed); {spread}." in text
+
+
+def test_a_gpu_test_run_says_why_tests_were_skipped(results):
+    """A gpu-tests record's skipped tests appear with their reasons and counts, so that
+    no skipped test reads as passed; a record without skips says nothing more."""
+    for path in results.glob("gpu-tests-*.json"):
+        path.unlink()
+
+    def record(skips):
+        not_passed = [{"test": f"t{i}", "outcome": "skipped", "message": m} for i, m in enumerate(skips)]
+        return {"gpu": "NVIDIA H200", "torch": "2.11", "cupy": "14.2", "cuda": "13.0", "date": "2026-12-03", "passed": 5, "failed": 0,
+                "errors": 0, "skipped": len(skips), "seconds": 9.0, "files": [], "not_passed": not_passed}  # fmt: skip
+
+    path = results / "gpu-tests-NVIDIA_H200-2026-12-03.json"
+    path.write_text(json.dumps(record(["needs two CUDA GPUs"] * 3 + ["no GPU only"])))
+    assert "3 skipped" not in report.readme_section(results)  # 4 of them
+    assert "4 skipped (3: needs two CUDA GPUs; 1: no GPU only) in 9 s" in report.readme_section(results)
+    path.write_text(json.dumps(record([])))
+    assert "0 skipped in 9 s" in report.readme_section(results)
 
 
 def test_a_gpu_without_results_is_refused(results):

@@ -154,6 +154,21 @@ def test_a_write_killed_midway_leaves_the_previous_file_whole(tmp_path, monkeypa
     assert js.read_text() == before and json.loads(before)["rows"][0]["op"] == "a"
 
 
+def test_markdown_states_no_bandwidth_where_none_was_measured():
+    # a host-time row moves no counted bytes, and a run without a copy figure has no % copy:
+    # both read as a dash, not as 0 GB/s
+    report = harness.Report("t", copy_gbps=0.0, meta={"gpu": "G", "date": "2026-12-02"})
+    report.add(harness.Row("a", "xpu_stone", "fwd", "float32", (64, 64), 0, 0.01))
+    report.add(harness.Row("b", "xpu_stone", "fwd", "float32", (64, 64), 2e6, 0.001))
+    md = report.markdown()
+    assert "copy bandwidth not measured" in md and "0 GB/s" not in md
+    assert "| 0.0100 | — | — |" in md and "| 0.0010 | 2000 | — |" in md
+    report.copy_gbps = 4000.0
+    report.add(harness.Row("c", "xpu_stone", "fwd", "float32", (64, 64), 2e6, 0.001))
+    assert "copy 4000 GB/s (read + write)" in report.markdown()
+    assert report.markdown().splitlines()[-1].endswith("| 0.0010 | 2000 | 50.0 |  |")
+
+
 def test_full_preset_is_the_whole_table():
     args = harness.rowwise_args(["--full"], ("x", "y"), ["float32"], [16])
     assert args.dims == [16, 64, 256, 1024, 4096] and args.dtypes == ["float32", "bfloat16", "float16"]
