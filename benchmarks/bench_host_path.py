@@ -7,7 +7,9 @@ Rows (µs per call on the host, the median of 5 batches of ``--calls`` calls):
 
 * ``torch.add`` and the whole ``mobius_add`` call, autograd off (mode ``fwd``) and
   with an input that requires grad (mode ``fwd_grad``: the eager autograd.Function
-  records the call; no backward runs);
+  records the call; no backward runs): the median over ``--rounds`` rounds in which
+  the two alternate, since the host's speed drifts between batches; each round's
+  times are in ``meta["rounds"]``, so that a ratio can pair the times of one round;
 * each stage of the autograd-off call on its own, made as the call makes it
   (:func:`xpu_stone.engine.rowwise.call`, :func:`xpu_stone.engine.rowwise_cuda.launch_forward`):
   ``validate`` (argument checks), ``route`` (autograd and tracing checks), ``prepare``
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import statistics
 import sys
 
 import torch
@@ -99,6 +102,7 @@ def profile_top(fn, args, calls: int) -> list[dict]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, default=2000)
+    p.add_argument("--rounds", type=int, default=15, help="interleaved rounds of the whole-call timings")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -107,14 +111,19 @@ def main(argv=None):
     x = torch.rand(*SHAPE, device="cuda") * 0.01
     y = torch.rand(*SHAPE, device="cuda") * 0.01
     xg = x.clone().requires_grad_()
-    timings = {}
+    timings, rounds = {}, {}
     for mode, a in (("fwd", x), ("fwd_grad", xg)):
+        # the host's speed drifts between batches (up to 2x on an H200 host): torch.add and
+        # the call alternate, round by round, and each round's ratio pairs the two
+        samples = rounds[mode] = {"torch.add": [], "xpu_stone": []}
         with torch.set_grad_enabled(mode != "fwd"):
-            for impl, fn in (("torch.add", torch.add), ("xpu_stone", P.mobius_add)):
-                us = timings[impl, mode] = host_time_us(fn, (a, y), args.calls)
-                report.add(
-                    Row("host_path", impl, mode, "float32", SHAPE, 0, us / 1000, note="the whole call")
-                )
+            for _ in range(args.rounds):
+                for impl, fn in (("torch.add", torch.add), ("xpu_stone", P.mobius_add)):
+                    samples[impl].append(host_time_us(fn, (a, y), args.calls))
+        for impl, times in samples.items():
+            us = timings[impl, mode] = statistics.median(times)
+            report.add(Row("host_path", impl, mode, "float32", SHAPE, 0, us / 1000, note="the whole call"))
+    report.meta["rounds"] = rounds
     with torch.no_grad():
         stage_sum = 0.0
         for stage, (fn, fargs) in stage_calls(x, y).items():

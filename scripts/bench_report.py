@@ -1132,20 +1132,34 @@ def _host_split(doc: dict) -> str | None:
             f"; with autograd on the call takes {grad['ms'] * 1000:.1f} µs "
             f"(+{(grad['ms'] - whole['ms']) * 1000:.1f} µs: the autograd.Function's record)"
         )
+    rounds = doc["benches"]["hostpath"].get("meta", {}).get("rounds", {})
+
+    def ratio(mode, row):  # of one round's two times, where the file has its interleaved rounds
+        if mode in rounds:
+            t = rounds[mode]
+            return statistics.median(xs / add for xs, add in zip(t["xpu_stone"], t["torch.add"]))
+        return row["ms"] / rows["torch.add", mode]["ms"]
+
     pairs = [  # (mode, this run's ratio to torch.add, the table run's ratio, its file)
-        (m, r["ms"] / rows["torch.add", m]["ms"], h[0] / h[1], h[3])
+        (m, ratio(m, r), h[0] / h[1], h[3])
         for m, r in (("fwd", whole), ("fwd_grad", grad))
         if r and ("torch.add", m) in rows and (h := _host_call(doc, m))
     ]
     if pairs:  # the same call timed in two runs: how far one call's host time moves between them
         said = {"fwd": "autograd off", "fwd_grad": "on"}
         text += (
-            "; this run's ratios to `torch.add`: "
+            "; this run's ratios to `torch.add`"
+            + (
+                f" (the median over {len(rounds[pairs[0][0]]['xpu_stone'])} rounds in which the two alternate)"
+                if pairs[0][0] in rounds
+                else ""
+            )
+            + ": "
             + ", ".join(f"{_x(mine)} {said[m]}" for m, mine, _, _ in pairs)
             + ", against "
             + " and ".join(_x(theirs) for _, _, theirs, _ in pairs)
-            + f" in {', '.join(sorted({f'`{src}`' for *_, src in pairs}))}: a small call's host time moves this"
-            " much between runs and machines"
+            + f" in {', '.join(sorted({f'`{src}`' for *_, src in pairs}))} (another run, host and day; where they"
+            " differ, why is not investigated)"
         )
     top = doc["benches"]["hostpath"].get("meta", {}).get("cprofile", {}).get("fwd", [])[:4]
     if top:
