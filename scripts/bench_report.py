@@ -1445,14 +1445,16 @@ def _shortfalls(doc: dict, files: dict, records: dict | None = None) -> list[str
             f"- Profiler open without GPU timing ≤ {T_PROFILER_US:.0f} µs a call: {judged[0]}, {judged[1]} "
             f"(`{files['session']}`). {_why('profiler')}"
         )
-    for path in (records or {}).get("kernel-build", []):
-        r = json.loads(path.read_text())
-        if not any(k["cached"] for k in r["kernels"]) and r["elapsed_s"] > T_BUILD_S:
-            spread = _build_spread(r) or "not investigated"
-            out.append(
-                f"- Kernel build ≤ {T_BUILD_S:.0f} s cold: {len(r['kernels']):,} kernels in {r['elapsed_s']:.1f} s, "
-                f"missed (`{path.name}`). {_why('build', lead=f'{spread}; ')}"
-            )
+    # the cold builds of the newest date, one target line: each build's time, one reason
+    builds = [(path, json.loads(path.read_text())) for path in (records or {}).get("kernel-build", [])]
+    cold = [(path, r) for path, r in builds if not any(k["cached"] for k in r["kernels"])]
+    if any(r["elapsed_s"] > T_BUILD_S for _, r in cold):
+        times = " and ".join(f"{r['elapsed_s']:.1f} s (`{path.name}`)" for path, r in cold)
+        spread = next((sp for _, r in reversed(cold) if (sp := _build_spread(r))), "not investigated")
+        out.append(
+            f"- Kernel build ≤ {T_BUILD_S:.0f} s cold: {len(cold[-1][1]['kernels']):,} kernels in {times}, missed. "
+            f"{_why('build', lead=f'{spread}; ')}"
+        )
     return ["### Where this falls short of the targets", "", *out, ""]
 
 

@@ -286,6 +286,14 @@ def test_kernel_build_spread_comes_from_the_records_seconds(results):
     build = next(line for line in text.splitlines() if line.startswith("- Kernel build ≤"))
     assert f"Why: {spread}; every variant" in build and "not investigated" not in build
     assert f"(`{path.name}`; target ≤ 20 s cold: missed); {spread}." in text
+    # a second cold build of the day without seconds: one target line, both times, the timed one's spread
+    again = record(None) | {"elapsed_s": 90.0}
+    (results / "kernel-build-NVIDIA_H200-2026-12-03-rerun.json").write_text(json.dumps(again))
+    lines = [
+        line for line in report.readme_section(results).splitlines() if line.startswith("- Kernel build ≤")
+    ]
+    assert len(lines) == 1 and f"Why: {spread}; every variant" in lines[0], lines
+    assert "in 100.0 s (`kernel-build-NVIDIA_H200-2026-12-03.json`) and 90.0 s (`kernel-build-" in lines[0]
 
 
 def test_a_gpu_test_run_says_why_tests_were_skipped(results):
