@@ -1112,9 +1112,22 @@ HOST_STAGES = {  # the stages of benchmarks/bench_host_path.py, in the call's or
 }
 
 
-def _host_split(doc: dict) -> str | None:
+HOST_SAID = {"fwd": "autograd off", "fwd_grad": "autograd on"}  # the small call's modes, in words
+
+
+def _host_paired(doc: dict, mode: str) -> tuple[float, int] | None:
+    """(ratio, rounds): the median over the ``hostpath`` file's interleaved rounds of the
+    call's time over ``torch.add``'s in the same round, for ``mode``; None without rounds."""
+    t = doc["benches"].get("hostpath", {}).get("meta", {}).get("rounds", {}).get(mode)
+    if not t:
+        return None
+    return statistics.median(xs / add for xs, add in zip(t["xpu_stone"], t["torch.add"])), len(t["xpu_stone"])
+
+
+def _host_split(doc: dict, ratios: bool = True) -> str | None:
     """Where one small call's host time goes, naming its file: the newest ``hostpath``
-    file's (``benchmarks/bench_host_path.py``); None without one."""
+    file's (``benchmarks/bench_host_path.py``), with its paired ratios to ``torch.add``
+    when ``ratios``; None without one."""
     rows = {(r["impl"], r["mode"]): r for r in doc["benches"].get("hostpath", {}).get("rows", [])}
     whole, add = rows.get(("xpu_stone", "fwd")), rows.get(("torch.add", "fwd"))
     if not whole or not add:
@@ -1132,34 +1145,11 @@ def _host_split(doc: dict) -> str | None:
             f"; with autograd on the call takes {grad['ms'] * 1000:.1f} µs "
             f"(+{(grad['ms'] - whole['ms']) * 1000:.1f} µs: the autograd.Function's record)"
         )
-    rounds = doc["benches"]["hostpath"].get("meta", {}).get("rounds", {})
-
-    def ratio(mode, row):  # of one round's two times, where the file has its interleaved rounds
-        if mode in rounds:
-            t = rounds[mode]
-            return statistics.median(xs / add for xs, add in zip(t["xpu_stone"], t["torch.add"]))
-        return row["ms"] / rows["torch.add", mode]["ms"]
-
-    pairs = [  # (mode, this run's ratio to torch.add, the table run's ratio, its file)
-        (m, ratio(m, r), h[0] / h[1], h[3])
-        for m, r in (("fwd", whole), ("fwd_grad", grad))
-        if r and ("torch.add", m) in rows and (h := _host_call(doc, m))
-    ]
-    if pairs:  # the same call timed in two runs: how far one call's host time moves between them
-        said = {"fwd": "autograd off", "fwd_grad": "on"}
+    paired = {m: p for m in HOST_SAID if (p := _host_paired(doc, m))}
+    if ratios and paired:
         text += (
-            "; this run's ratios to `torch.add`"
-            + (
-                f" (the median over {len(rounds[pairs[0][0]]['xpu_stone'])} rounds in which the two alternate)"
-                if pairs[0][0] in rounds
-                else ""
-            )
-            + ": "
-            + ", ".join(f"{_x(mine)} {said[m]}" for m, mine, _, _ in pairs)
-            + ", against "
-            + " and ".join(_x(theirs) for _, _, theirs, _ in pairs)
-            + f" in {', '.join(sorted({f'`{src}`' for *_, src in pairs}))} (another run, host and day; where they"
-            " differ, why is not investigated)"
+            f"; paired with `torch.add` round by round ({next(iter(paired.values()))[1]} rounds): "
+            + ", ".join(f"{_x(r)} {HOST_SAID[m]}" for m, (r, _) in paired.items())
         )
     top = doc["benches"]["hostpath"].get("meta", {}).get("cprofile", {}).get("fwd", [])[:4]
     if top:
@@ -1167,6 +1157,11 @@ def _host_split(doc: dict) -> str | None:
             f"`{p['function']}` {100 * p['share']:.0f} %" for p in top
         )
     return text + f" (`{whole['source']}`)"
+
+
+def _hostpath_file(doc: dict) -> str:
+    """The newest ``hostpath`` file's name (its rows carry it)."""
+    return doc["benches"]["hostpath"]["rows"][0]["source"]
 
 
 def _profiler_interval(prof: dict, name: str, draws: int = 2000) -> tuple[float, float, int] | None:
@@ -1350,29 +1345,37 @@ def _shortfalls(doc: dict, files: dict, records: dict | None = None) -> list[str
             )
             + f". {_why('fb')}"
         )
-    parts, hosts = [], {m: _host_call(doc, m) for m in ("fwd", "fwd_grad")}
-    for mode, what, target in (
-        ("fwd", "autograd off", T_SMALL_CALL),
-        ("fwd_grad", "autograd on", T_SMALL_CALL_GRAD),
-    ):
-        host = hosts[mode]
-        parts.append(
-            f"≤ {target:.0f}× `torch.add` with {what}: "
-            + (
-                f"{_x(host[0] / host[1])}, {_met(host[0] / host[1] <= target)}"
-                if host
-                else "not measured in the files"
-            )
-        )
-    if any(hosts.values()):
-        missed = any(
-            h and h[0] / h[1] > t
-            for h, t in ((hosts["fwd"], T_SMALL_CALL), (hosts["fwd_grad"], T_SMALL_CALL_GRAD))
-        )
-        src = f" (`{files['poincare']}`)" if "poincare" in files else ""
-        split = _host_split(doc)
+    # the judged ratio: paired round by round in the hostpath file where it has its rounds
+    # (the host's speed drifts between batches), else the table's unpaired host rows
+    hosts = {m: _host_call(doc, m) for m in HOST_SAID}
+    paired = {m: _host_paired(doc, m) for m in HOST_SAID}
+    judged = {
+        m: paired[m][0] if paired[m] else hosts[m][0] / hosts[m][1] if hosts[m] else None for m in HOST_SAID
+    }
+    targets = {"fwd": T_SMALL_CALL, "fwd_grad": T_SMALL_CALL_GRAD}
+    if any(r is not None for r in judged.values()):
+        parts = [
+            f"≤ {targets[m]:.0f}× `torch.add` with {HOST_SAID[m]}: "
+            + (f"{_x(r)}, {_met(r <= targets[m])}" if r is not None else "not measured in the files")
+            for m, r in judged.items()
+        ]
+        srcs = []
+        if any(paired.values()):
+            n = next(p[1] for p in paired.values() if p)
+            srcs.append(f"medians of {n} rounds pairing the two, `{_hostpath_file(doc)}`")
+        if any(hosts.values()) and "poincare" in files:
+            table = " and ".join(_x(h[0] / h[1]) for h in hosts.values() if h)
+            srcs.append(
+                f"the table's unpaired run: {table}, `{files['poincare']}`" if any(paired.values()) else
+                f"`{files['poincare']}`"
+            )  # fmt: skip
+        missed = any(r is not None and r > targets[m] for m, r in judged.items())
+        split = _host_split(doc, ratios=False)
         why = _why("small", tail=f"; {split or 'the split is not in a result file'}")
-        out.append("- Small call " + "; ".join(parts) + src + (f". {why}" if missed else "."))
+        out.append(
+            "- Small call " + "; ".join(parts) + (f" ({'; '.join(srcs)})" if srcs else "")
+            + (f". {why}" if missed else ".")
+        )  # fmt: skip
     pw = _pairwise(doc)
     if not pw:
         out.append(

@@ -242,22 +242,29 @@ def test_small_call_split_comes_from_the_host_path_file(results):
         and "`engine/checks.py:98(validate_torch)` 21 %" in small
     )
     assert "(`hostpath-NVIDIA_H200-2026-12-03.json`)" in small
-    # the same call's ratios in this run and in the table's run (the committed table file's 3.10×, 3.28×)
-    assert (
-        "this run's ratios to `torch.add`: 3.00× autograd off, 3.25× on, against 3.10× and 3.28× in "
-        "`poincare-NVIDIA_H200-2026-12-01-table.json`" in small
+    # without rounds in the file, the target is judged on the table's unpaired rows (3.10×, 3.28×)
+    assert small.startswith(
+        "- Small call ≤ 2× `torch.add` with autograd off: 3.10×, missed; ≤ 3× `torch.add` with autograd on: "
+        "3.28×, missed (`poincare-NVIDIA_H200-2026-12-01-table.json`). Why: "
     )
     assert "- One small call (`mobius_add`, 64×64 fp32): where its host time goes" in text
-    # with the file's interleaved rounds, each ratio pairs the two times of one round
+    assert "paired with `torch.add`" not in text
+    # with the file's interleaved rounds, each ratio pairs the two times of one round, and the
+    # target is judged on them: 2.50× is missed with autograd off (≤ 2×) and met with it on (≤ 3×)
     doc["meta"]["rounds"] = {
         "fwd": {"torch.add": [6.0, 12.0, 6.0], "xpu_stone": [12.0, 30.0, 30.0]},  # 2, 2.5, 5
-        "fwd_grad": {"torch.add": [8.0, 8.0, 8.0], "xpu_stone": [20.0, 24.0, 40.0]},  # 2.5, 3, 5
+        "fwd_grad": {"torch.add": [8.0, 8.0, 8.0], "xpu_stone": [16.0, 20.0, 40.0]},  # 2, 2.5, 5
     }
     (results / "hostpath-NVIDIA_H200-2026-12-03.json").write_text(json.dumps(doc))
-    assert (
-        "this run's ratios to `torch.add` (the median over 3 rounds in which the two alternate): 2.50× autograd "
-        "off, 3.00× on, against 3.10× and 3.28×" in report.readme_section(results)
-    )
+    text = report.readme_section(results)
+    small = next(line for line in text.splitlines() if line.startswith("- Small call "))
+    assert small.startswith(
+        "- Small call ≤ 2× `torch.add` with autograd off: 2.50×, missed; ≤ 3× `torch.add` with autograd on: "
+        "2.50×, met (medians of 3 rounds pairing the two, `hostpath-NVIDIA_H200-2026-12-03.json`; the table's "
+        "unpaired run: 3.10× and 3.28×, `poincare-NVIDIA_H200-2026-12-01-table.json`). Why: "
+    ), small
+    assert "paired with `torch.add`" not in small  # said once, in the judgement
+    assert "paired with `torch.add` round by round (3 rounds): 2.50× autograd off, 2.50× autograd on" in text
 
 
 def test_kernel_build_spread_comes_from_the_records_seconds(results):
